@@ -1,0 +1,39 @@
+// What every algorithm gets, and the table that names them (read by the tuner and PLEXUS_ALGO).
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "core/communicator.h"
+#include "core/types.h"
+
+namespace plexus {
+
+// Buffers of one collective call. `count` is elements per block: the whole buffer for
+// all_reduce/broadcast/reduce, one rank's share for all_gather/reduce_scatter.
+struct CollArgs {
+  std::vector<const void*> inputs;  // 1, or one block per rank (reduce_scatter)
+  std::vector<void*> outputs;       // 1, or one block per rank (all_gather)
+  size_t count = 0;
+  DType dtype = DType::kUInt8;
+  RedOp op = RedOp::kNone;
+  double factor = 1.0;  // PREMUL_SUM's factor
+  int root = -1;
+};
+
+using AlgorithmFn = void (*)(OpContext& ctx, const CollArgs& args);
+
+struct Algorithm {
+  const char* name;
+  CollKind kind;
+  AlgorithmFn run;
+  const char* summary;
+};
+
+// Every registered algorithm, in preference order per collective.
+const std::vector<Algorithm>& algorithm_table();
+// The algorithm called `name` for `kind`; throws InvalidArgument listing the valid names.
+const Algorithm& find_algorithm(CollKind kind, const std::string& name);
+
+}  // namespace plexus

@@ -1,0 +1,60 @@
+// Helpers shared by the algorithms: block layout, chunking, and the reduction bookkeeping for
+// AVG and PREMUL_SUM.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "algorithms/algorithm.h"
+
+namespace plexus {
+
+inline int wrap_rank(int r, int n) { return ((r % n) + n) % n; }
+
+// Splits `count` elements into `parts` blocks whose sizes differ by at most one.
+struct BlockLayout {
+  BlockLayout(size_t count, int parts) : count_(count), parts_(static_cast<size_t>(parts)) {}
+  size_t offset(int b) const {
+    size_t base = count_ / parts_, extra = count_ % parts_, ub = static_cast<size_t>(b);
+    return ub * base + (ub < extra ? ub : extra);
+  }
+  size_t size(int b) const {
+    return count_ / parts_ + (static_cast<size_t>(b) < count_ % parts_ ? 1 : 0);
+  }
+
+ private:
+  size_t count_, parts_;
+};
+
+// Splits a run of `count` elements into pipelined chunks of at most chunk_bytes(); always at
+// least one chunk, so that even empty buffers exchange a (checked) frame.
+struct Chunks {
+  Chunks(size_t count, size_t elem_size);
+  size_t n = 1;      // number of chunks
+  size_t elems = 0;  // elements per full chunk
+  size_t offset(size_t k) const { return k * elems; }
+  size_t size(size_t k, size_t count) const {
+    size_t off = offset(k);
+    return off >= count ? 0 : (count - off < elems ? count - off : elems);
+  }
+};
+
+// How a reduction is carried out: the op the kernels apply, and the scale of the final result
+// (1/N for AVG). PREMUL_SUM becomes SUM over pre-scaled inputs (see scaled_inputs).
+struct Reduction {
+  RedOp kernel_op;
+  double post_scale;
+};
+Reduction plan_reduction(const CollArgs& args, int nranks);
+
+// For PREMUL_SUM, copies of `inputs` multiplied by the factor (kept in `storage`); otherwise
+// the inputs themselves.
+std::vector<const void*> scaled_inputs(const CollArgs& args, size_t elems_per_input,
+                                       std::vector<char>& storage);
+
+// The result of a collective on a single rank (no communication).
+void single_rank_result(OpContext& ctx, const CollArgs& args);
+
+bool overlaps(const void* a, size_t abytes, const void* b, size_t bbytes);
+
+}  // namespace plexus

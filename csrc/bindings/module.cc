@@ -1,0 +1,192 @@
+// plexus._C: the only place where Python meets the C++ core. Buffers cross as integer
+// addresses; the Python layer checks arrays and keeps them alive while an op runs.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "algorithms/algorithm.h"
+#include "bootstrap/tcp_store.h"
+#include "core/collectives.h"
+#include "core/communicator.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "reduce/cpu_reduce.h"
+
+namespace py = pybind11;
+using namespace plexus;
+
+namespace {
+
+const void* as_ptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
+void* as_mut_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+DType to_dtype(int d) {
+  if (d < 0 || d >= static_cast<int>(DType::kCount)) throw TypeMismatch("unsupported dtype code");
+  return static_cast<DType>(d);
+}
+RedOp to_op(int o) {
+  if (o < 0 || o >= static_cast<int>(RedOp::kNone)) throw InvalidArgument("unknown reduction op");
+  return static_cast<RedOp>(o);
+}
+
+std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr_t> ins,
+                             std::vector<uintptr_t> outs, size_t count, int dtype, int op,
+                             double factor, int root) {
+  CollArgs a;
+  for (auto p : ins) a.inputs.push_back(as_ptr(p));
+  for (auto p : outs) a.outputs.push_back(as_mut_ptr(p));
+  a.count = count;
+  a.dtype = to_dtype(dtype);
+  a.op = op < 0 ? RedOp::kNone : to_op(op);
+  a.factor = factor;
+  a.root = root;
+  return submit_collective(c, kind, std::move(a));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "Plexus core (C++)";
+#ifdef PLEXUS_VERSION
+  m.attr("__version__") = PLEXUS_VERSION;
+#endif
+#ifdef PLEXUS_WITH_CUDA
+  m.attr("built_with_cuda") = true;
+#else
+  m.attr("built_with_cuda") = false;
+#endif
+
+  static py::exception<Error> plexus_error(m, "PlexusError", PyExc_RuntimeError);
+  static py::exception<PeerError> peer_error(m, "PeerError", plexus_error.ptr());
+  static py::exception<Timeout> timeout_error(m, "CollectiveTimeout", plexus_error.ptr());
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const TypeMismatch& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const PeerError& e) {
+      py::set_error(peer_error, e.what());
+    } catch (const Timeout& e) {
+      py::set_error(timeout_error, e.what());
+    } catch (const Error& e) {
+      py::set_error(plexus_error, e.what());
+    }
+  });
+
+  py::list dtypes, ops;
+  for (int i = 0; i < static_cast<int>(DType::kCount); ++i) dtypes.append(dtype_name(static_cast<DType>(i)));
+  for (int i = 0; i < static_cast<int>(RedOp::kNone); ++i) ops.append(op_name(static_cast<RedOp>(i)));
+  m.attr("DTYPES") = dtypes;  // index = dtype code
+  m.attr("OPS") = ops;        // index = op code
+
+  m.def("op_dtype_problem", [](int op, int dtype) { return op_dtype_problem(to_op(op), to_dtype(dtype)); },
+        "Empty string if the op can reduce the dtype, else why not.");
+  m.def("kernel_variant", &cpu::kernel_variant);
+  m.def("set_log_rank", &set_log_rank);
+  m.def("interface_ipv4", &interface_ipv4, "IPv4 address of a network interface, or ''.");
+  m.def("_reduce",
+        [](int op, int dtype, uintptr_t dst, std::vector<uintptr_t> srcs, size_t n, double post_scale) {
+          std::vector<const void*> p;
+          for (auto s : srcs) p.push_back(as_ptr(s));
+          RedOp o = to_op(op);
+          DType d = to_dtype(dtype);
+          std::string problem = op_dtype_problem(o, d);
+          if (!problem.empty()) throw TypeMismatch(problem);
+          py::gil_scoped_release nogil;
+          cpu::reduce(o, d, as_mut_ptr(dst), p.data(), static_cast<int>(p.size()), n, post_scale);
+        },
+        "Test hook: run the CPU reduction kernel on raw buffers.");
+  m.def("algorithms", [](const std::string& collective) {
+    std::vector<std::string> names;
+    for (const auto& a : algorithm_table())
+      if (collective == coll_name(a.kind)) names.push_back(a.name);
+    return names;
+  });
+
+  py::class_<Store, std::shared_ptr<Store>>(m, "Store")
+      .def("set", [](Store& s, const std::string& k, py::bytes v) { s.set(k, std::string(v)); },
+           py::call_guard<py::gil_scoped_release>())
+      .def("get",
+           [](Store& s, const std::string& k, double timeout_s) {
+             std::string v;
+             {
+               py::gil_scoped_release nogil;
+               v = s.get(k, Deadline::after_seconds(timeout_s));
+             }
+             return py::bytes(v);
+           },
+           py::arg("key"), py::arg("timeout") = 300.0)
+      .def("add", &Store::add, py::call_guard<py::gil_scoped_release>());
+
+  py::class_<TcpStoreClient, Store, std::shared_ptr<TcpStoreClient>>(m, "TcpStoreClient")
+      .def(py::init<const std::string&, int, double>(), py::arg("host"), py::arg("port"),
+           py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("local_address", &TcpStoreClient::local_address);
+
+  py::class_<PrefixStore, Store, std::shared_ptr<PrefixStore>>(m, "PrefixStore")
+      .def(py::init<std::shared_ptr<Store>, std::string>());
+
+  py::class_<TcpStoreServer, std::shared_ptr<TcpStoreServer>>(m, "TcpStoreServer")
+      .def(py::init<const std::string&, int>(), py::arg("bind_ip"), py::arg("port"))
+      .def_property_readonly("port", &TcpStoreServer::port);
+
+  py::class_<Work, std::shared_ptr<Work>>(m, "Work")
+      .def("wait",
+           [](Work& w, std::optional<double> timeout) {
+             py::gil_scoped_release nogil;
+             return w.wait(timeout ? *timeout : -1.0);
+           },
+           py::arg("timeout") = py::none())
+      .def("is_completed", &Work::is_completed)
+      .def("failed", [](Work& w) { return static_cast<bool>(w.error()); })
+      .def("rethrow", [](Work& w) {
+        if (auto e = w.error()) std::rethrow_exception(e);
+      })
+      .def_property_readonly("what", &Work::what);
+
+  py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
+      .def(py::init<std::shared_ptr<Store>, int, int, double>(), py::arg("store"), py::arg("rank"),
+           py::arg("size"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("rank", &Communicator::rank)
+      .def_property_readonly("size", &Communicator::size)
+      .def_property_readonly("id", &Communicator::id)
+      .def_property_readonly("listen_port", &Communicator::listen_port)
+      .def_property_readonly("timeout", &Communicator::timeout_s)
+      .def_property_readonly("host_ids",
+                             [](Communicator& c) {
+                               std::vector<std::string> ids;
+                               for (auto& e : c.endpoints()) ids.push_back(e.host_id);
+                               return ids;
+                             })
+      .def("abort", &Communicator::abort, py::call_guard<py::gil_scoped_release>())
+      .def("all_reduce",
+           [](Communicator& c, uintptr_t in, uintptr_t out, size_t count, int dtype, int op, double factor) {
+             return submit(c, CollKind::kAllReduce, {in}, {out}, count, dtype, op, factor, -1);
+           })
+      .def("all_gather",
+           [](Communicator& c, uintptr_t in, std::vector<uintptr_t> outs, size_t count, int dtype) {
+             return submit(c, CollKind::kAllGather, {in}, std::move(outs), count, dtype, -1, 1.0, -1);
+           })
+      .def("reduce_scatter",
+           [](Communicator& c, std::vector<uintptr_t> ins, uintptr_t out, size_t count, int dtype, int op,
+              double factor) {
+             return submit(c, CollKind::kReduceScatter, std::move(ins), {out}, count, dtype, op, factor, -1);
+           })
+      .def("broadcast",
+           [](Communicator& c, uintptr_t buf, size_t count, int dtype, int root) {
+             return submit(c, CollKind::kBroadcast, {buf}, {buf}, count, dtype, -1, 1.0, root);
+           })
+      .def("reduce",
+           [](Communicator& c, uintptr_t in, uintptr_t out, size_t count, int dtype, int op, double factor,
+              int root) {
+             return submit(c, CollKind::kReduce, {in}, {out}, count, dtype, op, factor, root);
+           })
+      .def("barrier", [](Communicator& c) {
+        return submit(c, CollKind::kBarrier, {}, {}, 0, static_cast<int>(DType::kUInt8), -1, 1.0, -1);
+      });
+}

@@ -1,0 +1,112 @@
+#include "bootstrap/rendezvous.h"
+
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/log.h"
+
+namespace plexus {
+
+namespace {
+void random_bytes(void* out, size_t n) {
+  auto* p = static_cast<uint8_t*>(out);
+  while (n > 0) {
+    ssize_t k = getrandom(p, n, 0);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      throw Error("getrandom failed: " + errno_text(errno));
+    }
+    p += k;
+    n -= static_cast<size_t>(k);
+  }
+}
+}  // namespace
+
+CommIdentity agree_identity(Store& store, int rank, int size, Deadline deadline) {
+  int64_t claims = store.add("rank_claim/" + std::to_string(rank), 1);
+  if (claims > 1)
+    throw InvalidArgument("rank " + std::to_string(rank) +
+                          " was claimed by more than one process in this rendezvous");
+  CommIdentity id;
+  id.rank = rank;
+  id.size = size;
+  if (rank == 0) {
+    random_bytes(&id.comm_id, sizeof(id.comm_id));
+    random_bytes(id.secret.data(), id.secret.size());
+    std::string blob(reinterpret_cast<const char*>(&id.comm_id), 8);
+    blob.append(reinterpret_cast<const char*>(id.secret.data()), id.secret.size());
+    blob += std::to_string(size);
+    store.set("identity", blob);
+    return id;
+  }
+  std::string blob;
+  try {
+    blob = store.get("identity", deadline);
+  } catch (const Timeout&) {
+    throw Timeout("rank " + std::to_string(rank) + " timed out waiting for rank 0 to join the rendezvous");
+  }
+  std::memcpy(&id.comm_id, blob.data(), 8);
+  std::memcpy(id.secret.data(), blob.data() + 8, id.secret.size());
+  int size0 = std::stoi(blob.substr(8 + id.secret.size()));
+  if (size0 != size)
+    throw InvalidArgument("rank 0 started a group of " + std::to_string(size0) + " ranks but rank " +
+                          std::to_string(rank) + " was told the world size is " + std::to_string(size));
+  return id;
+}
+
+std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const Endpoint& mine,
+                                         Deadline deadline) {
+  store.set("endpoint/" + std::to_string(rank), mine.addr.str() + "|" + mine.host_id);
+  std::vector<Endpoint> all(static_cast<size_t>(size));
+  for (int p = 0; p < size; ++p) {
+    std::string v;
+    try {
+      v = store.get("endpoint/" + std::to_string(p), deadline);
+    } catch (const Timeout&) {
+      throw Timeout("rank " + std::to_string(rank) + " timed out waiting for rank " +
+                    std::to_string(p) + " to join the rendezvous");
+    }
+    auto bar = v.find('|');
+    all[p].addr = parse_host_port(v.substr(0, bar));
+    all[p].host_id = bar == std::string::npos ? "" : v.substr(bar + 1);
+  }
+  return all;
+}
+
+void store_barrier(Store& store, const std::string& name, int size, Deadline deadline) {
+  if (store.add("barrier/" + name, 1) == size) store.set("barrier_done/" + name, "1");
+  try {
+    store.get("barrier_done/" + name, deadline);
+  } catch (const Timeout&) {
+    throw Timeout("timed out in the rendezvous barrier '" + name + "': not all " +
+                  std::to_string(size) + " ranks arrived");
+  }
+}
+
+std::string advertise_address(const Store& store) {
+  std::string ifname = env_string("PLEXUS_SOCKET_IFNAME");
+  if (!ifname.empty()) {
+    std::string ip = interface_ipv4(ifname);
+    if (ip.empty()) throw InvalidArgument("PLEXUS_SOCKET_IFNAME=" + ifname + " has no IPv4 address");
+    return ip;
+  }
+  std::string ip = store.local_address();
+  if (ip.empty() || ip.find(':') != std::string::npos) return "127.0.0.1";
+  return ip;
+}
+
+std::string this_host_id() {
+  char name[256] = {0};
+  gethostname(name, sizeof(name) - 1);
+  std::string boot;
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::getline(f, boot);
+  return std::string(name) + "/" + boot;
+}
+
+}  // namespace plexus

@@ -1,0 +1,32 @@
+// What the ranks of a new communicator agree on through the store before they talk directly:
+// a random id and secret, and every rank's listening endpoint and host.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "bootstrap/socket.h"
+#include "bootstrap/store.h"
+#include "transport/tcp.h"
+
+namespace plexus {
+
+struct Endpoint {
+  HostPort addr;
+  std::string host_id;  // equal for ranks on the same host
+};
+
+// Rank 0 draws the id and secret and publishes them; the others read them. Also checks that
+// every rank agrees on the size and that no rank number is claimed twice.
+CommIdentity agree_identity(Store& store, int rank, int size, Deadline deadline);
+std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const Endpoint& mine,
+                                         Deadline deadline);
+// Returns once all `size` ranks have called it with the same name.
+void store_barrier(Store& store, const std::string& name, int size, Deadline deadline);
+
+// The IP to listen on and advertise: PLEXUS_SOCKET_IFNAME's address, else the address this host
+// uses to reach the store, else loopback.
+std::string advertise_address(const Store& store);
+std::string this_host_id();
+
+}  // namespace plexus

@@ -1,0 +1,247 @@
+// Wire format (both directions little-endian, as the hosts are):
+//   request:  u8 cmd | u32 key_len | key | u64 value_len | value
+//   response: u8 status (0 ok, 1 not found before the wait ran out) | u64 len | value
+// GET carries its wait in milliseconds as an i64 value; ADD carries the i64 delta.
+#include "bootstrap/tcp_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace plexus {
+
+namespace {
+
+enum : uint8_t { kSet = 1, kGet = 2, kAdd = 3 };
+enum : uint8_t { kOk = 0, kNotFound = 1 };
+constexpr uint32_t kMaxKey = 1 << 16;
+constexpr uint64_t kMaxValue = 64ull << 20;
+
+void put_u32(std::string& s, uint32_t v) { s.append(reinterpret_cast<const char*>(&v), 4); }
+void put_u64(std::string& s, uint64_t v) { s.append(reinterpret_cast<const char*>(&v), 8); }
+
+std::string encode_i64(int64_t v) { return std::string(reinterpret_cast<const char*>(&v), 8); }
+int64_t decode_i64(const std::string& s) {
+  int64_t v = 0;
+  std::memcpy(&v, s.data(), s.size() < 8 ? s.size() : 8);
+  return v;
+}
+
+std::string response(uint8_t status, const std::string& value) {
+  std::string out(1, static_cast<char>(status));
+  put_u64(out, value.size());
+  out += value;
+  return out;
+}
+
+struct ClientState {
+  Fd fd;
+  std::string inbuf;
+  bool waiting = false;  // a GET is parked until its key appears
+  std::string wait_key;
+  Clock::time_point wait_until;
+};
+
+}  // namespace
+
+TcpStoreServer::TcpStoreServer(const std::string& bind_ip, int port) {
+  listen_fd_ = listen_tcp(bind_ip, port, &port_);
+  int pipefd[2];
+  if (::pipe2(pipefd, O_CLOEXEC) != 0) throw Error("pipe(): " + errno_text(errno));
+  wake_read_ = Fd(pipefd[0]);
+  wake_write_ = Fd(pipefd[1]);
+  thread_ = std::thread([this] { serve(); });
+  PLEXUS_INFO("store server listening on " << bind_ip << ":" << port_);
+}
+
+TcpStoreServer::~TcpStoreServer() {
+  char c = 'q';
+  (void)!::write(wake_write_.get(), &c, 1);
+  if (thread_.joinable()) thread_.join();
+}
+
+void TcpStoreServer::serve() {
+  std::map<std::string, std::string> data;
+  std::vector<std::unique_ptr<ClientState>> clients;
+
+  auto reply = [](ClientState& c, const std::string& bytes) {
+    try {
+      send_all(c.fd.get(), bytes.data(), bytes.size(), Deadline::after_seconds(10));
+    } catch (const Error& e) {
+      PLEXUS_WARN("store: dropping a client: " << e.what());
+      c.fd.reset();
+    }
+  };
+  auto wake_waiters = [&](const std::string& key) {
+    for (auto& c : clients) {
+      if (c->waiting && c->wait_key == key && c->fd.valid()) {
+        c->waiting = false;
+        reply(*c, response(kOk, data[key]));
+      }
+    }
+  };
+  // Parses and answers every complete request in the client's buffer.
+  auto handle = [&](ClientState& c) {
+    while (!c.waiting && c.fd.valid()) {
+      const std::string& b = c.inbuf;
+      if (b.size() < 5) return;
+      uint32_t klen;
+      std::memcpy(&klen, b.data() + 1, 4);
+      if (klen > kMaxKey) { c.fd.reset(); return; }
+      if (b.size() < 5 + klen + 8) return;
+      uint64_t vlen;
+      std::memcpy(&vlen, b.data() + 5 + klen, 8);
+      if (vlen > kMaxValue) { c.fd.reset(); return; }
+      size_t total = 5 + klen + 8 + vlen;
+      if (b.size() < total) return;
+      uint8_t cmd = static_cast<uint8_t>(b[0]);
+      std::string key = b.substr(5, klen);
+      std::string value = b.substr(5 + klen + 8, vlen);
+      c.inbuf.erase(0, total);
+      if (cmd == kSet) {
+        data[key] = value;
+        reply(c, response(kOk, ""));
+        wake_waiters(key);
+      } else if (cmd == kAdd) {
+        int64_t v = decode_i64(data.count(key) ? data[key] : encode_i64(0)) + decode_i64(value);
+        data[key] = encode_i64(v);
+        reply(c, response(kOk, data[key]));
+        wake_waiters(key);
+      } else if (cmd == kGet) {
+        auto it = data.find(key);
+        if (it != data.end()) {
+          reply(c, response(kOk, it->second));
+        } else {
+          c.waiting = true;
+          c.wait_key = key;
+          c.wait_until = Clock::now() + std::chrono::milliseconds(decode_i64(value));
+        }
+      } else {
+        c.fd.reset();  // not a store client
+      }
+    }
+  };
+
+  while (true) {
+    // Expire parked GETs whose wait ran out.
+    auto now = Clock::now();
+    int timeout_ms = 1000;
+    for (auto& c : clients) {
+      if (!c->waiting) continue;
+      if (c->wait_until <= now) {
+        c->waiting = false;
+        reply(*c, response(kNotFound, ""));
+        handle(*c);
+      } else {
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(c->wait_until - now).count();
+        if (ms + 1 < timeout_ms) timeout_ms = static_cast<int>(ms) + 1;
+      }
+    }
+    clients.erase(std::remove_if(clients.begin(), clients.end(),
+                                 [](const std::unique_ptr<ClientState>& c) { return !c->fd.valid(); }),
+                  clients.end());
+
+    std::vector<pollfd> fds;
+    fds.push_back({wake_read_.get(), POLLIN, 0});
+    fds.push_back({listen_fd_.get(), POLLIN, 0});
+    for (auto& c : clients) fds.push_back({c->fd.get(), POLLIN, 0});
+    int n = ::poll(fds.data(), fds.size(), timeout_ms);
+    if (n < 0 && errno != EINTR) {
+      PLEXUS_WARN("store: poll failed: " << errno_text(errno));
+      return;
+    }
+    if (n <= 0) continue;
+    if (fds[0].revents) return;  // shutting down
+    if (fds[1].revents & POLLIN) {
+      while (true) {
+        Fd fd = accept_tcp(listen_fd_.get());
+        if (!fd.valid()) break;
+        auto c = std::make_unique<ClientState>();
+        c->fd = std::move(fd);
+        clients.push_back(std::move(c));
+      }
+    }
+    for (size_t i = 2; i < fds.size(); ++i) {
+      if (!fds[i].revents) continue;
+      ClientState& c = *clients[i - 2];
+      char buf[65536];
+      ssize_t k = ::recv(c.fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
+      if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR)) {
+        c.fd.reset();
+        continue;
+      }
+      if (k > 0) {
+        c.inbuf.append(buf, static_cast<size_t>(k));
+        handle(c);
+      }
+    }
+  }
+}
+
+TcpStoreClient::TcpStoreClient(const std::string& host, int port, double timeout_s)
+    : host_(host), port_(port), timeout_s_(timeout_s) {
+  try {
+    fd_ = connect_tcp_retry(host, port, Deadline::after_seconds(timeout_s));
+  } catch (const Error& e) {
+    throw Error("cannot reach the rendezvous store at " + host + ":" + std::to_string(port) +
+                " within " + std::to_string(static_cast<int>(timeout_s)) + " s: " + e.what());
+  }
+  local_ip_ = local_ip(fd_.get());
+}
+
+std::string TcpStoreClient::request(uint8_t cmd, const std::string& key, const std::string& value,
+                                    Deadline deadline, bool* found) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!fd_.valid()) throw Error("the rendezvous store connection to " + server() + " is closed");
+  std::string msg(1, static_cast<char>(cmd));
+  put_u32(msg, static_cast<uint32_t>(key.size()));
+  msg += key;
+  put_u64(msg, value.size());
+  msg += value;
+  try {
+    send_all(fd_.get(), msg.data(), msg.size(), deadline);
+    uint8_t status;
+    uint64_t len;
+    // The server answers a GET when its own wait ends; allow it a little longer here.
+    Deadline reply_deadline{deadline.at + std::chrono::seconds(5)};
+    recv_all(fd_.get(), &status, 1, reply_deadline);
+    recv_all(fd_.get(), &len, 8, reply_deadline);
+    std::string out(len, '\0');
+    if (len) recv_all(fd_.get(), out.data(), len, reply_deadline);
+    *found = status == kOk;
+    return out;
+  } catch (const Error& e) {
+    fd_.reset();  // the stream is out of step now
+    throw Error("rendezvous store at " + server() + " failed: " + e.what());
+  }
+}
+
+void TcpStoreClient::set(const std::string& key, const std::string& value) {
+  bool found;
+  request(kSet, key, value, Deadline::after_seconds(timeout_s_), &found);
+}
+
+std::string TcpStoreClient::get(const std::string& key, Deadline deadline) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline.at - Clock::now()).count();
+  bool found = false;
+  std::string v = request(kGet, key, encode_i64(ms < 0 ? 0 : ms), deadline, &found);
+  if (!found) throw Timeout("timed out waiting for key '" + key + "' in the rendezvous store at " + server());
+  return v;
+}
+
+int64_t TcpStoreClient::add(const std::string& key, int64_t delta) {
+  bool found;
+  return decode_i64(request(kAdd, key, encode_i64(delta), Deadline::after_seconds(timeout_s_), &found));
+}
+
+}  // namespace plexus

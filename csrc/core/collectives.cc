@@ -1,0 +1,59 @@
+#include "core/collectives.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "tuner/tuner.h"
+
+namespace plexus {
+
+namespace {
+
+size_t expected_inputs(CollKind kind, int n) { return kind == CollKind::kReduceScatter ? n : 1; }
+size_t expected_outputs(CollKind kind, int n) { return kind == CollKind::kAllGather ? n : 1; }
+bool reduces(CollKind k) {
+  return k == CollKind::kAllReduce || k == CollKind::kReduce || k == CollKind::kReduceScatter;
+}
+bool rooted(CollKind k) { return k == CollKind::kBroadcast || k == CollKind::kReduce; }
+
+}  // namespace
+
+std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollArgs args) {
+  const int n = comm.size();
+  const std::string what = std::string(coll_name(kind)) + " on rank " + std::to_string(comm.rank());
+  if (static_cast<size_t>(args.dtype) >= static_cast<size_t>(DType::kCount))
+    throw TypeMismatch(what + ": unsupported dtype");
+  if (reduces(kind)) {
+    std::string problem = op_dtype_problem(args.op, args.dtype);
+    if (!problem.empty()) throw TypeMismatch(what + ": " + problem);
+    if (args.op == RedOp::kPremulSum && !std::isfinite(args.factor))
+      throw InvalidArgument(what + ": PREMUL_SUM factor must be finite");
+  } else {
+    args.op = RedOp::kNone;
+  }
+  if (rooted(kind)) {
+    if (args.root < 0 || args.root >= n)
+      throw InvalidArgument(what + ": root " + std::to_string(args.root) +
+                            " is not a rank of this group (size " + std::to_string(n) + ")");
+  } else {
+    args.root = -1;
+  }
+  if (kind == CollKind::kBarrier) {
+    args.count = 0;
+    args.dtype = DType::kUInt8;
+  } else if (args.inputs.size() != expected_inputs(kind, n) ||
+             args.outputs.size() != expected_outputs(kind, n)) {
+    throw InvalidArgument(what + ": wrong number of buffers for a group of " + std::to_string(n));
+  }
+  Signature sig;
+  sig.kind = kind;
+  sig.dtype = args.dtype;
+  sig.op = args.op;
+  sig.root = args.root;
+  sig.count = args.count;
+  const Algorithm& algo = choose_algorithm(kind, args.count * dtype_size(args.dtype), n);
+  AlgorithmFn run = algo.run;
+  return comm.enqueue(sig, [run, args](OpContext& ctx) { run(ctx, args); });
+}
+
+}  // namespace plexus

@@ -1,0 +1,254 @@
+#include "core/communicator.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "transport/frame.h"
+
+namespace plexus {
+
+int OpContext::rank() const { return comm->rank(); }
+int OpContext::size() const { return comm->size(); }
+std::string OpContext::describe() const { return sig.describe() + " #" + std::to_string(seq); }
+
+namespace {
+
+std::string bind_ip_for(const std::string& advertised) {
+  // With an explicit interface, listen only there; otherwise on every interface.
+  return env_string("PLEXUS_SOCKET_IFNAME").empty() ? "0.0.0.0" : advertised;
+}
+
+// Rebuilds an exception of the same kind with `prefix` in front of its message, so that the
+// error names the op and the rank that saw it.
+std::exception_ptr with_context(std::exception_ptr ep, const std::string& prefix) {
+  try {
+    std::rethrow_exception(ep);
+  } catch (const PeerError& e) {
+    return std::make_exception_ptr(PeerError(e.peer, prefix + e.what()));
+  } catch (const Timeout& e) {
+    return std::make_exception_ptr(Timeout(prefix + e.what()));
+  } catch (const std::exception& e) {
+    return std::make_exception_ptr(Error(prefix + e.what()));
+  } catch (...) {
+    return std::make_exception_ptr(Error(prefix + "unknown error"));
+  }
+}
+
+std::string message_of(std::exception_ptr ep) {
+  try {
+    std::rethrow_exception(ep);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown error";
+  }
+}
+
+}  // namespace
+
+Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, double timeout_s)
+    : id_(agree_identity(*store, rank, size, Deadline::after_seconds(timeout_s))),
+      timeout_s_(timeout_s),
+      store_(store),
+      transport_(id_, bind_ip_for(advertise_address(*store))) {
+  Deadline deadline = Deadline::after_seconds(timeout_s);
+  Endpoint mine{HostPort{advertise_address(*store), transport_.port()}, this_host_id()};
+  endpoints_ = exchange_endpoints(*store, rank, size, mine, deadline);
+  conns_.resize(static_cast<size_t>(size));
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw Error("eventfd failed: " + errno_text(errno));
+  thread_ = std::thread([this] { progress_loop(); });
+  try {
+    // Nobody leaves the rendezvous before all ranks have read every endpoint: rank 0 may shut
+    // the store down as soon as it returns.
+    store_barrier(*store, "ready", size, deadline);
+  } catch (...) {
+    abort("rendezvous failed");
+    thread_.join();
+    close(wake_fd_);
+    throw;
+  }
+  PLEXUS_INFO("communicator " << std::hex << id_.comm_id << std::dec << ": rank " << rank << " of "
+                              << size << " listening on " << mine.addr.str());
+}
+
+Communicator::~Communicator() {
+  abort("the communicator was destroyed");
+  if (thread_.joinable()) thread_.join();
+  for (auto& c : conns_)
+    if (c) c->shutdown();
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+std::shared_ptr<Work> Communicator::enqueue(const Signature& sig,
+                                            std::function<void(OpContext&)> body) {
+  auto work = std::make_shared<Work>(sig.describe());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Op op;
+    op.sig = sig;
+    op.seq = next_seq_++;
+    op.body = std::move(body);
+    op.work = work;
+    queue_.push_back(std::move(op));
+  }
+  wake();
+  return work;
+}
+
+void Communicator::abort(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    abort_reason_ = why;
+  }
+  aborted_.store(true);
+  wake();
+}
+
+void Communicator::wake() {
+  uint64_t one = 1;
+  (void)!::write(wake_fd_, &one, sizeof(one));
+}
+
+void Communicator::drain_wake() {
+  uint64_t v;
+  (void)!::read(wake_fd_, &v, sizeof(v));
+}
+
+void Communicator::check_abort() {
+  if (!aborted_.load()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  throw Error("aborted: " + abort_reason_);
+}
+
+void Communicator::accept_pending() {
+  while (auto conn = transport_.accept_one()) {
+    int p = conn->peer();
+    if (conns_[p]) {
+      PLEXUS_WARN("refused a second connection claiming to be rank " << p);
+      continue;
+    }
+    conns_[p] = std::move(conn);
+  }
+}
+
+Connection& Communicator::connection(int peer, Deadline deadline) {
+  if (conns_[peer]) return *conns_[peer];
+  if (!failure_.empty()) throw Error("communicator is unusable after an earlier failure");
+  if (rank() < peer) {
+    // Dialing blocks only on higher ranks, which never dial us: no cycle, no deadlock.
+    conns_[peer] = transport_.connect(peer, endpoints_[peer].addr, deadline);
+    return *conns_[peer];
+  }
+  while (!conns_[peer]) {
+    check_abort();
+    if (deadline.passed())
+      throw PeerError(peer, "timed out waiting for rank " + std::to_string(peer) + " (" +
+                                endpoints_[peer].addr.str() + ") to connect");
+    pollfd fds[2] = {{listen_fd(), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    ::poll(fds, 2, deadline.poll_ms(1000));
+    if (fds[1].revents) drain_wake();
+    if (fds[0].revents) accept_pending();
+  }
+  return *conns_[peer];
+}
+
+void Communicator::idle_wait() {
+  pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {listen_fd(), POLLIN, 0}};
+  ::poll(fds, 2, 1000);
+  if (fds[0].revents) drain_wake();
+  if (fds[1].revents) accept_pending();
+}
+
+void Communicator::progress_loop() {
+  while (true) {
+    Op op;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!queue_.empty()) {
+        op = std::move(queue_.front());
+        queue_.pop_front();
+      } else if (stopping_) {
+        break;
+      }
+    }
+    if (op.work)
+      run_op(op);
+    else
+      idle_wait();
+  }
+}
+
+void Communicator::run_op(Op& op) {
+  OpContext ctx{this, op.sig, op.seq, Deadline::after_seconds(timeout_s_)};
+  const std::string prefix =
+      "plexus rank " + std::to_string(rank()) + ": " + ctx.describe() + " failed: ";
+  if (!failure_.empty()) {
+    op.work->set_failed(std::make_exception_ptr(
+        Error(prefix + "the communicator is unusable after an earlier failure (" + failure_ + ")")));
+    return;
+  }
+  try {
+    check_abort();
+    PLEXUS_TRACE("start " << ctx.describe());
+    op.body(ctx);
+    PLEXUS_TRACE("done " << ctx.describe());
+    op.work->set_done();
+  } catch (...) {
+    auto ep = with_context(std::current_exception(), prefix);
+    failure_ = message_of(ep);
+    PLEXUS_WARN(failure_);
+    fail_connections(failure_);
+    op.work->set_failed(ep);
+  }
+}
+
+void Communicator::fail_connections(const std::string& why) {
+  // Peers waiting on us learn the reason from an error frame instead of a bare disconnect.
+  Deadline deadline = Deadline::after_seconds(1.0);
+  for (auto& c : conns_) {
+    if (!c) continue;
+    if (!c->mid_frame) {
+      FrameHeader h{};
+      h.magic = kFrameMagic;
+      h.version = kWireVersion;
+      h.type = static_cast<uint8_t>(FrameType::kError);
+      h.comm_id = id_.comm_id;
+      h.payload_bytes = why.size();
+      iovec iov[2] = {{&h, sizeof(h)}, {const_cast<char*>(why.data()), why.size()}};
+      size_t total = sizeof(h) + why.size(), sent = 0;
+      try {
+        while (sent < total && !deadline.passed()) {
+          iovec part[2];
+          int n = 0;
+          size_t skip = sent;
+          for (auto& v : iov) {
+            if (skip >= v.iov_len) {
+              skip -= v.iov_len;
+              continue;
+            }
+            part[n++] = {static_cast<char*>(v.iov_base) + skip, v.iov_len - skip};
+            skip = 0;
+          }
+          size_t k = c->write_some(part, n);
+          if (k == 0) {
+            pollfd p{c->fd(), POLLOUT, 0};
+            ::poll(&p, 1, 10);
+          }
+          sent += k;
+        }
+      } catch (const Error&) {
+        // The peer is gone already.
+      }
+    }
+    c->shutdown();
+  }
+}
+
+}  // namespace plexus

@@ -1,0 +1,102 @@
+// A group of ranks that run collectives together. Ops are queued in call order and executed one
+// at a time by the communicator's progress thread; callers get a Work to wait on.
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bootstrap/rendezvous.h"
+#include "bootstrap/store.h"
+#include "core/deadline.h"
+#include "core/signature.h"
+#include "core/work.h"
+#include "transport/connection.h"
+#include "transport/tcp.h"
+
+namespace plexus {
+
+class Communicator;
+
+// What an algorithm gets while it runs on the progress thread.
+struct OpContext {
+  Communicator* comm;
+  Signature sig;
+  uint64_t seq;  // position of this op in the communicator's sequence, from 1
+  Deadline deadline;
+
+  int rank() const;
+  int size() const;
+  std::string describe() const;  // e.g. "all_reduce(count=10, dtype=float32, op=sum) #3"
+};
+
+class Communicator {
+ public:
+  // Collective over `size` processes that share `store` (usually a PrefixStore of the group).
+  // Blocks until every rank has joined or `timeout_s` passes.
+  Communicator(std::shared_ptr<Store> store, int rank, int size, double timeout_s);
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const { return id_.rank; }
+  int size() const { return id_.size; }
+  uint64_t id() const { return id_.comm_id; }
+  double timeout_s() const { return timeout_s_; }
+  int listen_port() const { return transport_.port(); }
+  const std::vector<Endpoint>& endpoints() const { return endpoints_; }
+
+  // Queues an op; `body` runs on the progress thread after every op queued before it.
+  std::shared_ptr<Work> enqueue(const Signature& sig, std::function<void(OpContext&)> body);
+  // Fails the op in flight and everything queued, and makes the communicator unusable.
+  void abort(const std::string& why);
+
+  // --- for the progress engine (progress thread only) ---
+  // The connection to `peer`, connecting first if needed (the lower rank dials).
+  Connection& connection(int peer, Deadline deadline);
+  int wake_fd() const { return wake_fd_; }
+  int listen_fd() const { return transport_.listen_fd(); }
+  void drain_wake();
+  void accept_pending();
+  // Throws if abort() was called.
+  void check_abort();
+
+ private:
+  struct Op {
+    Signature sig;
+    uint64_t seq = 0;
+    std::function<void(OpContext&)> body;
+    std::shared_ptr<Work> work;
+  };
+  void progress_loop();
+  void run_op(Op& op);
+  void idle_wait();
+  // After a failure: tells every connected peer why (best effort) and closes the streams.
+  void fail_connections(const std::string& why);
+  void wake();
+
+  CommIdentity id_;
+  double timeout_s_;
+  std::shared_ptr<Store> store_;
+  TcpTransport transport_;
+  std::vector<Endpoint> endpoints_;
+  std::vector<std::unique_ptr<Connection>> conns_;  // by peer rank; progress thread only
+
+  std::mutex mu_;
+  std::deque<Op> queue_;
+  bool stopping_ = false;
+  std::string abort_reason_;
+  std::atomic<bool> aborted_{false};
+  uint64_t next_seq_ = 1;
+  int wake_fd_ = -1;
+
+  std::string failure_;  // set once an op failed; progress thread only
+  std::thread thread_;
+};
+
+}  // namespace plexus

@@ -1,0 +1,37 @@
+// Exceptions of the core. The bindings map them to Python: InvalidArgument -> ValueError,
+// TypeMismatch -> TypeError, everything else derived from Error -> plexus.PlexusError
+// (a RuntimeError), Timeout -> plexus.PlexusTimeout.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace plexus {
+
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A peer failed: it died, its connection dropped, or it reported an error of its own.
+struct PeerError : Error {
+  PeerError(int peer, const std::string& what) : Error(what), peer(peer) {}
+  int peer;
+};
+
+// A collective's deadline passed.
+struct Timeout : Error {
+  using Error::Error;
+};
+
+struct InvalidArgument : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+struct TypeMismatch : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+// errno as text, for messages about system calls.
+std::string errno_text(int err);
+
+}  // namespace plexus

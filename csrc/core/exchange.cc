@@ -1,0 +1,196 @@
+#include "core/exchange.h"
+
+#include <poll.h>
+
+#include <string>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace plexus {
+
+namespace {
+constexpr size_t kMaxErrorText = 1 << 20;
+}
+
+Exchange::Exchange(OpContext& ctx) : ctx_(ctx) {}
+
+Exchange::Stream& Exchange::stream(int peer) {
+  for (auto& s : streams_)
+    if (s.peer == peer) return s;
+  if (peer < 0 || peer >= ctx_.size() || peer == ctx_.rank())
+    throw Error("internal: bad peer " + std::to_string(peer));
+  streams_.emplace_back();
+  streams_.back().peer = peer;
+  return streams_.back();
+}
+
+int Exchange::recv(int peer, void* dst, size_t bytes, std::function<void()> on_arrival) {
+  int id = static_cast<int>(recvs_.size());
+  recvs_.push_back(RecvItem{dst, bytes, std::move(on_arrival)});
+  arrived_.push_back(0);
+  stream(peer).recvs.push_back(id);
+  return id;
+}
+
+void Exchange::send(int peer, const void* src, size_t bytes, int after) {
+  int id = static_cast<int>(sends_.size());
+  sends_.push_back(SendItem{src, bytes, after});
+  stream(peer).sends.push_back(id);
+}
+
+bool Exchange::pump_sends(Stream& s, bool* want_write) {
+  bool moved = false;
+  while (s.next_send < s.sends.size()) {
+    const SendItem& item = sends_[s.sends[s.next_send]];
+    if (item.after >= 0 && !arrived_[item.after]) break;
+    if (s.out_done == 0) s.out_header = FrameHeader::data(ctx_.comm->id(), ctx_.seq, ctx_.sig, item.bytes);
+    const size_t hsize = sizeof(FrameHeader);
+    iovec iov[2];
+    int n = 0;
+    if (s.out_done < hsize) {
+      iov[n++] = {reinterpret_cast<char*>(&s.out_header) + s.out_done, hsize - s.out_done};
+      if (item.bytes) iov[n++] = {const_cast<void*>(item.src), item.bytes};
+    } else {
+      size_t off = s.out_done - hsize;
+      iov[n++] = {static_cast<char*>(const_cast<void*>(item.src)) + off, item.bytes - off};
+    }
+    size_t k = s.conn->write_some(iov, n);
+    if (k == 0) {
+      *want_write = true;
+      break;
+    }
+    moved = true;
+    s.out_done += k;
+    s.conn->mid_frame = true;
+    if (s.out_done == hsize + item.bytes) {
+      s.out_done = 0;
+      s.conn->mid_frame = false;
+      ++s.next_send;
+    }
+  }
+  return moved;
+}
+
+void Exchange::throw_peer_error_frame(Stream& s) {
+  // The peer failed and says why; read its message (bounded) and pass it on.
+  size_t len = s.in_header.payload_bytes < kMaxErrorText ? s.in_header.payload_bytes : kMaxErrorText;
+  std::string text(len, '\0');
+  size_t got = 0;
+  Deadline d = Deadline::after_seconds(2.0);
+  try {
+    while (got < len && !d.passed()) {
+      size_t k = s.conn->read_some(&text[got], len - got);
+      if (k == 0) {
+        pollfd p{s.conn->fd(), POLLIN, 0};
+        ::poll(&p, 1, 10);
+      }
+      got += k;
+    }
+  } catch (const Error&) {
+  }
+  text.resize(got);
+  throw PeerError(s.peer, "rank " + std::to_string(s.peer) + " reported an error: " + text);
+}
+
+void Exchange::check_header(Stream& s, const RecvItem& item) {
+  const FrameHeader& h = s.in_header;
+  const int p = s.peer;
+  if (h.magic != kFrameMagic || h.version != kWireVersion)
+    throw PeerError(p, "rank " + std::to_string(p) + " sent bytes that are not a plexus frame");
+  if (h.type == static_cast<uint8_t>(FrameType::kError)) throw_peer_error_frame(s);
+  if (h.comm_id != ctx_.comm->id())
+    throw PeerError(p, "rank " + std::to_string(p) + " sent a frame of another communicator");
+  Signature theirs = h.signature();
+  if (h.seq != ctx_.seq || theirs != ctx_.sig)
+    throw Error("collective mismatch: rank " + std::to_string(ctx_.rank()) + " called " +
+                ctx_.sig.describe() + " as op #" + std::to_string(ctx_.seq) + " but rank " +
+                std::to_string(p) + " called " + theirs.describe() + " as op #" +
+                std::to_string(h.seq));
+  if (h.payload_bytes != item.bytes)
+    throw Error("rank " + std::to_string(p) + " sent " + std::to_string(h.payload_bytes) +
+                " bytes where " + std::to_string(item.bytes) + " were expected");
+}
+
+bool Exchange::pump_recvs(Stream& s, bool* want_read) {
+  bool moved = false;
+  const size_t hsize = sizeof(FrameHeader);
+  while (s.next_recv < s.recvs.size()) {
+    const int id = s.recvs[s.next_recv];
+    RecvItem& item = recvs_[id];
+    if (s.in_header_got < hsize) {
+      size_t k = s.conn->read_some(reinterpret_cast<char*>(&s.in_header) + s.in_header_got,
+                                   hsize - s.in_header_got);
+      if (k == 0) {
+        *want_read = true;
+        break;
+      }
+      moved = true;
+      s.in_header_got += k;
+      if (s.in_header_got < hsize) continue;
+      check_header(s, item);
+    }
+    if (s.in_payload_got < item.bytes) {
+      size_t k = s.conn->read_some(static_cast<char*>(item.dst) + s.in_payload_got,
+                                   item.bytes - s.in_payload_got);
+      if (k == 0) {
+        *want_read = true;
+        break;
+      }
+      moved = true;
+      s.in_payload_got += k;
+      if (s.in_payload_got < item.bytes) continue;
+    }
+    if (item.on_arrival) item.on_arrival();
+    arrived_[id] = 1;
+    s.in_header_got = s.in_payload_got = 0;
+    ++s.next_recv;
+    moved = true;
+  }
+  return moved;
+}
+
+void Exchange::throw_timeout() {
+  std::string waiting;
+  for (auto& s : streams_) {
+    if (s.next_recv < s.recvs.size()) waiting += " receive from rank " + std::to_string(s.peer) + ";";
+    if (s.next_send < s.sends.size()) waiting += " send to rank " + std::to_string(s.peer) + ";";
+  }
+  throw Timeout("timed out after " + std::to_string(static_cast<int>(ctx_.comm->timeout_s())) +
+                " s; still waiting to" + waiting +
+                " (a peer may be stuck, dead, or in a different call)");
+}
+
+void Exchange::run() {
+  for (auto& s : streams_) s.conn = &ctx_.comm->connection(s.peer, ctx_.deadline);
+  std::vector<pollfd> fds;
+  while (true) {
+    bool all_done = true, moved = false;
+    fds.clear();
+    fds.push_back({ctx_.comm->wake_fd(), POLLIN, 0});
+    fds.push_back({ctx_.comm->listen_fd(), POLLIN, 0});
+    for (auto& s : streams_) {
+      if (s.done()) continue;
+      bool want_write = false, want_read = false;
+      moved |= pump_sends(s, &want_write);
+      moved |= pump_recvs(s, &want_read);
+      if (!s.done()) all_done = false;
+      if (want_write || want_read) {
+        short events = static_cast<short>((want_read ? POLLIN : 0) | (want_write ? POLLOUT : 0));
+        fds.push_back({s.conn->fd(), events, 0});
+      }
+    }
+    if (all_done) return;
+    if (moved) continue;
+    ctx_.comm->check_abort();
+    if (ctx_.deadline.passed()) throw_timeout();
+    ::poll(fds.data(), fds.size(), ctx_.deadline.poll_ms(1000));
+    if (fds[0].revents) {
+      ctx_.comm->drain_wake();
+      ctx_.comm->check_abort();
+    }
+    if (fds[1].revents) ctx_.comm->accept_pending();
+  }
+}
+
+}  // namespace plexus

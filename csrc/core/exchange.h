@@ -1,0 +1,68 @@
+// The progress engine of one op: algorithms post framed sends and receives per peer, with
+// dependencies, and run() drives all of them at once over non-blocking connections.
+//
+// Per peer, sends leave and receives land in the order they were posted (each connection is an
+// ordered stream). A send may wait for a receive (e.g. forward a chunk once it has arrived and
+// been reduced); a receive's callback runs on arrival, before the next receive from that peer.
+// Every frame carries the op's signature and sequence number; a frame from a peer that is in a
+// different call fails the op with both calls named.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <vector>
+
+#include "core/communicator.h"
+#include "transport/frame.h"
+
+namespace plexus {
+
+class Exchange {
+ public:
+  explicit Exchange(OpContext& ctx);
+
+  // Receives exactly `bytes` from `peer` into `dst`; returns an id that sends can wait on.
+  int recv(int peer, void* dst, size_t bytes, std::function<void()> on_arrival = nullptr);
+  // Sends `bytes` from `src` to `peer` once receive `after` (-1: none) has arrived.
+  void send(int peer, const void* src, size_t bytes, int after = -1);
+  // Drives everything posted to completion; throws on a failure, an abort or the deadline.
+  void run();
+
+ private:
+  struct SendItem {
+    const void* src;
+    size_t bytes;
+    int after;
+  };
+  struct RecvItem {
+    void* dst;
+    size_t bytes;
+    std::function<void()> on_arrival;
+  };
+  struct Stream {
+    int peer = -1;
+    Connection* conn = nullptr;
+    std::vector<int> sends, recvs;  // item ids, in posting order
+    size_t next_send = 0, next_recv = 0;
+    FrameHeader out_header{};
+    size_t out_done = 0;  // bytes of the current outgoing frame (header + payload) written
+    FrameHeader in_header{};
+    size_t in_header_got = 0, in_payload_got = 0;
+    bool done() const { return next_send == sends.size() && next_recv == recvs.size(); }
+  };
+
+  Stream& stream(int peer);
+  bool pump_sends(Stream& s, bool* want_write);
+  bool pump_recvs(Stream& s, bool* want_read);
+  void check_header(Stream& s, const RecvItem& item);
+  [[noreturn]] void throw_peer_error_frame(Stream& s);
+  [[noreturn]] void throw_timeout();
+
+  OpContext& ctx_;
+  std::vector<SendItem> sends_;
+  std::vector<RecvItem> recvs_;
+  std::vector<char> arrived_;
+  std::vector<Stream> streams_;
+};
+
+}  // namespace plexus

@@ -1,0 +1,36 @@
+// The transport interface: an ordered, reliable byte stream to one peer. Algorithms reach it
+// only through core/exchange.h; nothing above this layer sees a socket.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstddef>
+
+namespace plexus {
+
+class Connection {
+ public:
+  explicit Connection(int peer) : peer_(peer) {}
+  virtual ~Connection() = default;
+
+  // Non-blocking. Return the number of bytes moved, 0 when nothing can move right now.
+  // Throw PeerError when the connection is broken or closed by the peer.
+  virtual size_t write_some(const iovec* iov, int iovcnt) = 0;
+  virtual size_t read_some(void* dst, size_t n) = 0;
+
+  // A descriptor that poll() reports ready for this connection, or -1 if it must be polled by
+  // calling read_some/write_some (e.g. shared memory).
+  virtual int fd() const = 0;
+  // Ends the stream: the peer sees end-of-file after what was already written.
+  virtual void shutdown() = 0;
+  virtual const char* transport_name() const = 0;
+
+  int peer() const { return peer_; }
+  // True while a frame is only partly written; an error frame cannot follow it then.
+  bool mid_frame = false;
+
+ private:
+  int peer_;
+};
+
+}  // namespace plexus

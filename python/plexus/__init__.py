@@ -1,0 +1,69 @@
+"""Plexus: collective communication for AI clusters.
+
+The API follows torch.distributed::
+
+    import numpy as np, plexus
+    plexus.init_process_group(init_method="env://")
+    x = np.ones(1024, dtype=np.float32)
+    plexus.all_reduce(x)                # in place, like torch.distributed.all_reduce
+"""
+
+from . import _C
+from ._C import CollectiveTimeout, PeerError, PlexusError
+from ._ops import ReduceOp
+from ._work import Work
+from .distributed import (
+    GroupMember,
+    ProcessGroup,
+    all_gather,
+    all_gather_into_tensor,
+    all_reduce,
+    barrier,
+    broadcast,
+    destroy_process_group,
+    get_backend,
+    get_rank,
+    get_world_size,
+    init_process_group,
+    is_available,
+    is_initialized,
+    new_group,
+    reduce,
+    reduce_scatter,
+    reduce_scatter_tensor,
+)
+
+__version__ = getattr(_C, "__version__", "0+unknown")
+
+
+def algorithms(collective: str) -> list:
+    """Names of the algorithms registered for `collective` (e.g. "all_reduce")."""
+    return list(_C.algorithms(collective))
+
+
+__all__ = [
+    "CollectiveTimeout",
+    "GroupMember",
+    "PeerError",
+    "PlexusError",
+    "ProcessGroup",
+    "ReduceOp",
+    "Work",
+    "algorithms",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_reduce",
+    "barrier",
+    "broadcast",
+    "destroy_process_group",
+    "get_backend",
+    "get_rank",
+    "get_world_size",
+    "init_process_group",
+    "is_available",
+    "is_initialized",
+    "new_group",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+]

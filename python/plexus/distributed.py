@@ -1,0 +1,376 @@
+"""The torch.distributed-shaped API of Plexus, on numpy arrays and CPU torch tensors.
+
+Names and semantics follow torch.distributed: collectives work in place on their arguments,
+take ``group=`` and ``async_op=``, use global ranks for ``src``/``dst``, and return a Work when
+``async_op=True`` (None otherwise).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import threading
+from typing import Any, List, Optional, Sequence
+
+from . import _C
+from ._arrays import Buffer, as_buffer, same_kind
+from ._ops import ReduceOp, resolve_op
+from ._rendezvous import Rendezvous, rendezvous
+from ._work import Work
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class ProcessGroup:
+    """A set of ranks that run collectives together (one C++ communicator)."""
+
+    def __init__(self, comm: "_C.Communicator", ranks: List[int], name: str):
+        self.comm = comm
+        self.ranks = ranks  # global rank of each group rank
+        self.name = name
+        self._pending: List[tuple] = []  # (core work, arrays it uses) until it completes
+        self._lock = threading.Lock()
+
+    def rank(self) -> int:
+        return self.comm.rank
+
+    def size(self) -> int:
+        return self.comm.size
+
+    def group_rank(self, global_rank: int, what: str) -> int:
+        try:
+            return self.ranks.index(global_rank)
+        except ValueError:
+            raise ValueError(f"{what}: rank {global_rank} is not a member of group {self.name} (ranks {self.ranks})") from None
+
+    def track(self, core_work: Any, arrays: List[Any]) -> None:
+        # The arrays must outlive the op even if the caller drops its Work.
+        with self._lock:
+            self._pending = [(w, a) for (w, a) in self._pending if not w.is_completed()]
+            self._pending.append((core_work, arrays))
+
+    def __repr__(self) -> str:
+        return f"<plexus.ProcessGroup {self.name} rank {self.rank()} of {self.size()}>"
+
+
+class _NonGroupMember:
+    def __repr__(self) -> str:
+        return "GroupMember.NON_GROUP_MEMBER"
+
+
+class GroupMember:
+    WORLD: Optional[ProcessGroup] = None
+    NON_GROUP_MEMBER = _NonGroupMember()
+
+
+class _State:
+    def __init__(self) -> None:
+        self.world: Optional[ProcessGroup] = None
+        self.rendezvous: Optional[Rendezvous] = None
+        self.timeout = DEFAULT_TIMEOUT_S
+        self.groups: List[ProcessGroup] = []
+        self.group_counter = 0
+
+
+_state = _State()
+
+
+def _timeout_seconds(timeout: Any) -> float:
+    if timeout is None:
+        value = os.environ.get("PLEXUS_TIMEOUT")
+        if not value:
+            return DEFAULT_TIMEOUT_S
+        try:
+            timeout = float(value)
+        except ValueError:
+            raise ValueError(f"PLEXUS_TIMEOUT={value!r} is not a number of seconds") from None
+    if isinstance(timeout, datetime.timedelta):
+        timeout = timeout.total_seconds()
+    timeout = float(timeout)
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    return timeout
+
+
+def is_available() -> bool:
+    return True
+
+
+def is_initialized() -> bool:
+    return _state.world is not None
+
+
+def init_process_group(
+    backend: Optional[str] = None,
+    init_method: Optional[str] = None,
+    timeout: Any = None,
+    world_size: int = -1,
+    rank: int = -1,
+    store: Optional["_C.Store"] = None,
+    group_name: str = "",
+) -> None:
+    """Joins the default group. ``init_method`` is env:// (MASTER_ADDR, MASTER_PORT, RANK,
+    WORLD_SIZE; the default), tcp://host:port or file:///path; or pass a ``store`` with
+    ``rank`` and ``world_size``. ``timeout`` (seconds or timedelta; default PLEXUS_TIMEOUT or
+    600 s) bounds every wait of every collective of the group."""
+    if _state.world is not None:
+        raise RuntimeError("plexus: the default process group is already initialized; call destroy_process_group() first")
+    if backend not in (None, "plexus", "cpu:plexus"):
+        raise ValueError(f"plexus.init_process_group: backend {backend!r} is not plexus")
+    seconds = _timeout_seconds(timeout)
+    if store is not None:
+        if rank < 0 or world_size < 1:
+            raise ValueError("init_process_group(store=...) also needs rank and world_size")
+        if init_method is not None:
+            raise ValueError("pass either init_method or store, not both")
+        rdv = Rendezvous(store, rank, world_size)
+    else:
+        rdv = rendezvous(init_method, rank, world_size, seconds)
+    comm = _C.Communicator(_C.PrefixStore(rdv.store, "plexus/world/"), rdv.rank, rdv.world_size, seconds)
+    _C.set_log_rank(rdv.rank)
+    _state.rendezvous = rdv
+    _state.timeout = seconds
+    _state.world = ProcessGroup(comm, list(range(rdv.world_size)), group_name or "world")
+    GroupMember.WORLD = _state.world
+
+
+def destroy_process_group(group: Optional[ProcessGroup] = None) -> None:
+    """Tears down `group`, or every group and the rendezvous when `group` is None. Ops still
+    in flight fail with an error."""
+    if group is None or group is _state.world:
+        for g in _state.groups:
+            g.comm.abort("destroy_process_group() was called")
+        if _state.world is not None:
+            _state.world.comm.abort("destroy_process_group() was called")
+        rdv = _state.rendezvous
+        if rdv is not None and rdv.file_path:
+            try:
+                os.remove(rdv.file_path)
+            except OSError:
+                pass
+        _state.__init__()
+        GroupMember.WORLD = None
+        return
+    if group is GroupMember.NON_GROUP_MEMBER:
+        return
+    group.comm.abort("destroy_process_group(group) was called")
+    if group in _state.groups:
+        _state.groups.remove(group)
+
+
+def _world(what: str) -> ProcessGroup:
+    if _state.world is None:
+        raise RuntimeError(f"{what}: the default process group is not initialized; call plexus.init_process_group() first")
+    return _state.world
+
+
+def _group(group: Any, what: str) -> Optional[ProcessGroup]:
+    """The group to run on, or None when this rank is not a member (the call is a no-op)."""
+    world = _world(what)
+    if group is None:
+        return world
+    if group is GroupMember.NON_GROUP_MEMBER:
+        return None
+    if not isinstance(group, ProcessGroup):
+        raise TypeError(f"{what}: group must be a plexus ProcessGroup, got {type(group).__name__}")
+    return group
+
+
+def get_rank(group: Any = None) -> int:
+    g = _group(group, "get_rank")
+    return -1 if g is None else g.rank()
+
+
+def get_world_size(group: Any = None) -> int:
+    g = _group(group, "get_world_size")
+    return -1 if g is None else g.size()
+
+
+def get_backend(group: Any = None) -> str:
+    _group(group, "get_backend")
+    return "plexus"
+
+
+def new_group(ranks: Optional[Sequence[int]] = None, timeout: Any = None, backend: Optional[str] = None, **_: Any):
+    """Creates a group of the given global ranks. Every rank of the world must call it, in the
+    same order as the other new_group calls; ranks outside the group get
+    GroupMember.NON_GROUP_MEMBER."""
+    world = _world("new_group")
+    n = world.size()
+    members = list(range(n)) if ranks is None else sorted(int(r) for r in ranks)
+    if len(set(members)) != len(members):
+        raise ValueError(f"new_group: duplicate ranks in {list(ranks)}")
+    for r in members:
+        if not 0 <= r < n:
+            raise ValueError(f"new_group: rank {r} is out of range for world size {n}")
+    if not members:
+        raise ValueError("new_group: ranks must not be empty")
+    _state.group_counter += 1
+    name = f"group{_state.group_counter}"
+    me = world.rank()
+    if me not in members:
+        return GroupMember.NON_GROUP_MEMBER
+    seconds = _timeout_seconds(timeout) if timeout is not None else _state.timeout
+    store = _C.PrefixStore(_state.rendezvous.store, f"plexus/{name}/")
+    comm = _C.Communicator(store, members.index(me), len(members), seconds)
+    group = ProcessGroup(comm, members, name)
+    _state.groups.append(group)
+    return group
+
+
+# --- collectives -------------------------------------------------------------------------------
+
+
+def _finish(group: ProcessGroup, core_work: Any, arrays: List[Any], outputs: List[Any], async_op: bool):
+    group.track(core_work, arrays)
+    work = Work(core_work, outputs)
+    if async_op:
+        return work
+    work.wait()
+    return None
+
+
+def _where(what: str, group: ProcessGroup) -> str:
+    return f"{what} on rank {group.ranks[group.rank()]}"
+
+
+def _list_of_buffers(tensors: Any, argname: str, where: str, n: int, ref: Buffer, writable: bool) -> List[Buffer]:
+    if not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"{where}: {argname} must be a list of {n} arrays, got {type(tensors).__name__}")
+    if len(tensors) != n:
+        raise ValueError(f"{where}: {argname} has {len(tensors)} entries but the group has {n} ranks")
+    bufs = []
+    for i, t in enumerate(tensors):
+        b = as_buffer(t, f"{where}: {argname}[{i}]", writable=writable)
+        same_kind(ref, b, f"{argname}[{i}]", "the tensor")
+        if b.count != ref.count:
+            raise ValueError(f"{where}: {argname}[{i}] has {b.count} elements but the tensor has {ref.count}")
+        bufs.append(b)
+    if writable:
+        order = sorted(range(n), key=lambda i: bufs[i].ptr)
+        for a, b in zip(order, order[1:]):
+            if bufs[a].overlaps(bufs[b]):
+                raise ValueError(f"{where}: {argname}[{a}] and {argname}[{b}] share memory")
+    return bufs
+
+
+def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False, *, out: Any = None):
+    """Reduces `tensor` across the group; every rank gets the result in `tensor` (or in `out`,
+    leaving `tensor` as it was, when `out` is given)."""
+    g = _group(group, "all_reduce")
+    if g is None:
+        return None
+    where = _where("all_reduce", g)
+    buf = as_buffer(tensor, f"{where}: tensor", writable=out is None)
+    dst = buf
+    if out is not None:
+        dst = as_buffer(out, f"{where}: out", writable=True)
+        same_kind(buf, dst, "out", "tensor")
+        if dst.count != buf.count:
+            raise ValueError(f"{where}: out has {dst.count} elements but tensor has {buf.count}")
+        if dst.overlaps(buf) and dst.ptr != buf.ptr:
+            raise ValueError(f"{where}: out partly overlaps tensor")
+    code, factor = resolve_op(op, where)
+    w = g.comm.all_reduce(buf.ptr, dst.ptr, buf.count, buf.code, code, factor)
+    return _finish(g, w, [tensor, out], [dst.obj], async_op)
+
+
+def all_gather(tensor_list: List[Any], tensor: Any, group: Any = None, async_op: bool = False):
+    """Gathers `tensor` from every rank into `tensor_list` (one entry per rank, in rank order)."""
+    g = _group(group, "all_gather")
+    if g is None:
+        return None
+    where = _where("all_gather", g)
+    src = as_buffer(tensor, f"{where}: tensor", writable=False)
+    outs = _list_of_buffers(tensor_list, "tensor_list", where, g.size(), src, writable=True)
+    for i, b in enumerate(outs):
+        if b.overlaps(src) and not (i == g.rank() and b.ptr == src.ptr):
+            raise ValueError(f"{where}: tensor_list[{i}] overlaps the input tensor")
+    w = g.comm.all_gather(src.ptr, [b.ptr for b in outs], src.count, src.code)
+    return _finish(g, w, [tensor, list(tensor_list)], list(tensor_list), async_op)
+
+
+def all_gather_into_tensor(output_tensor: Any, input_tensor: Any, group: Any = None, async_op: bool = False):
+    """Gathers every rank's `input_tensor` into `output_tensor` (world_size times larger),
+    concatenated in rank order. In place when `input_tensor` is this rank's slice of the output."""
+    g = _group(group, "all_gather_into_tensor")
+    if g is None:
+        return None
+    where = _where("all_gather_into_tensor", g)
+    src = as_buffer(input_tensor, f"{where}: input_tensor", writable=False)
+    dst = as_buffer(output_tensor, f"{where}: output_tensor", writable=True)
+    same_kind(src, dst, "output_tensor", "input_tensor")
+    n, r = g.size(), g.rank()
+    if dst.count != src.count * n:
+        raise ValueError(f"{where}: output_tensor has {dst.count} elements but must have {n} x {src.count}")
+    slots = [dst.ptr + i * src.nbytes for i in range(n)]
+    if src.overlaps(dst) and src.ptr != slots[r]:
+        raise ValueError(f"{where}: input_tensor overlaps output_tensor but is not this rank's slice of it")
+    w = g.comm.all_gather(src.ptr, slots, src.count, src.code)
+    return _finish(g, w, [output_tensor, input_tensor], [output_tensor], async_op)
+
+
+def reduce_scatter(output: Any, input_list: List[Any], op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False):
+    """Reduces input_list[i] across ranks into `output` of rank i."""
+    g = _group(group, "reduce_scatter")
+    if g is None:
+        return None
+    where = _where("reduce_scatter", g)
+    dst = as_buffer(output, f"{where}: output", writable=True)
+    ins = _list_of_buffers(input_list, "input_list", where, g.size(), dst, writable=False)
+    code, factor = resolve_op(op, where)
+    w = g.comm.reduce_scatter([b.ptr for b in ins], dst.ptr, dst.count, dst.code, code, factor)
+    return _finish(g, w, [output, list(input_list)], [output], async_op)
+
+
+def reduce_scatter_tensor(output: Any, input: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False):
+    """Reduces `input` (world_size blocks, in rank order) across ranks; rank i gets block i in
+    `output`. `output` may be this rank's block of `input`."""
+    g = _group(group, "reduce_scatter_tensor")
+    if g is None:
+        return None
+    where = _where("reduce_scatter_tensor", g)
+    src = as_buffer(input, f"{where}: input", writable=False)
+    dst = as_buffer(output, f"{where}: output", writable=True)
+    same_kind(dst, src, "input", "output")
+    n = g.size()
+    if src.count != dst.count * n:
+        raise ValueError(f"{where}: input has {src.count} elements but must have {n} x {dst.count}")
+    code, factor = resolve_op(op, where)
+    blocks = [src.ptr + i * dst.nbytes for i in range(n)]
+    w = g.comm.reduce_scatter(blocks, dst.ptr, dst.count, dst.code, code, factor)
+    return _finish(g, w, [output, input], [output], async_op)
+
+
+def broadcast(tensor: Any, src: int, group: Any = None, async_op: bool = False):
+    """Copies `tensor` of global rank `src` into `tensor` on every rank of the group."""
+    g = _group(group, "broadcast")
+    if g is None:
+        return None
+    where = _where("broadcast", g)
+    root = g.group_rank(src, where)
+    buf = as_buffer(tensor, f"{where}: tensor", writable=g.rank() != root)
+    w = g.comm.broadcast(buf.ptr, buf.count, buf.code, root)
+    return _finish(g, w, [tensor], [tensor], async_op)
+
+
+def reduce(tensor: Any, dst: int, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False):
+    """Reduces `tensor` across the group into `tensor` of global rank `dst`; the other ranks'
+    tensors are left unchanged."""
+    g = _group(group, "reduce")
+    if g is None:
+        return None
+    where = _where("reduce", g)
+    root = g.group_rank(dst, where)
+    buf = as_buffer(tensor, f"{where}: tensor", writable=g.rank() == root)
+    code, factor = resolve_op(op, where)
+    w = g.comm.reduce(buf.ptr, buf.ptr, buf.count, buf.code, code, factor, root)
+    return _finish(g, w, [tensor], [tensor], async_op)
+
+
+def barrier(group: Any = None, async_op: bool = False, device_ids: Any = None):
+    """Returns once every rank of the group has entered the barrier."""
+    g = _group(group, "barrier")
+    if g is None:
+        return None
+    return _finish(g, g.comm.barrier(), [], [], async_op)

@@ -1,0 +1,150 @@
+"""Every collective against numpy, on 1-4 real processes, over every dtype, op and a spread of
+counts (0, 1, 7, 1000, 2^20+3), in place and out of place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import plexus
+import reference as ref
+from launch import run_ranks
+
+WORLD_SIZES = [1, 2, 3, 4]
+
+
+def _reducing_cases(prefix):
+    for dtype in ref.DTYPES:
+        for op in ref.OPS:
+            if ref.valid(op, dtype):
+                for count in ref.COUNTS:
+                    yield f"{prefix}/{dtype}/{op}/{count}", dtype, op, count
+
+
+def _plain_cases(prefix):
+    for dtype in ref.DTYPES:
+        for count in ref.COUNTS:
+            yield f"{prefix}/{dtype}/{count}", dtype, count
+
+
+def check_all_reduce(rank, world):
+    checked = 0
+    for case, dtype, op, count in _reducing_cases("all_reduce"):
+        inputs = [ref.make_input(case, r, count, dtype, op) for r in range(world)]
+        want = ref.reduce_ref(inputs, op, dtype)
+        x = inputs[rank].copy()
+        plexus.all_reduce(x, op=ref.plexus_op(op))
+        ref.assert_equal(x, want, op, f"in place {case}")
+        x = inputs[rank].copy()
+        out = np.empty_like(x)
+        plexus.all_reduce(x, op=ref.plexus_op(op), out=out)
+        ref.assert_equal(out, want, op, f"out of place {case}")
+        ref.assert_equal(x, inputs[rank], "SUM", f"input left alone {case}")
+        checked += 2
+    return checked
+
+
+def check_all_gather(rank, world):
+    checked = 0
+    for case, dtype, count in _plain_cases("all_gather"):
+        inputs = [ref.make_input(case, r, count, dtype) for r in range(world)]
+        dt = ref.np_dtype(dtype)
+        # list form, out of place
+        outs = [np.full(count, 1, dtype=dt) for _ in range(world)]
+        plexus.all_gather(outs, inputs[rank].copy())
+        for r in range(world):
+            ref.assert_equal(outs[r], inputs[r], "SUM", f"list {case} block {r}")
+        # list form, in place: this rank's entry is the input itself
+        outs = [np.zeros(count, dtype=dt) for _ in range(world)]
+        outs[rank][:] = inputs[rank]
+        plexus.all_gather(outs, outs[rank])
+        for r in range(world):
+            ref.assert_equal(outs[r], inputs[r], "SUM", f"list in place {case} block {r}")
+        want = np.concatenate(inputs)
+        # into one tensor, out of place
+        out = np.zeros(count * world, dtype=dt)
+        plexus.all_gather_into_tensor(out, inputs[rank])
+        ref.assert_equal(out, want, "SUM", f"into tensor {case}")
+        # into one tensor, in place
+        out = np.zeros(count * world, dtype=dt)
+        mine = out[rank * count:(rank + 1) * count]
+        mine[:] = inputs[rank]
+        plexus.all_gather_into_tensor(out, mine)
+        ref.assert_equal(out, want, "SUM", f"into tensor in place {case}")
+        checked += 4
+    return checked
+
+
+def check_reduce_scatter(rank, world):
+    checked = 0
+    for case, dtype, op, count in _reducing_cases("reduce_scatter"):
+        full = [ref.make_input(case, r, count * world, dtype, op) for r in range(world)]
+        want = ref.reduce_ref(full, op, dtype)[rank * count:(rank + 1) * count]
+        dt = ref.np_dtype(dtype)
+        # list form
+        out = np.zeros(count, dtype=dt)
+        plexus.reduce_scatter(out, [full[rank][i * count:(i + 1) * count].copy() for i in range(world)], op=ref.plexus_op(op))
+        ref.assert_equal(out, want, op, f"list {case}")
+        # one tensor, out of place
+        out = np.zeros(count, dtype=dt)
+        src = full[rank].copy()
+        plexus.reduce_scatter_tensor(out, src, op=ref.plexus_op(op))
+        ref.assert_equal(out, want, op, f"tensor {case}")
+        ref.assert_equal(src, full[rank], "SUM", f"input left alone {case}")
+        # one tensor, in place: the output is this rank's block of the input
+        src = full[rank].copy()
+        out = src[rank * count:(rank + 1) * count]
+        plexus.reduce_scatter_tensor(out, src, op=ref.plexus_op(op))
+        ref.assert_equal(out, want, op, f"tensor in place {case}")
+        checked += 3
+    return checked
+
+
+def check_broadcast(rank, world):
+    checked = 0
+    for i, (case, dtype, count) in enumerate(_plain_cases("broadcast")):
+        root = i % world
+        want = ref.make_input(case, root, count, dtype)
+        x = want.copy() if rank == root else ref.make_input(case + "/junk", rank, count, dtype)
+        plexus.broadcast(x, src=root)
+        ref.assert_equal(x, want, "SUM", f"{case} root {root}")
+        checked += 1
+    return checked
+
+
+def check_reduce(rank, world):
+    checked = 0
+    for i, (case, dtype, op, count) in enumerate(_reducing_cases("reduce")):
+        root = i % world
+        inputs = [ref.make_input(case, r, count, dtype, op) for r in range(world)]
+        x = inputs[rank].copy()
+        plexus.reduce(x, dst=root, op=ref.plexus_op(op))
+        if rank == root:
+            ref.assert_equal(x, ref.reduce_ref(inputs, op, dtype), op, f"{case} root {root}")
+        else:
+            ref.assert_equal(x, inputs[rank], "SUM", f"{case}: non-root tensor left alone")
+        checked += 1
+    return checked
+
+
+def check_barrier(rank, world):
+    for _ in range(20):
+        plexus.barrier()
+    return 20
+
+
+CHECKS = {
+    "all_reduce": check_all_reduce,
+    "all_gather": check_all_gather,
+    "reduce_scatter": check_reduce_scatter,
+    "broadcast": check_broadcast,
+    "reduce": check_reduce,
+    "barrier": check_barrier,
+}
+
+
+@pytest.mark.parametrize("world", WORLD_SIZES)
+@pytest.mark.parametrize("collective", list(CHECKS))
+def test_collective_matches_numpy(collective, world):
+    checked = run_ranks(world, CHECKS[collective], timeout=900)
+    assert all(c == checked[0] and c > 0 for c in checked), checked
