@@ -34,7 +34,7 @@ RedOp to_op(int o) {
 
 std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr_t> ins,
                              std::vector<uintptr_t> outs, size_t count, int dtype, int op,
-                             double factor, int root) {
+                             double factor, int root, bool blocking) {
   CollArgs a;
   for (auto p : ins) a.inputs.push_back(as_ptr(p));
   for (auto p : outs) a.outputs.push_back(as_mut_ptr(p));
@@ -43,7 +43,7 @@ std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr
   a.op = op < 0 ? RedOp::kNone : to_op(op);
   a.factor = factor;
   a.root = root;
-  return submit_collective(c, kind, std::move(a));
+  return submit_collective(c, kind, std::move(a), blocking);
 }
 
 }  // namespace
@@ -164,29 +164,47 @@ PYBIND11_MODULE(_C, m) {
                                return ids;
                              })
       .def("abort", &Communicator::abort, py::call_guard<py::gil_scoped_release>())
+      // Collectives. `blocking=True` means the caller waits at once: the op may then run on
+      // the calling thread. The GIL is released throughout.
       .def("all_reduce",
-           [](Communicator& c, uintptr_t in, uintptr_t out, size_t count, int dtype, int op, double factor) {
-             return submit(c, CollKind::kAllReduce, {in}, {out}, count, dtype, op, factor, -1);
-           })
+           [](Communicator& c, uintptr_t in, uintptr_t out, size_t count, int dtype, int op, double factor,
+              bool blocking) {
+             return submit(c, CollKind::kAllReduce, {in}, {out}, count, dtype, op, factor, -1, blocking);
+           },
+           py::arg("input"), py::arg("output"), py::arg("count"), py::arg("dtype"), py::arg("op"),
+           py::arg("factor") = 1.0, py::arg("blocking") = false, py::call_guard<py::gil_scoped_release>())
       .def("all_gather",
-           [](Communicator& c, uintptr_t in, std::vector<uintptr_t> outs, size_t count, int dtype) {
-             return submit(c, CollKind::kAllGather, {in}, std::move(outs), count, dtype, -1, 1.0, -1);
-           })
+           [](Communicator& c, uintptr_t in, std::vector<uintptr_t> outs, size_t count, int dtype, bool blocking) {
+             return submit(c, CollKind::kAllGather, {in}, std::move(outs), count, dtype, -1, 1.0, -1, blocking);
+           },
+           py::arg("input"), py::arg("outputs"), py::arg("count"), py::arg("dtype"), py::arg("blocking") = false,
+           py::call_guard<py::gil_scoped_release>())
       .def("reduce_scatter",
            [](Communicator& c, std::vector<uintptr_t> ins, uintptr_t out, size_t count, int dtype, int op,
-              double factor) {
-             return submit(c, CollKind::kReduceScatter, std::move(ins), {out}, count, dtype, op, factor, -1);
-           })
+              double factor, bool blocking) {
+             return submit(c, CollKind::kReduceScatter, std::move(ins), {out}, count, dtype, op, factor, -1,
+                           blocking);
+           },
+           py::arg("inputs"), py::arg("output"), py::arg("count"), py::arg("dtype"), py::arg("op"),
+           py::arg("factor") = 1.0, py::arg("blocking") = false, py::call_guard<py::gil_scoped_release>())
       .def("broadcast",
-           [](Communicator& c, uintptr_t buf, size_t count, int dtype, int root) {
-             return submit(c, CollKind::kBroadcast, {buf}, {buf}, count, dtype, -1, 1.0, root);
-           })
+           [](Communicator& c, uintptr_t buf, size_t count, int dtype, int root, bool blocking) {
+             return submit(c, CollKind::kBroadcast, {buf}, {buf}, count, dtype, -1, 1.0, root, blocking);
+           },
+           py::arg("buffer"), py::arg("count"), py::arg("dtype"), py::arg("root"), py::arg("blocking") = false,
+           py::call_guard<py::gil_scoped_release>())
       .def("reduce",
            [](Communicator& c, uintptr_t in, uintptr_t out, size_t count, int dtype, int op, double factor,
-              int root) {
-             return submit(c, CollKind::kReduce, {in}, {out}, count, dtype, op, factor, root);
-           })
-      .def("barrier", [](Communicator& c) {
-        return submit(c, CollKind::kBarrier, {}, {}, 0, static_cast<int>(DType::kUInt8), -1, 1.0, -1);
-      });
+              int root, bool blocking) {
+             return submit(c, CollKind::kReduce, {in}, {out}, count, dtype, op, factor, root, blocking);
+           },
+           py::arg("input"), py::arg("output"), py::arg("count"), py::arg("dtype"), py::arg("op"),
+           py::arg("factor"), py::arg("root"), py::arg("blocking") = false,
+           py::call_guard<py::gil_scoped_release>())
+      .def("barrier",
+           [](Communicator& c, bool blocking) {
+             return submit(c, CollKind::kBarrier, {}, {}, 0, static_cast<int>(DType::kUInt8), -1, 1.0, -1,
+                           blocking);
+           },
+           py::arg("blocking") = false, py::call_guard<py::gil_scoped_release>());
 }

@@ -18,7 +18,8 @@ bool rooted(CollKind k) { return k == CollKind::kBroadcast || k == CollKind::kRe
 
 }  // namespace
 
-std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollArgs args) {
+std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollArgs args,
+                                        bool blocking) {
   const int n = comm.size();
   const std::string what = std::string(coll_name(kind)) + " on rank " + std::to_string(comm.rank());
   if (static_cast<size_t>(args.dtype) >= static_cast<size_t>(DType::kCount))
@@ -53,7 +54,7 @@ std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollA
   sig.count = args.count;
   const Algorithm& algo = choose_algorithm(kind, args.count * dtype_size(args.dtype), n);
   AlgorithmFn run = algo.run;
-  return comm.enqueue(sig, [run, args](OpContext& ctx) { run(ctx, args); });
+  return comm.submit(sig, [run, args](OpContext& ctx) { run(ctx, args); }, blocking);
 }
 
 }  // namespace plexus

@@ -10,6 +10,8 @@
 namespace plexus {
 
 // Throws InvalidArgument / TypeMismatch when the call cannot be right on this rank.
-std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollArgs args);
+// `blocking`: the caller waits for the result right away (allows running it on this thread).
+std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollArgs args,
+                                        bool blocking);
 
 }  // namespace plexus

@@ -84,19 +84,31 @@ Communicator::~Communicator() {
   if (wake_fd_ >= 0) close(wake_fd_);
 }
 
-std::shared_ptr<Work> Communicator::enqueue(const Signature& sig,
-                                            std::function<void(OpContext&)> body) {
-  auto work = std::make_shared<Work>(sig.describe());
+std::shared_ptr<Work> Communicator::submit(const Signature& sig,
+                                           std::function<void(OpContext&)> body, bool blocking) {
+  Op op;
+  op.sig = sig;
+  op.body = std::move(body);
+  op.work = std::make_shared<Work>(sig.describe());
+  auto work = op.work;
+  bool run_here = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    Op op;
-    op.sig = sig;
     op.seq = next_seq_++;
-    op.body = std::move(body);
-    op.work = work;
-    queue_.push_back(std::move(op));
+    run_here = blocking && in_flight_ == 0 && !stopping_;
+    ++in_flight_;
+    if (!run_here) queue_.push_back(std::move(op));
   }
-  wake();
+  if (!run_here) {
+    wake();
+    return work;
+  }
+  {
+    std::lock_guard<std::mutex> exec(exec_mu_);
+    run_op(op);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  --in_flight_;
   return work;
 }
 
@@ -163,7 +175,13 @@ void Communicator::idle_wait() {
   pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {listen_fd(), POLLIN, 0}};
   ::poll(fds, 2, 1000);
   if (fds[0].revents) drain_wake();
-  if (fds[1].revents) accept_pending();
+  if (fds[1].revents) {
+    std::unique_lock<std::mutex> exec(exec_mu_, std::try_to_lock);
+    if (exec.owns_lock())
+      accept_pending();
+    else  // an op runs on a caller's thread and accepts for itself; do not spin on the listener
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 void Communicator::progress_loop() {
@@ -178,10 +196,16 @@ void Communicator::progress_loop() {
         break;
       }
     }
-    if (op.work)
-      run_op(op);
-    else
+    if (!op.work) {
       idle_wait();
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> exec(exec_mu_);
+      run_op(op);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    --in_flight_;
   }
 }
 

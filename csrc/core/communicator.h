@@ -51,8 +51,11 @@ class Communicator {
   int listen_port() const { return transport_.port(); }
   const std::vector<Endpoint>& endpoints() const { return endpoints_; }
 
-  // Queues an op; `body` runs on the progress thread after every op queued before it.
-  std::shared_ptr<Work> enqueue(const Signature& sig, std::function<void(OpContext&)> body);
+  // Runs an op after every op submitted before it. A blocking call finding nothing queued or
+  // running executes on the calling thread (no hand-off to the progress thread: lower latency);
+  // everything else is queued for the progress thread. Returns the op's Work.
+  std::shared_ptr<Work> submit(const Signature& sig, std::function<void(OpContext&)> body,
+                               bool blocking);
   // Fails the op in flight and everything queued, and makes the communicator unusable.
   void abort(const std::string& why);
 
@@ -87,8 +90,10 @@ class Communicator {
   std::vector<Endpoint> endpoints_;
   std::vector<std::unique_ptr<Connection>> conns_;  // by peer rank; progress thread only
 
-  std::mutex mu_;
+  std::mutex mu_;        // guards the queue and the counters below
+  std::mutex exec_mu_;   // held by whoever runs ops or touches connections
   std::deque<Op> queue_;
+  size_t in_flight_ = 0;  // submitted ops not finished yet
   bool stopping_ = false;
   std::string abort_reason_;
   std::atomic<bool> aborted_{false};

@@ -222,12 +222,11 @@ def new_group(ranks: Optional[Sequence[int]] = None, timeout: Any = None, backen
 
 
 def _finish(group: ProcessGroup, core_work: Any, arrays: List[Any], outputs: List[Any], async_op: bool):
+    if not async_op:
+        core_work.wait(None)  # returns at once when the op ran on this thread; raises its error
+        return None
     group.track(core_work, arrays)
-    work = Work(core_work, outputs)
-    if async_op:
-        return work
-    work.wait()
-    return None
+    return Work(core_work, outputs)
 
 
 def _where(what: str, group: ProcessGroup) -> str:
@@ -271,7 +270,7 @@ def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op:
         if dst.overlaps(buf) and dst.ptr != buf.ptr:
             raise ValueError(f"{where}: out partly overlaps tensor")
     code, factor = resolve_op(op, where)
-    w = g.comm.all_reduce(buf.ptr, dst.ptr, buf.count, buf.code, code, factor)
+    w = g.comm.all_reduce(buf.ptr, dst.ptr, buf.count, buf.code, code, factor, not async_op)
     return _finish(g, w, [tensor, out], [dst.obj], async_op)
 
 
@@ -286,7 +285,7 @@ def all_gather(tensor_list: List[Any], tensor: Any, group: Any = None, async_op:
     for i, b in enumerate(outs):
         if b.overlaps(src) and not (i == g.rank() and b.ptr == src.ptr):
             raise ValueError(f"{where}: tensor_list[{i}] overlaps the input tensor")
-    w = g.comm.all_gather(src.ptr, [b.ptr for b in outs], src.count, src.code)
+    w = g.comm.all_gather(src.ptr, [b.ptr for b in outs], src.count, src.code, not async_op)
     return _finish(g, w, [tensor, list(tensor_list)], list(tensor_list), async_op)
 
 
@@ -306,7 +305,7 @@ def all_gather_into_tensor(output_tensor: Any, input_tensor: Any, group: Any = N
     slots = [dst.ptr + i * src.nbytes for i in range(n)]
     if src.overlaps(dst) and src.ptr != slots[r]:
         raise ValueError(f"{where}: input_tensor overlaps output_tensor but is not this rank's slice of it")
-    w = g.comm.all_gather(src.ptr, slots, src.count, src.code)
+    w = g.comm.all_gather(src.ptr, slots, src.count, src.code, not async_op)
     return _finish(g, w, [output_tensor, input_tensor], [output_tensor], async_op)
 
 
@@ -319,7 +318,7 @@ def reduce_scatter(output: Any, input_list: List[Any], op: Any = ReduceOp.SUM, g
     dst = as_buffer(output, f"{where}: output", writable=True)
     ins = _list_of_buffers(input_list, "input_list", where, g.size(), dst, writable=False)
     code, factor = resolve_op(op, where)
-    w = g.comm.reduce_scatter([b.ptr for b in ins], dst.ptr, dst.count, dst.code, code, factor)
+    w = g.comm.reduce_scatter([b.ptr for b in ins], dst.ptr, dst.count, dst.code, code, factor, not async_op)
     return _finish(g, w, [output, list(input_list)], [output], async_op)
 
 
@@ -338,7 +337,7 @@ def reduce_scatter_tensor(output: Any, input: Any, op: Any = ReduceOp.SUM, group
         raise ValueError(f"{where}: input has {src.count} elements but must have {n} x {dst.count}")
     code, factor = resolve_op(op, where)
     blocks = [src.ptr + i * dst.nbytes for i in range(n)]
-    w = g.comm.reduce_scatter(blocks, dst.ptr, dst.count, dst.code, code, factor)
+    w = g.comm.reduce_scatter(blocks, dst.ptr, dst.count, dst.code, code, factor, not async_op)
     return _finish(g, w, [output, input], [output], async_op)
 
 
@@ -350,7 +349,7 @@ def broadcast(tensor: Any, src: int, group: Any = None, async_op: bool = False):
     where = _where("broadcast", g)
     root = g.group_rank(src, where)
     buf = as_buffer(tensor, f"{where}: tensor", writable=g.rank() != root)
-    w = g.comm.broadcast(buf.ptr, buf.count, buf.code, root)
+    w = g.comm.broadcast(buf.ptr, buf.count, buf.code, root, not async_op)
     return _finish(g, w, [tensor], [tensor], async_op)
 
 
@@ -364,7 +363,7 @@ def reduce(tensor: Any, dst: int, op: Any = ReduceOp.SUM, group: Any = None, asy
     root = g.group_rank(dst, where)
     buf = as_buffer(tensor, f"{where}: tensor", writable=g.rank() == root)
     code, factor = resolve_op(op, where)
-    w = g.comm.reduce(buf.ptr, buf.ptr, buf.count, buf.code, code, factor, root)
+    w = g.comm.reduce(buf.ptr, buf.ptr, buf.count, buf.code, code, factor, root, not async_op)
     return _finish(g, w, [tensor], [tensor], async_op)
 
 
@@ -373,4 +372,4 @@ def barrier(group: Any = None, async_op: bool = False, device_ids: Any = None):
     g = _group(group, "barrier")
     if g is None:
         return None
-    return _finish(g, g.comm.barrier(), [], [], async_op)
+    return _finish(g, g.comm.barrier(not async_op), [], [], async_op)
