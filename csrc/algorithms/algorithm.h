@@ -29,6 +29,10 @@ struct Algorithm {
   CollKind kind;
   AlgorithmFn run;
   const char* summary;
+  // Whether it can run on this communicator (nullptr: always).
+  bool (*applicable)(const Communicator& comm) = nullptr;
+
+  bool can_run(const Communicator& comm) const { return !applicable || applicable(comm); }
 };
 
 // Every registered algorithm, in preference order per collective.

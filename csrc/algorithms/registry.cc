@@ -3,6 +3,7 @@
 #include "algorithms/barrier.h"
 #include "algorithms/chain.h"
 #include "algorithms/ring.h"
+#include "algorithms/shm_direct.h"
 #include "core/error.h"
 
 namespace plexus {
@@ -10,11 +11,25 @@ namespace plexus {
 const std::vector<Algorithm>& algorithm_table() {
   static const std::vector<Algorithm> table = {
       {"ring", CollKind::kAllReduce, ring_all_reduce, "reduce-scatter + all-gather around a ring"},
+      {"shm_oneshot", CollKind::kAllReduce, shm_all_reduce_oneshot,
+       "one host: every rank reduces all inputs from shared memory", shm_applicable},
+      {"shm_twoshot", CollKind::kAllReduce, shm_all_reduce_twoshot,
+       "one host: reduce-scatter then all-gather by direct shared-memory reads", shm_applicable},
       {"ring", CollKind::kAllGather, ring_all_gather, "pipelined ring"},
+      {"shm_direct", CollKind::kAllGather, shm_all_gather, "one host: direct shared-memory reads",
+       shm_applicable},
       {"ring", CollKind::kReduceScatter, ring_reduce_scatter, "pipelined ring"},
+      {"shm_direct", CollKind::kReduceScatter, shm_reduce_scatter,
+       "one host: direct shared-memory reads", shm_applicable},
       {"chain", CollKind::kBroadcast, chain_broadcast, "pipelined chain from the root"},
+      {"shm_direct", CollKind::kBroadcast, shm_broadcast, "one host: direct shared-memory reads",
+       shm_applicable},
       {"chain", CollKind::kReduce, chain_reduce, "pipelined chain ending at the root"},
+      {"shm_direct", CollKind::kReduce, shm_reduce, "one host: direct shared-memory reads",
+       shm_applicable},
       {"dissemination", CollKind::kBarrier, dissemination_barrier, "log2(N) rounds of signals"},
+      {"shm_direct", CollKind::kBarrier, shm_barrier, "one host: counters in shared memory",
+       shm_applicable},
   };
   return table;
 }

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "algorithms/algorithm.h"
+#include "bootstrap/rendezvous.h"
 #include "bootstrap/tcp_store.h"
 #include "core/collectives.h"
 #include "core/communicator.h"
@@ -101,6 +102,12 @@ PYBIND11_MODULE(_C, m) {
           cpu::reduce(o, d, as_mut_ptr(dst), p.data(), static_cast<int>(p.size()), n, post_scale);
         },
         "Test hook: run the CPU reduction kernel on raw buffers.");
+  m.def("store_barrier",
+        [](std::shared_ptr<Store> store, const std::string& name, int rank, int size, double timeout_s) {
+          store_barrier(*store, name, rank, size, Deadline::after_seconds(timeout_s));
+        },
+        py::arg("store"), py::arg("name"), py::arg("rank"), py::arg("size"), py::arg("timeout"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("algorithms", [](const std::string& collective) {
     std::vector<std::string> names;
     for (const auto& a : algorithm_table())
@@ -163,6 +170,8 @@ PYBIND11_MODULE(_C, m) {
                                for (auto& e : c.endpoints()) ids.push_back(e.host_id);
                                return ids;
                              })
+      .def("transport_to", &Communicator::transport_to, "Transport to a peer: 'shm' or 'tcp'.")
+      .def_property_readonly("local_size", [](Communicator& c) { return c.shm() ? c.shm()->local_size() : 1; })
       .def("abort", &Communicator::abort, py::call_guard<py::gil_scoped_release>())
       // Collectives. `blocking=True` means the caller waits at once: the op may then run on
       // the calling thread. The GIL is released throughout.

@@ -78,14 +78,19 @@ std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const
   return all;
 }
 
-void store_barrier(Store& store, const std::string& name, int size, Deadline deadline) {
+void store_barrier(Store& store, const std::string& name, int rank, int size, Deadline deadline) {
+  auto wait_key = [&](const std::string& key) {
+    try {
+      store.get(key, deadline);
+    } catch (const Timeout&) {
+      throw Timeout("timed out in the rendezvous barrier '" + name + "': not all " +
+                    std::to_string(size) + " ranks arrived");
+    }
+  };
   if (store.add("barrier/" + name, 1) == size) store.set("barrier_done/" + name, "1");
-  try {
-    store.get("barrier_done/" + name, deadline);
-  } catch (const Timeout&) {
-    throw Timeout("timed out in the rendezvous barrier '" + name + "': not all " +
-                  std::to_string(size) + " ranks arrived");
-  }
+  wait_key("barrier_done/" + name);
+  if (store.add("barrier_left/" + name, 1) == size) store.set("barrier_all_left/" + name, "1");
+  if (rank == 0) wait_key("barrier_all_left/" + name);
 }
 
 std::string advertise_address(const Store& store) {

@@ -21,8 +21,10 @@ struct Endpoint {
 CommIdentity agree_identity(Store& store, int rank, int size, Deadline deadline);
 std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const Endpoint& mine,
                                          Deadline deadline);
-// Returns once all `size` ranks have called it with the same name.
-void store_barrier(Store& store, const std::string& name, int size, Deadline deadline);
+// Returns once all `size` ranks have called it with the same name. Rank 0 (which usually hosts
+// the store) returns only after every rank is done with the store for this barrier, so it may
+// shut the store down right after.
+void store_barrier(Store& store, const std::string& name, int rank, int size, Deadline deadline);
 
 // The IP to listen on and advertise: PLEXUS_SOCKET_IFNAME's address, else the address this host
 // uses to reach the store, else loopback.

@@ -52,7 +52,7 @@ std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollA
   sig.op = args.op;
   sig.root = args.root;
   sig.count = args.count;
-  const Algorithm& algo = choose_algorithm(kind, args.count * dtype_size(args.dtype), n);
+  const Algorithm& algo = choose_algorithm(kind, args.count * dtype_size(args.dtype), comm);
   AlgorithmFn run = algo.run;
   return comm.submit(sig, [run, args](OpContext& ctx) { run(ctx, args); }, blocking);
 }

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "transport/frame.h"
+#include "transport/shm.h"
 
 namespace plexus {
 
@@ -16,6 +17,29 @@ int OpContext::size() const { return comm->size(); }
 std::string OpContext::describe() const { return sig.describe() + " #" + std::to_string(seq); }
 
 namespace {
+
+struct TransportChoice {
+  bool shm = true, tcp = true;
+};
+
+// PLEXUS_TRANSPORTS: comma-separated subset of {shm, tcp}; default both.
+TransportChoice allowed_transports() {
+  std::string v = env_string("PLEXUS_TRANSPORTS", "shm,tcp");
+  TransportChoice c{false, false};
+  size_t start = 0;
+  while (start <= v.size()) {
+    size_t comma = v.find(',', start);
+    std::string t = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (t == "shm") c.shm = true;
+    else if (t == "tcp") c.tcp = true;
+    else if (!t.empty())
+      throw InvalidArgument("PLEXUS_TRANSPORTS=" + v + ": unknown transport '" + t + "' (known: shm, tcp)");
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  if (!c.shm && !c.tcp) throw InvalidArgument("PLEXUS_TRANSPORTS=" + v + " allows no transport");
+  return c;
+}
 
 std::string bind_ip_for(const std::string& advertised) {
   // With an explicit interface, listen only there; otherwise on every interface.
@@ -59,13 +83,14 @@ Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, dou
   Endpoint mine{HostPort{advertise_address(*store), transport_.port()}, this_host_id()};
   endpoints_ = exchange_endpoints(*store, rank, size, mine, deadline);
   conns_.resize(static_cast<size_t>(size));
+  setup_shared_memory(*store, deadline);
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw Error("eventfd failed: " + errno_text(errno));
   thread_ = std::thread([this] { progress_loop(); });
   try {
     // Nobody leaves the rendezvous before all ranks have read every endpoint: rank 0 may shut
     // the store down as soon as it returns.
-    store_barrier(*store, "ready", size, deadline);
+    store_barrier(*store, "ready", rank, size, deadline);
   } catch (...) {
     abort("rendezvous failed");
     thread_.join();
@@ -74,6 +99,24 @@ Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, dou
   }
   PLEXUS_INFO("communicator " << std::hex << id_.comm_id << std::dec << ": rank " << rank << " of "
                               << size << " listening on " << mine.addr.str());
+}
+
+void Communicator::setup_shared_memory(Store& store, Deadline deadline) {
+  const TransportChoice allowed = allowed_transports();
+  std::vector<int> local;
+  for (int p = 0; p < size(); ++p)
+    if (endpoints_[p].host_id == endpoints_[rank()].host_id) local.push_back(p);
+  if (allowed.shm && local.size() > 1) shm_ = ShmHost::create(store, id_.comm_id, rank(), local, deadline);
+  if (!allowed.tcp) {
+    if (static_cast<int>(local.size()) != size())
+      throw InvalidArgument("PLEXUS_TRANSPORTS=shm, but some ranks of this group are on other hosts");
+    if (size() > 1 && !shm_)
+      throw Error("PLEXUS_TRANSPORTS=shm, but shared memory is not usable here (see the warning above)");
+  }
+}
+
+const char* Communicator::transport_to(int peer) const {
+  return shm_ && shm_->local_index_of(peer) >= 0 ? "shm" : "tcp";
 }
 
 Communicator::~Communicator() {
@@ -153,6 +196,10 @@ void Communicator::accept_pending() {
 Connection& Communicator::connection(int peer, Deadline deadline) {
   if (conns_[peer]) return *conns_[peer];
   if (!failure_.empty()) throw Error("communicator is unusable after an earlier failure");
+  if (shm_ && shm_->local_index_of(peer) >= 0) {
+    conns_[peer] = std::make_unique<ShmConnection>(peer, *shm_);
+    return *conns_[peer];
+  }
   if (rank() < peer) {
     // Dialing blocks only on higher ranks, which never dial us: no cycle, no deadlock.
     conns_[peer] = transport_.connect(peer, endpoints_[peer].addr, deadline);
@@ -234,10 +281,11 @@ void Communicator::run_op(Op& op) {
 }
 
 void Communicator::fail_connections(const std::string& why) {
+  if (shm_) shm_->mark_aborted(why);  // local peers look there while they wait on us
   // Peers waiting on us learn the reason from an error frame instead of a bare disconnect.
   Deadline deadline = Deadline::after_seconds(1.0);
   for (auto& c : conns_) {
-    if (!c) continue;
+    if (!c || c->fd() < 0) continue;
     if (!c->mid_frame) {
       FrameHeader h{};
       h.magic = kFrameMagic;

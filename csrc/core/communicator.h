@@ -17,6 +17,7 @@
 #include "core/signature.h"
 #include "core/work.h"
 #include "transport/connection.h"
+#include "transport/shm_segment.h"
 #include "transport/tcp.h"
 
 namespace plexus {
@@ -50,6 +51,13 @@ class Communicator {
   double timeout_s() const { return timeout_s_; }
   int listen_port() const { return transport_.port(); }
   const std::vector<Endpoint>& endpoints() const { return endpoints_; }
+  // Shared memory with the ranks on this host, or nullptr when there is none (alone on the
+  // host, PLEXUS_TRANSPORTS excludes shm, or /dev/shm is not usable).
+  ShmHost* shm() const { return shm_.get(); }
+  // True when every rank of the communicator shares this host's shared memory.
+  bool all_local_shm() const { return shm_ && shm_->local_size() == size(); }
+  // Transport used to reach `peer`: "shm" or "tcp".
+  const char* transport_to(int peer) const;
 
   // Runs an op after every op submitted before it. A blocking call finding nothing queued or
   // running executes on the calling thread (no hand-off to the progress thread: lower latency);
@@ -76,6 +84,7 @@ class Communicator {
     std::function<void(OpContext&)> body;
     std::shared_ptr<Work> work;
   };
+  void setup_shared_memory(Store& store, Deadline deadline);
   void progress_loop();
   void run_op(Op& op);
   void idle_wait();
@@ -88,6 +97,7 @@ class Communicator {
   std::shared_ptr<Store> store_;
   TcpTransport transport_;
   std::vector<Endpoint> endpoints_;
+  std::unique_ptr<ShmHost> shm_;
   std::vector<std::unique_ptr<Connection>> conns_;  // by peer rank; progress thread only
 
   std::mutex mu_;        // guards the queue and the counters below

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "transport/shm_segment.h"
 
 namespace plexus {
 
@@ -164,9 +165,12 @@ void Exchange::throw_timeout() {
 void Exchange::run() {
   for (auto& s : streams_) s.conn = &ctx_.comm->connection(s.peer, ctx_.deadline);
   std::vector<pollfd> fds;
+  std::vector<Connection*> polled;  // waiting connections without a descriptor (shared memory)
+  Backoff backoff;
   while (true) {
     bool all_done = true, moved = false;
     fds.clear();
+    polled.clear();
     fds.push_back({ctx_.comm->wake_fd(), POLLIN, 0});
     fds.push_back({ctx_.comm->listen_fd(), POLLIN, 0});
     for (auto& s : streams_) {
@@ -175,16 +179,29 @@ void Exchange::run() {
       moved |= pump_sends(s, &want_write);
       moved |= pump_recvs(s, &want_read);
       if (!s.done()) all_done = false;
-      if (want_write || want_read) {
+      if (!want_write && !want_read) continue;
+      if (s.conn->fd() < 0) {
+        polled.push_back(s.conn);
+      } else {
         short events = static_cast<short>((want_read ? POLLIN : 0) | (want_write ? POLLOUT : 0));
         fds.push_back({s.conn->fd(), events, 0});
       }
     }
     if (all_done) return;
-    if (moved) continue;
+    if (moved) {
+      backoff.reset();
+      continue;
+    }
+    if (!polled.empty()) {
+      // Shared-memory peers are checked by looking: spin, then back off; look at sockets
+      // without blocking in between.
+      backoff.pause();
+      if (!backoff.time_to_check()) continue;
+      for (Connection* c : polled) c->check_peer();
+    }
     ctx_.comm->check_abort();
     if (ctx_.deadline.passed()) throw_timeout();
-    ::poll(fds.data(), fds.size(), ctx_.deadline.poll_ms(1000));
+    ::poll(fds.data(), fds.size(), polled.empty() ? ctx_.deadline.poll_ms(1000) : 0);
     if (fds[0].revents) {
       ctx_.comm->drain_wake();
       ctx_.comm->check_abort();

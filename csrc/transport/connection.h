@@ -23,6 +23,9 @@ class Connection {
   virtual int fd() const = 0;
   // Ends the stream: the peer sees end-of-file after what was already written.
   virtual void shutdown() = 0;
+  // For connections without a descriptor: throws PeerError if the peer failed or died (a
+  // socket reports that by itself).
+  virtual void check_peer() {}
   virtual const char* transport_name() const = 0;
 
   int peer() const { return peer_; }

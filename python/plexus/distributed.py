@@ -208,13 +208,16 @@ def new_group(ranks: Optional[Sequence[int]] = None, timeout: Any = None, backen
     _state.group_counter += 1
     name = f"group{_state.group_counter}"
     me = world.rank()
-    if me not in members:
-        return GroupMember.NON_GROUP_MEMBER
     seconds = _timeout_seconds(timeout) if timeout is not None else _state.timeout
-    store = _C.PrefixStore(_state.rendezvous.store, f"plexus/{name}/")
-    comm = _C.Communicator(store, members.index(me), len(members), seconds)
-    group = ProcessGroup(comm, members, name)
-    _state.groups.append(group)
+    store = _state.rendezvous.store
+    group = GroupMember.NON_GROUP_MEMBER
+    if me in members:
+        comm = _C.Communicator(_C.PrefixStore(store, f"plexus/{name}/"), members.index(me), len(members), seconds)
+        group = ProcessGroup(comm, members, name)
+        _state.groups.append(group)
+    # As torch does: every rank of the world waits until the group exists, so that rank 0 (the
+    # store's host) cannot leave and take the store away while members still rendezvous.
+    _C.store_barrier(store, f"plexus/{name}/created", me, n, seconds)
     return group
 
 
@@ -317,6 +320,9 @@ def reduce_scatter(output: Any, input_list: List[Any], op: Any = ReduceOp.SUM, g
     where = _where("reduce_scatter", g)
     dst = as_buffer(output, f"{where}: output", writable=True)
     ins = _list_of_buffers(input_list, "input_list", where, g.size(), dst, writable=False)
+    for i, b in enumerate(ins):
+        if b.overlaps(dst) and not (i == g.rank() and b.ptr == dst.ptr):
+            raise ValueError(f"{where}: output overlaps input_list[{i}]")
     code, factor = resolve_op(op, where)
     w = g.comm.reduce_scatter([b.ptr for b in ins], dst.ptr, dst.count, dst.code, code, factor, not async_op)
     return _finish(g, w, [output, list(input_list)], [output], async_op)
@@ -335,8 +341,10 @@ def reduce_scatter_tensor(output: Any, input: Any, op: Any = ReduceOp.SUM, group
     n = g.size()
     if src.count != dst.count * n:
         raise ValueError(f"{where}: input has {src.count} elements but must have {n} x {dst.count}")
-    code, factor = resolve_op(op, where)
     blocks = [src.ptr + i * dst.nbytes for i in range(n)]
+    if dst.overlaps(src) and dst.ptr != blocks[g.rank()]:
+        raise ValueError(f"{where}: output overlaps input but is not this rank's block of it")
+    code, factor = resolve_op(op, where)
     w = g.comm.reduce_scatter(blocks, dst.ptr, dst.count, dst.code, code, factor, not async_op)
     return _finish(g, w, [output, input], [output], async_op)
 

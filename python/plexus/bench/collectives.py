@@ -59,10 +59,9 @@ class Collective:
         if self.name == "broadcast":
             return [(0, block, data.Input(root, 0))]
         if self.name == "reduce":
-            if rank == root:
-                return [(0, block, data.Reduced(0))]
-            # Other ranks' input must be left as it was; out of place they have no output.
-            return [(0, block, data.Input(rank, 0))] if in_place else []
+            # Only the root has a result: gloo, unlike NCCL and plexus, may use the other
+            # ranks' buffers as scratch space.
+            return [(0, block, data.Reduced(0))] if rank == root else []
         if self.name == "all_to_all":
             return [(j * block, block, data.Input(j, rank * block)) for j in range(n)]
         raise ValueError(self.name)

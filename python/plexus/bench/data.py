@@ -173,16 +173,26 @@ def _mismatches(got: np.ndarray, want: np.ndarray, op: Optional[str]) -> int:
     return int(np.count_nonzero(g != w))  # NaN is never equal: counted wrong
 
 
-def count_wrong(result: Optional[np.ndarray], segments: List[Tuple[int, int, Source]], op: Optional[str], n: int) -> int:
-    """Number of elements of `result` that differ from what the segments say they must be."""
+def expected(segments: List[Tuple[int, int, Source]], op: Optional[str], n: int, dtype: np.dtype, size: int) -> Optional[np.ndarray]:
+    """The array a result of `size` elements must equal, or None when there is nothing to check."""
     if not segments:
-        return 0
-    if result is None:
-        return sum(length for _, length, _ in segments)
-    wrong = 0
+        return None
+    want = np.empty(size, dtype=dtype)
+    poison(want)
     for dst, length, src in segments:
         for a in range(0, length, CHUNK):
             m = min(CHUNK, length - a)
-            want = _as_dtype(_source_values(src, op, n, a, m), result.dtype)
-            wrong += _mismatches(result[dst + a:dst + a + m], want, op)
+            want[dst + a:dst + a + m] = _as_dtype(_source_values(src, op, n, a, m), dtype)
+    return want
+
+
+def count_wrong(result: Optional[np.ndarray], want: Optional[np.ndarray], op: Optional[str]) -> int:
+    """Number of elements of `result` that differ from `want`."""
+    if want is None:
+        return 0
+    if result is None or result.shape != want.shape:
+        return int(want.size)
+    wrong = 0
+    for a in range(0, want.size, CHUNK):
+        wrong += _mismatches(result[a:a + CHUNK], want[a:a + CHUNK], op)
     return wrong

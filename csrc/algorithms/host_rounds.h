@@ -1,0 +1,50 @@
+// The round protocol of the intra-host (shared-memory) algorithms. In each round every local
+// rank may publish data in its staging buffer, read what the others published, publish a
+// result, and read the others' results; counters in each segment say how far each rank got.
+// Staging buffers alternate between two parities, so a rank can fill round g+1 while slower
+// ranks still read round g.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "core/communicator.h"
+#include "transport/shm_segment.h"
+
+namespace plexus {
+
+class HostRounds {
+ public:
+  explicit HostRounds(OpContext& ctx);
+
+  int size() const { return n_; }
+  int me() const { return me_; }
+  // Starts the next round once every rank has finished reading this rank's staging buffer of
+  // the same parity (two rounds ago); returns that buffer.
+  char* begin();
+  // This rank's staging data for the round is complete.
+  void publish_input();
+  // Waits for the input of `local` (-1: of every rank) and checks it belongs to the same call.
+  void wait_input(int local = -1);
+  void publish_result();
+  void wait_result();
+  // This rank is done reading the others' buffers of this round.
+  void finish();
+
+  char* staging(int local) const { return host_.staging(local, parity_); }
+  size_t staging_bytes() const { return host_.layout().staging_bytes; }
+
+ private:
+  enum Counter { kArrived, kReduced, kDone };
+  std::atomic<uint64_t>& counter(int local, Counter c) const;
+  void wait_all(Counter c, uint64_t target, int only = -1);
+  void check_stamp(int local);
+
+  OpContext& ctx_;
+  ShmHost& host_;
+  int n_, me_;
+  uint64_t round_ = 0;
+  int parity_ = 0;
+};
+
+}  // namespace plexus

@@ -1,0 +1,200 @@
+// Intra-host algorithms over shared memory: every rank copies what the others need into its
+// staging buffer once, and reads the others' buffers directly. Messages go in rounds that fit
+// the staging buffer (and the caches), double-buffered so neighbours' rounds overlap.
+//
+//   all_reduce one-shot: everyone publishes everything and every rank reduces all of it
+//     (fewest synchronisations: small messages).
+//   all_reduce two-shot: rank i reduces slice i of the round and publishes the result; the
+//     others copy it (reduce-scatter + all-gather by direct reads: large messages).
+//   all_gather, reduce_scatter, broadcast, reduce, barrier: the same idea, one phase each.
+//
+// Every rank reduces sources in rank order, so all ranks get bit-identical results.
+#include "algorithms/shm_direct.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "algorithms/common.h"
+#include "algorithms/host_rounds.h"
+#include "core/config.h"
+#include "reduce/cpu_reduce.h"
+
+namespace plexus {
+
+namespace {
+
+// Elements per round: the staging buffer bounds it, PLEXUS_SHM_ROUND_BYTES keeps it cache-sized.
+size_t round_elems(const HostRounds& h, size_t es, size_t parts) {
+  static const size_t round_bytes = env_bytes("PLEXUS_SHM_ROUND_BYTES", 512 << 10);
+  size_t bytes = std::min(h.staging_bytes(), round_bytes * parts);
+  size_t per_part = std::max<size_t>(1, bytes / parts / es);
+  return per_part * parts;
+}
+
+size_t num_rounds(size_t count, size_t per_round) {
+  return count == 0 ? 1 : (count + per_round - 1) / per_round;
+}
+
+// For PREMUL_SUM: scale the input into the output once and reduce from there as a SUM.
+const char* premultiplied(const CollArgs& args) {
+  if (args.op != RedOp::kPremulSum) return static_cast<const char*>(args.inputs[0]);
+  cpu::scale(args.dtype, args.outputs[0], args.inputs[0], args.count, args.factor);
+  return static_cast<const char*>(args.outputs[0]);
+}
+
+void copy(void* dst, const void* src, size_t bytes) {
+  if (dst != src && bytes) std::memmove(dst, src, bytes);
+}
+
+}  // namespace
+
+bool shm_applicable(const Communicator& comm) { return comm.all_local_shm(); }
+
+void shm_all_reduce_oneshot(OpContext& ctx, const CollArgs& args) {
+  HostRounds h(ctx);
+  const int n = h.size(), me = h.me();
+  const size_t es = dtype_size(args.dtype);
+  const Reduction red = plan_reduction(args, n);
+  const char* in = premultiplied(args);
+  char* out = static_cast<char*>(args.outputs[0]);
+  const size_t per = std::min(round_elems(h, es, 1), h.staging_bytes() / es);
+  std::vector<const void*> srcs(n);
+  for (size_t r = 0, rounds = num_rounds(args.count, per); r < rounds; ++r) {
+    const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
+    char* mine = h.begin();
+    std::memcpy(mine, in + off * es, m * es);
+    h.publish_input();
+    h.wait_input();
+    for (int p = 0; p < n; ++p) srcs[p] = p == me ? in + off * es : h.staging(p);
+    cpu::reduce(red.kernel_op, args.dtype, out + off * es, srcs.data(), n, m, red.post_scale);
+    h.finish();
+  }
+}
+
+void shm_all_reduce_twoshot(OpContext& ctx, const CollArgs& args) {
+  HostRounds h(ctx);
+  const int n = h.size(), me = h.me();
+  const size_t es = dtype_size(args.dtype);
+  const Reduction red = plan_reduction(args, n);
+  const char* in = premultiplied(args);
+  char* out = static_cast<char*>(args.outputs[0]);
+  const size_t per = round_elems(h, es, static_cast<size_t>(n));
+  std::vector<const void*> srcs(n);
+  for (size_t r = 0, rounds = num_rounds(args.count, per); r < rounds; ++r) {
+    const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
+    BlockLayout L(m, n);
+    char* mine = h.begin();
+    // Publish the slices the others reduce; slot `me` will hold our reduced slice.
+    for (int p = 0; p < n; ++p)
+      if (p != me) std::memcpy(mine + L.offset(p) * es, in + (off + L.offset(p)) * es, L.size(p) * es);
+    h.publish_input();
+    h.wait_input();
+    const size_t my_off = L.offset(me) * es, my_bytes = L.size(me) * es;
+    for (int p = 0; p < n; ++p) srcs[p] = p == me ? in + off * es + my_off : h.staging(p) + my_off;
+    char* my_out = out + off * es + my_off;
+    cpu::reduce(red.kernel_op, args.dtype, my_out, srcs.data(), n, L.size(me), red.post_scale);
+    std::memcpy(mine + my_off, my_out, my_bytes);
+    h.publish_result();
+    h.wait_result();
+    for (int p = 0; p < n; ++p)
+      if (p != me)
+        std::memcpy(out + (off + L.offset(p)) * es, h.staging(p) + L.offset(p) * es, L.size(p) * es);
+    h.finish();
+  }
+}
+
+void shm_all_gather(OpContext& ctx, const CollArgs& args) {
+  HostRounds h(ctx);
+  const int n = h.size(), me = h.me();
+  const size_t es = dtype_size(args.dtype);
+  const char* in = static_cast<const char*>(args.inputs[0]);
+  copy(args.outputs[me], in, args.count * es);
+  const size_t per = round_elems(h, es, 1);
+  for (size_t r = 0, rounds = num_rounds(args.count, per); r < rounds; ++r) {
+    const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
+    std::memcpy(h.begin(), in + off * es, m * es);
+    h.publish_input();
+    h.wait_input();
+    for (int p = 0; p < n; ++p)
+      if (p != me) std::memcpy(static_cast<char*>(args.outputs[p]) + off * es, h.staging(p), m * es);
+    h.finish();
+  }
+}
+
+void shm_reduce_scatter(OpContext& ctx, const CollArgs& args) {
+  HostRounds h(ctx);
+  const int n = h.size(), me = h.me();
+  const size_t es = dtype_size(args.dtype);
+  const Reduction red = plan_reduction(args, n);
+  std::vector<char> premul;
+  const std::vector<const void*> in = scaled_inputs(args, args.count, premul);
+  // The output may be exactly our own block of the input (in place): each element is read before
+  // it is written, so that is safe. (Other overlaps are refused by the Python layer.)
+  const size_t per = round_elems(h, es, static_cast<size_t>(n)) / n;
+  std::vector<const void*> srcs(n);
+  for (size_t r = 0, rounds = num_rounds(args.count, per); r < rounds; ++r) {
+    const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
+    char* mine = h.begin();
+    for (int p = 0; p < n; ++p)
+      if (p != me) std::memcpy(mine + p * per * es, static_cast<const char*>(in[p]) + off * es, m * es);
+    h.publish_input();
+    h.wait_input();
+    for (int p = 0; p < n; ++p)
+      srcs[p] = p == me ? static_cast<const char*>(in[me]) + off * es : h.staging(p) + me * per * es;
+    cpu::reduce(red.kernel_op, args.dtype, static_cast<char*>(args.outputs[0]) + off * es, srcs.data(), n,
+                m, red.post_scale);
+    h.finish();
+  }
+}
+
+void shm_broadcast(OpContext& ctx, const CollArgs& args) {
+  HostRounds h(ctx);
+  const int root = ctx.comm->shm()->local_index_of(args.root);
+  const size_t es = dtype_size(args.dtype);
+  char* buf = static_cast<char*>(args.outputs[0]);
+  const size_t per = round_elems(h, es, 1);
+  for (size_t r = 0, rounds = num_rounds(args.count, per); r < rounds; ++r) {
+    const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
+    char* mine = h.begin();
+    if (h.me() == root) std::memcpy(mine, buf + off * es, m * es);
+    h.publish_input();
+    h.wait_input(root);
+    if (h.me() != root) std::memcpy(buf + off * es, h.staging(root), m * es);
+    h.finish();
+  }
+}
+
+void shm_reduce(OpContext& ctx, const CollArgs& args) {
+  HostRounds h(ctx);
+  const int n = h.size(), me = h.me();
+  const int root = ctx.comm->shm()->local_index_of(args.root);
+  const size_t es = dtype_size(args.dtype);
+  const Reduction red = plan_reduction(args, n);
+  std::vector<char> premul;
+  const char* in = static_cast<const char*>(scaled_inputs(args, args.count, premul)[0]);
+  const size_t per = round_elems(h, es, 1);
+  std::vector<const void*> srcs(n);
+  for (size_t r = 0, rounds = num_rounds(args.count, per); r < rounds; ++r) {
+    const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
+    char* mine = h.begin();
+    if (me != root) std::memcpy(mine, in + off * es, m * es);
+    h.publish_input();
+    if (me == root) {
+      h.wait_input();
+      for (int p = 0; p < n; ++p) srcs[p] = p == me ? in + off * es : h.staging(p);
+      cpu::reduce(red.kernel_op, args.dtype, static_cast<char*>(args.outputs[0]) + off * es,
+                  srcs.data(), n, m, red.post_scale);
+    }
+    h.finish();
+  }
+}
+
+void shm_barrier(OpContext& ctx, const CollArgs&) {
+  HostRounds h(ctx);
+  h.begin();
+  h.publish_input();
+  h.wait_input();
+  h.finish();
+}
+
+}  // namespace plexus

@@ -1,0 +1,230 @@
+#include "transport/shm_segment.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+#include <thread>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/log.h"
+
+namespace plexus {
+
+namespace {
+
+constexpr uint64_t kSegmentMagic = 0x504C58534547ull;  // "PLXSEG"
+
+size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+uint64_t pid_namespace() {
+  struct stat st{};
+  if (stat("/proc/self/ns/pid", &st) != 0) return 0;
+  return static_cast<uint64_t>(st.st_ino);
+}
+
+std::string segment_name(uint64_t comm_id, int rank) {
+  std::ostringstream os;
+  os << "/plexus-" << std::hex << comm_id << std::dec << "-" << rank;
+  return os.str();
+}
+
+// Both phases of setup end with every local rank publishing "ok" or why not; everyone reads
+// everyone's answer, so all reach the same decision.
+bool agree(Store& store, const std::string& phase, int rank, const std::vector<int>& local_ranks,
+           const std::string& my_problem, Deadline deadline, std::string* first_problem) {
+  store.set("shm/" + phase + "/" + std::to_string(rank), my_problem.empty() ? "ok" : my_problem);
+  bool all_ok = true;
+  for (int r : local_ranks) {
+    std::string v = store.get("shm/" + phase + "/" + std::to_string(r), deadline);
+    if (v != "ok") {
+      if (all_ok) *first_problem = "rank " + std::to_string(r) + ": " + v;
+      all_ok = false;
+    }
+  }
+  return all_ok;
+}
+
+}  // namespace
+
+size_t ShmLayout::ring_offset(int from_local) const {
+  return round_up(sizeof(SegmentHeader), 4096) +
+         static_cast<size_t>(from_local) * (sizeof(RingHeader) + ring_bytes);
+}
+
+size_t ShmLayout::staging_offset(int parity) const {
+  return round_up(ring_offset(local_size), 4096) + static_cast<size_t>(parity) * staging_bytes;
+}
+
+size_t ShmLayout::total() const { return staging_offset(2); }
+
+std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int rank,
+                                         const std::vector<int>& local_ranks, Deadline deadline) {
+  std::unique_ptr<ShmHost> host(new ShmHost());
+  host->local_ranks_ = local_ranks;
+  host->local_index_ = static_cast<int>(std::find(local_ranks.begin(), local_ranks.end(), rank) -
+                                        local_ranks.begin());
+  host->my_pid_ns_ = pid_namespace();
+  const int n = host->local_size();
+  ShmLayout& L = host->layout_;
+  L.local_size = n;
+  L.ring_bytes = round_up(env_bytes("PLEXUS_SHM_RING_BYTES", 1 << 20), 4096);
+  L.staging_bytes = round_up(env_bytes("PLEXUS_SHM_STAGING_BYTES", 4 << 20), 4096);
+  const size_t total = L.total();
+  host->names_.resize(n);
+  host->bases_.assign(n, nullptr);
+  for (int i = 0; i < n; ++i) host->names_[i] = segment_name(comm_id, local_ranks[i]);
+
+  // Phase 1: create and reserve our own segment.
+  std::string problem;
+  struct statvfs vfs{};
+  if (statvfs("/dev/shm", &vfs) == 0) {
+    const double free_mib = static_cast<double>(vfs.f_bavail) * vfs.f_frsize / (1 << 20);
+    const double need_mib = static_cast<double>(total) * n / (1 << 20);
+    if (free_mib < need_mib) {
+      std::ostringstream os;
+      os << "/dev/shm has " << static_cast<int>(free_mib) << " MiB free but " << n
+         << " local ranks need " << static_cast<int>(need_mib + 1)
+         << " MiB (in containers, raise it, e.g. docker --shm-size=1g)";
+      problem = os.str();
+    }
+  }
+  const std::string& mine = host->names_[host->local_index_];
+  if (problem.empty()) {
+    int fd = shm_open(mine.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0) {
+      problem = "cannot create " + mine + " in /dev/shm: " + errno_text(errno);
+    } else {
+      int err = posix_fallocate(fd, 0, static_cast<off_t>(total));  // fails now, not with SIGBUS later
+      if (err != 0) {
+        problem = "cannot reserve " + std::to_string(total >> 20) + " MiB in /dev/shm: " + errno_text(err);
+      } else {
+        void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+          problem = "cannot map " + mine + ": " + errno_text(errno);
+        } else {
+          host->bases_[host->local_index_] = static_cast<char*>(p);
+          auto* h = new (p) SegmentHeader();
+          h->magic = kSegmentMagic;
+          h->comm_id = comm_id;
+          h->rank = rank;
+          h->pid = static_cast<int32_t>(getpid());
+          h->pid_ns = host->my_pid_ns_;
+          for (int from = 0; from < n; ++from) new (&host->ring(host->local_index_, from)) RingHeader();
+        }
+      }
+      close(fd);
+      if (!problem.empty()) shm_unlink(mine.c_str());
+    }
+  }
+  std::string first_problem;
+  bool ok = agree(store, "created", rank, local_ranks, problem, deadline, &first_problem);
+
+  // Phase 2: map everyone else's.
+  problem.clear();
+  for (int i = 0; ok && i < n && problem.empty(); ++i) {
+    if (i == host->local_index_) continue;
+    int fd = shm_open(host->names_[i].c_str(), O_RDWR, 0);
+    if (fd < 0) {
+      problem = "cannot open " + host->names_[i] + ": " + errno_text(errno);
+      continue;
+    }
+    void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) {
+      problem = "cannot map " + host->names_[i] + ": " + errno_text(errno);
+      continue;
+    }
+    host->bases_[i] = static_cast<char*>(p);
+    if (host->header(i).magic != kSegmentMagic || host->header(i).comm_id != comm_id)
+      problem = host->names_[i] + " is not this communicator's segment";
+  }
+  if (ok) ok = agree(store, "mapped", rank, local_ranks, problem, deadline, &first_problem);
+  // Everyone has mapped (or given up): the name is no longer needed.
+  shm_unlink(mine.c_str());
+  if (!ok) {
+    PLEXUS_WARN("shared memory is not usable between the " << n << " ranks on this host ("
+                << first_problem << "); falling back to TCP");
+    return nullptr;  // the destructor unmaps what was mapped
+  }
+  PLEXUS_INFO("shared memory between " << n << " local ranks: " << (total >> 10) << " KiB per rank");
+  return host;
+}
+
+ShmHost::~ShmHost() {
+  for (char* b : bases_)
+    if (b) munmap(b, layout_.total());
+}
+
+int ShmHost::local_index_of(int rank) const {
+  auto it = std::find(local_ranks_.begin(), local_ranks_.end(), rank);
+  return it == local_ranks_.end() ? -1 : static_cast<int>(it - local_ranks_.begin());
+}
+
+SegmentHeader& ShmHost::header(int local) const {
+  return *reinterpret_cast<SegmentHeader*>(bases_[local]);
+}
+
+RingHeader& ShmHost::ring(int owner_local, int from_local) const {
+  return *reinterpret_cast<RingHeader*>(bases_[owner_local] + layout_.ring_offset(from_local));
+}
+
+char* ShmHost::ring_data(int owner_local, int from_local) const {
+  return bases_[owner_local] + layout_.ring_offset(from_local) + sizeof(RingHeader);
+}
+
+char* ShmHost::staging(int local, int parity) const {
+  return bases_[local] + layout_.staging_offset(parity);
+}
+
+void ShmHost::mark_aborted(const std::string& why) {
+  SegmentHeader& h = header(local_index_);
+  if (h.aborted.load(std::memory_order_acquire)) return;
+  size_t n = std::min(why.size(), sizeof(h.abort_message) - 1);
+  std::memcpy(h.abort_message, why.data(), n);
+  h.abort_message[n] = '\0';
+  h.aborted.store(1, std::memory_order_release);
+}
+
+void ShmHost::check_peer(int local) const {
+  const SegmentHeader& h = header(local);
+  const int rank = local_ranks_[local];
+  if (h.aborted.load(std::memory_order_acquire))
+    throw PeerError(rank, "rank " + std::to_string(rank) + " reported an error: " +
+                              std::string(h.abort_message));
+  if (h.pid_ns == my_pid_ns_ && h.pid > 0 && kill(h.pid, 0) != 0 && errno == ESRCH)
+    throw PeerError(rank, "rank " + std::to_string(rank) + " (pid " + std::to_string(h.pid) +
+                              ") died: its process is gone");
+}
+
+void Backoff::pause() {
+  ++spins_;
+  if (spins_ < 2000) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  } else if (spins_ < 4000) {
+    sched_yield();
+  } else {
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+bool Backoff::time_to_check() {
+  if ((spins_ & 255) != 0 && spins_ < 4000) return false;
+  auto now = Clock::now();
+  if (now - last_check_ < std::chrono::milliseconds(1)) return false;
+  last_check_ = now;
+  return true;
+}
+
+}  // namespace plexus

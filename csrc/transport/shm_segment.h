@@ -1,0 +1,117 @@
+// Shared memory between the ranks of one host. Each local rank owns one POSIX shared-memory
+// segment that every other local rank maps:
+//
+//   [ header: identity, abort flag, round counters, op stamps ]
+//   [ one incoming byte ring per local peer (ShmConnection streams) ]
+//   [ staging area: 2 buffers (alternating rounds) for the direct intra-host algorithms ]
+//
+// Segments are created owner-only (0600) and unlinked as soon as every local rank has mapped
+// them, so nothing is left in /dev/shm after a run, even one that crashes.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bootstrap/store.h"
+#include "core/deadline.h"
+#include "core/signature.h"
+
+namespace plexus {
+
+constexpr size_t kCacheLine = 64;
+
+// Which op a staging buffer currently holds, so that readers can check they agree.
+struct alignas(kCacheLine) OpStamp {
+  std::atomic<uint64_t> seq;
+  std::atomic<uint64_t> round;
+  Signature sig;
+};
+
+struct alignas(kCacheLine) SegmentHeader {
+  uint64_t magic;
+  uint64_t comm_id;
+  int32_t rank;
+  int32_t pid;
+  uint64_t pid_ns;  // inode of the owner's pid namespace: pids are comparable only within one
+  alignas(kCacheLine) std::atomic<uint64_t> aborted;
+  char abort_message[2048];
+  // Progress of the owner through the direct algorithms' rounds (monotonic over the
+  // communicator's life): rounds whose input is published, whose result is published, and
+  // which the owner has finished reading from the others.
+  alignas(kCacheLine) std::atomic<uint64_t> arrived;
+  alignas(kCacheLine) std::atomic<uint64_t> reduced;
+  alignas(kCacheLine) std::atomic<uint64_t> done;
+  OpStamp stamp[2];
+};
+
+// A single-producer single-consumer byte ring; lives in the reader's segment.
+struct alignas(kCacheLine) RingHeader {
+  std::atomic<uint64_t> head;  // bytes written, by the writer
+  alignas(kCacheLine) std::atomic<uint64_t> tail;  // bytes read, by the reader
+};
+
+struct ShmLayout {
+  size_t ring_bytes = 0;     // capacity of each incoming ring
+  size_t staging_bytes = 0;  // size of each of the two staging buffers
+  int local_size = 0;
+  size_t ring_offset(int from_local) const;
+  size_t staging_offset(int parity) const;
+  size_t total() const;
+};
+
+// All local segments of one communicator, mapped in this process.
+class ShmHost {
+ public:
+  // Collective over the local ranks (`local_ranks`: communicator ranks on this host, sorted).
+  // Returns nullptr, after logging why, when shared memory cannot be used (too little space in
+  // /dev/shm, no permission, ...); every local rank then reaches the same answer.
+  static std::unique_ptr<ShmHost> create(Store& store, uint64_t comm_id, int rank,
+                                         const std::vector<int>& local_ranks, Deadline deadline);
+  ~ShmHost();
+
+  int local_size() const { return static_cast<int>(local_ranks_.size()); }
+  int local_index() const { return local_index_; }
+  // Local index of communicator rank `rank`, or -1 if it is on another host.
+  int local_index_of(int rank) const;
+  int rank_of(int local) const { return local_ranks_[local]; }
+  const ShmLayout& layout() const { return layout_; }
+
+  SegmentHeader& header(int local) const;
+  RingHeader& ring(int owner_local, int from_local) const;
+  char* ring_data(int owner_local, int from_local) const;
+  char* staging(int local, int parity) const;
+
+  // Records this rank's failure in its segment, once; the others see it while they wait.
+  void mark_aborted(const std::string& why);
+  // Throws PeerError if local rank `local` has failed or its process is gone.
+  void check_peer(int local) const;
+
+ private:
+  ShmHost() = default;
+  std::vector<int> local_ranks_;
+  int local_index_ = -1;
+  ShmLayout layout_;
+  std::vector<char*> bases_;
+  std::vector<std::string> names_;
+  uint64_t my_pid_ns_ = 0;
+};
+
+// Waits with a spin, then yields, then short sleeps: prompt when the peer is on another core,
+// still fair when there are more ranks than cores.
+class Backoff {
+ public:
+  void pause();
+  // True about every millisecond of waiting: time for the slower checks (liveness, deadline).
+  bool time_to_check();
+  void reset() { spins_ = 0; }
+
+ private:
+  uint64_t spins_ = 0;
+  Clock::time_point last_check_ = Clock::now();
+};
+
+}  // namespace plexus

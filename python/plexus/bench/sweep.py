@@ -1,0 +1,132 @@
+"""The timing loop: for each size, every system runs out of place then in place, back to back.
+
+Per (system, placement): fill the inputs, run `warmup` untimed iterations, barrier, time `iters`
+iterations (time = wall time / iters on this rank; the table shows the slowest rank), then refill
+the inputs, run once more and count the wrong elements of that result (summed over ranks).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from . import data
+from .collectives import Collective, bandwidths, describe_op, describe_root, op_for
+from .systems import Buffers, System
+
+PLACEMENTS = ("out", "in")
+PLACEMENT_NAMES = {"out": "out-of-place", "in": "in-place"}
+
+
+@dataclass
+class Settings:
+    dtype: str  # canonical dtype name
+    op: str
+    root: int
+    iters: int
+    warmup: int
+    check: bool
+
+
+@dataclass
+class Measurement:
+    time_us: float
+    algbw: float
+    busbw: float
+    wrong: Optional[int]  # None when the check is off
+
+
+@dataclass
+class Row:
+    collective: str
+    size: int  # bytes, as nccl-tests prints it
+    count: int  # elements per rank and block
+    dtype: str
+    redop: str
+    root: int
+    results: Dict[str, Dict[str, Measurement]] = field(default_factory=dict)  # system -> placement -> m
+
+
+def _run_one(system: System, coll: Collective, bufs: Buffers, src: np.ndarray, s: Settings,
+             want_for: Callable[[bool], Optional[np.ndarray]], op: Optional[str], barrier: Callable[[], None]):
+    """(seconds per iteration on this rank, wrong elements or -1)."""
+
+    def reset() -> None:
+        data.poison(bufs.base if bufs.in_place else bufs.out)
+        np.copyto(bufs.inp, src)
+
+    reset()
+    step, _ = system.prepare(coll, bufs, op, s.root)
+    for _ in range(s.warmup):
+        step()
+    barrier()
+    t0 = time.perf_counter()
+    for _ in range(s.iters):
+        step()
+    seconds = (time.perf_counter() - t0) / s.iters
+    if not s.check:
+        return seconds, -1
+    reset()
+    step, result = system.prepare(coll, bufs, op, s.root)
+    step()
+    return seconds, data.count_wrong(result(), want_for(bufs.in_place), op)
+
+
+def run(coll: Collective, sizes: List[int], systems: List[System], s: Settings, world,
+        on_row: Callable[[Row], None] = lambda row: None,
+        progress: Callable[[str], None] = lambda text: None) -> List[Row]:
+    n, rank = world.size, world.rank
+    dtype = data.np_dtype(s.dtype)
+    op = op_for(coll, s.op)
+    rows = []
+    for index, size in enumerate(sizes):
+        count = size // dtype.itemsize
+        block = coll.block(count, n)
+        send, recv = coll.counts(count, n)
+        src = np.empty(send, dtype=dtype)
+        data.fill(src, op, rank, n)
+        oop = Buffers(np.empty(send, dtype=dtype), np.empty(recv, dtype=dtype), False)
+        base = np.empty(max(send, recv), dtype=dtype)
+        ip = Buffers(*coll.in_place_views(base, rank, n, block), True, base)
+        wants: Dict[bool, Optional[np.ndarray]] = {}
+
+        def want_for(in_place: bool) -> Optional[np.ndarray]:
+            # Built once per size and placement, shared by every system.
+            if in_place not in wants:
+                segments = coll.expected(rank, n, block, s.root, in_place)
+                wants[in_place] = data.expected(segments, op, n, dtype, recv)
+            return wants[in_place]
+
+        local: List[float] = []
+        for system in systems:
+            for placement, bufs in zip(PLACEMENTS, (oop, ip)):
+                progress(f"{coll.name} {human_size(coll.nbytes(count, n, dtype.itemsize))} "
+                         f"({index + 1}/{len(sizes)}) {system.name} {PLACEMENT_NAMES[placement]}")
+                local += _run_one(system, coll, bufs, src, s, want_for, op, world.barrier)
+        everyone = world.gather(local)
+        seconds = everyone[:, 0::2].max(axis=0)  # the slowest rank
+        wrong = everyone[:, 1::2].sum(axis=0)
+        nbytes = coll.nbytes(count, n, dtype.itemsize)
+        row = Row(coll.name, nbytes, block, data.printed_dtype(s.dtype), describe_op(coll, s.op),
+                  describe_root(coll, s.root))
+        k = 0
+        for system in systems:
+            row.results[system.name] = {}
+            for placement in PLACEMENTS:
+                algbw, busbw = bandwidths(nbytes, seconds[k], coll.factor(n))
+                row.results[system.name][placement] = Measurement(
+                    seconds[k] * 1e6, algbw, busbw, int(wrong[k]) if s.check else None)
+                k += 1
+        rows.append(row)
+        on_row(row)
+    return rows
+
+
+def human_size(nbytes: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if nbytes >= 1 << shift and nbytes % (1 << shift) == 0:
+            return f"{nbytes >> shift}{unit}"
+    return f"{nbytes}B" if nbytes < 1024 else f"{nbytes / 1024:.1f}K"

