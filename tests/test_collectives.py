@@ -11,6 +11,16 @@ import reference as ref
 from launch import run_ranks
 
 WORLD_SIZES = [1, 2, 3, 4]
+# How the ranks (all on this host) talk: the default (direct shared-memory algorithms), TCP
+# only (ring/chain over sockets), and the ring/chain algorithms over shared-memory streams.
+TRANSPORTS = {
+    "default": {},
+    "tcp": {"PLEXUS_TRANSPORTS": "tcp"},
+    "shm_stream": {
+        "PLEXUS_TRANSPORTS": "shm",
+        "PLEXUS_ALGO": "allreduce:@ring#allgather:@ring#reducescatter:@ring#broadcast:@chain#reduce:@chain#barrier:@dissemination",
+    },
+}
 
 
 def _reducing_cases(prefix):
@@ -143,8 +153,11 @@ CHECKS = {
 }
 
 
-@pytest.mark.parametrize("world", WORLD_SIZES)
-@pytest.mark.parametrize("collective", list(CHECKS))
-def test_collective_matches_numpy(collective, world):
-    checked = run_ranks(world, CHECKS[collective], timeout=900)
+# One rank never communicates, so it runs in the default setting only.
+CASES = [(c, w, t) for c in CHECKS for w in WORLD_SIZES for t in TRANSPORTS if w > 1 or t == "default"]
+
+
+@pytest.mark.parametrize("collective, world, transport", CASES)
+def test_collective_matches_numpy(collective, world, transport):
+    checked = run_ranks(world, CHECKS[collective], timeout=900, env=TRANSPORTS[transport])
     assert all(c == checked[0] and c > 0 for c in checked), checked

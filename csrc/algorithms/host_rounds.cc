@@ -24,7 +24,7 @@ void HostRounds::wait_all(Counter c, uint64_t target, int only) {
       ctx_.comm->check_abort();
       if (ctx_.deadline.passed())
         throw Timeout("timed out after " + std::to_string(static_cast<int>(ctx_.comm->timeout_s())) +
-                      " s waiting for rank " + std::to_string(host_.rank_of(p)) +
+                      " s waiting for " + host_.name_of(p) +
                       " in shared memory (a peer may be stuck, dead, or in a different call)");
     }
   }
@@ -49,10 +49,9 @@ void HostRounds::check_stamp(int local) {
   const OpStamp& st = host_.header(local).stamp[parity_];
   const uint64_t seq = st.seq.load(std::memory_order_relaxed);
   if (seq != ctx_.seq || st.sig != ctx_.sig || st.round.load(std::memory_order_relaxed) != round_)
-    throw Error("collective mismatch: rank " + std::to_string(ctx_.rank()) + " called " +
-                ctx_.sig.describe() + " as op #" + std::to_string(ctx_.seq) + " but rank " +
-                std::to_string(host_.rank_of(local)) + " called " + st.sig.describe() + " as op #" +
-                std::to_string(seq));
+    throw Error("collective mismatch: " + host_.name_of(me_) + " called " + ctx_.sig.describe() +
+                " as op #" + std::to_string(ctx_.seq) + " but " + host_.name_of(local) + " called " +
+                st.sig.describe() + " as op #" + std::to_string(seq));
 }
 
 void HostRounds::wait_input(int local) {

@@ -1,5 +1,6 @@
 // plexus._C: the only place where Python meets the C++ core. Buffers cross as integer
 // addresses; the Python layer checks arrays and keeps them alive while an op runs.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -88,6 +89,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("op_dtype_problem", [](int op, int dtype) { return op_dtype_problem(to_op(op), to_dtype(dtype)); },
         "Empty string if the op can reduce the dtype, else why not.");
   m.def("kernel_variant", &cpu::kernel_variant);
+  // A numpy array's data address, without building __array_interface__ (much slower).
+  m.def("array_address", [](const py::array& a) { return reinterpret_cast<uintptr_t>(a.data()); });
   m.def("set_log_rank", &set_log_rank);
   m.def("interface_ipv4", &interface_ipv4, "IPv4 address of a network interface, or ''.");
   m.def("_reduce",
@@ -157,8 +160,9 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("what", &Work::what);
 
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
-      .def(py::init<std::shared_ptr<Store>, int, int, double>(), py::arg("store"), py::arg("rank"),
-           py::arg("size"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
+      .def(py::init<std::shared_ptr<Store>, int, int, double, std::vector<int>>(), py::arg("store"),
+           py::arg("rank"), py::arg("size"), py::arg("timeout"), py::arg("global_ranks") = std::vector<int>{},
+           py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("size", &Communicator::size)
       .def_property_readonly("id", &Communicator::id)

@@ -21,7 +21,7 @@ bool rooted(CollKind k) { return k == CollKind::kBroadcast || k == CollKind::kRe
 std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollArgs args,
                                         bool blocking) {
   const int n = comm.size();
-  const std::string what = std::string(coll_name(kind)) + " on rank " + std::to_string(comm.rank());
+  const std::string what = std::string(coll_name(kind)) + " on " + comm.name_of(comm.rank());
   if (static_cast<size_t>(args.dtype) >= static_cast<size_t>(DType::kCount))
     throw TypeMismatch(what + ": unsupported dtype");
   if (reduces(kind)) {

@@ -2,6 +2,8 @@
 
 #include <poll.h>
 #include <sys/eventfd.h>
+
+#include <algorithm>
 #include <unistd.h>
 
 #include "core/config.h"
@@ -74,12 +76,18 @@ std::string message_of(std::exception_ptr ep) {
 
 }  // namespace
 
-Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, double timeout_s)
+Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, double timeout_s,
+                           std::vector<int> global_ranks)
     : id_(agree_identity(*store, rank, size, Deadline::after_seconds(timeout_s))),
       timeout_s_(timeout_s),
+      global_ranks_(std::move(global_ranks)),
       store_(store),
       transport_(id_, bind_ip_for(advertise_address(*store))) {
   Deadline deadline = Deadline::after_seconds(timeout_s);
+  if (global_ranks_.empty())
+    for (int r = 0; r < size; ++r) global_ranks_.push_back(r);
+  if (static_cast<int>(global_ranks_.size()) != size)
+    throw InvalidArgument("global_ranks must list one rank per group rank");
   Endpoint mine{HostPort{advertise_address(*store), transport_.port()}, this_host_id()};
   endpoints_ = exchange_endpoints(*store, rank, size, mine, deadline);
   conns_.resize(static_cast<size_t>(size));
@@ -106,13 +114,21 @@ void Communicator::setup_shared_memory(Store& store, Deadline deadline) {
   std::vector<int> local;
   for (int p = 0; p < size(); ++p)
     if (endpoints_[p].host_id == endpoints_[rank()].host_id) local.push_back(p);
-  if (allowed.shm && local.size() > 1) shm_ = ShmHost::create(store, id_.comm_id, rank(), local, deadline);
+  if (allowed.shm && local.size() > 1) {
+    std::vector<std::string> names;
+    for (int r : local) names.push_back(name_of(r));
+    shm_ = ShmHost::create(store, id_.comm_id, rank(), local, names, deadline);
+  }
   if (!allowed.tcp) {
     if (static_cast<int>(local.size()) != size())
       throw InvalidArgument("PLEXUS_TRANSPORTS=shm, but some ranks of this group are on other hosts");
     if (size() > 1 && !shm_)
       throw Error("PLEXUS_TRANSPORTS=shm, but shared memory is not usable here (see the warning above)");
   }
+}
+
+std::string Communicator::name_of(int r) const {
+  return "rank " + std::to_string(r >= 0 && r < static_cast<int>(global_ranks_.size()) ? global_ranks_[r] : r);
 }
 
 const char* Communicator::transport_to(int peer) const {
@@ -183,10 +199,10 @@ void Communicator::check_abort() {
 }
 
 void Communicator::accept_pending() {
-  while (auto conn = transport_.accept_one()) {
+  while (auto conn = transport_.accept_one([this](int r) { return name_of(r); })) {
     int p = conn->peer();
     if (conns_[p]) {
-      PLEXUS_WARN("refused a second connection claiming to be rank " << p);
+      PLEXUS_WARN("refused a second connection claiming to be " << name_of(p));
       continue;
     }
     conns_[p] = std::move(conn);
@@ -202,13 +218,13 @@ Connection& Communicator::connection(int peer, Deadline deadline) {
   }
   if (rank() < peer) {
     // Dialing blocks only on higher ranks, which never dial us: no cycle, no deadlock.
-    conns_[peer] = transport_.connect(peer, endpoints_[peer].addr, deadline);
+    conns_[peer] = transport_.connect(peer, name_of(peer), endpoints_[peer].addr, deadline);
     return *conns_[peer];
   }
   while (!conns_[peer]) {
     check_abort();
     if (deadline.passed())
-      throw PeerError(peer, "timed out waiting for rank " + std::to_string(peer) + " (" +
+      throw PeerError(peer, "timed out waiting for " + name_of(peer) + " (" +
                                 endpoints_[peer].addr.str() + ") to connect");
     pollfd fds[2] = {{listen_fd(), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
     ::poll(fds, 2, deadline.poll_ms(1000));
@@ -259,7 +275,7 @@ void Communicator::progress_loop() {
 void Communicator::run_op(Op& op) {
   OpContext ctx{this, op.sig, op.seq, Deadline::after_seconds(timeout_s_)};
   const std::string prefix =
-      "plexus rank " + std::to_string(rank()) + ": " + ctx.describe() + " failed: ";
+      "plexus " + name_of(rank()) + ": " + ctx.describe() + " failed: ";
   if (!failure_.empty()) {
     op.work->set_failed(std::make_exception_ptr(
         Error(prefix + "the communicator is unusable after an earlier failure (" + failure_ + ")")));
@@ -280,44 +296,48 @@ void Communicator::run_op(Op& op) {
   }
 }
 
+namespace {
+
+// Writes all of `data` (or zeros when null) unless the deadline passes or the peer is gone.
+bool write_fully(Connection& c, const void* data, size_t n, Deadline deadline) {
+  static const char zeros[4096] = {};
+  size_t sent = 0;
+  try {
+    while (sent < n && !deadline.passed()) {
+      iovec v;
+      v.iov_base = data ? const_cast<char*>(static_cast<const char*>(data) + sent) : const_cast<char*>(zeros);
+      v.iov_len = data ? n - sent : std::min(n - sent, sizeof(zeros));
+      size_t k = c.write_some(&v, 1);
+      if (k == 0) {
+        pollfd p{c.fd(), POLLOUT, 0};
+        ::poll(&p, 1, 10);
+      }
+      sent += k;
+    }
+  } catch (const Error&) {
+    return false;  // the peer is gone already
+  }
+  return sent == n;
+}
+
+}  // namespace
+
 void Communicator::fail_connections(const std::string& why) {
   if (shm_) shm_->mark_aborted(why);  // local peers look there while they wait on us
-  // Peers waiting on us learn the reason from an error frame instead of a bare disconnect.
+  // Peers waiting on us learn the reason from an error frame instead of a bare disconnect. A
+  // frame cut short is first padded out, so that the error frame starts where one is expected.
   Deadline deadline = Deadline::after_seconds(1.0);
+  FrameHeader h{};
+  h.magic = kFrameMagic;
+  h.version = kWireVersion;
+  h.type = static_cast<uint8_t>(FrameType::kError);
+  h.comm_id = id_.comm_id;
+  h.payload_bytes = why.size();
   for (auto& c : conns_) {
     if (!c || c->fd() < 0) continue;
-    if (!c->mid_frame) {
-      FrameHeader h{};
-      h.magic = kFrameMagic;
-      h.version = kWireVersion;
-      h.type = static_cast<uint8_t>(FrameType::kError);
-      h.comm_id = id_.comm_id;
-      h.payload_bytes = why.size();
-      iovec iov[2] = {{&h, sizeof(h)}, {const_cast<char*>(why.data()), why.size()}};
-      size_t total = sizeof(h) + why.size(), sent = 0;
-      try {
-        while (sent < total && !deadline.passed()) {
-          iovec part[2];
-          int n = 0;
-          size_t skip = sent;
-          for (auto& v : iov) {
-            if (skip >= v.iov_len) {
-              skip -= v.iov_len;
-              continue;
-            }
-            part[n++] = {static_cast<char*>(v.iov_base) + skip, v.iov_len - skip};
-            skip = 0;
-          }
-          size_t k = c->write_some(part, n);
-          if (k == 0) {
-            pollfd p{c->fd(), POLLOUT, 0};
-            ::poll(&p, 1, 10);
-          }
-          sent += k;
-        }
-      } catch (const Error&) {
-        // The peer is gone already.
-      }
+    if (write_fully(*c, nullptr, c->frame_left, deadline)) {
+      c->frame_left = 0;
+      if (write_fully(*c, &h, sizeof(h), deadline)) write_fully(*c, why.data(), why.size(), deadline);
     }
     c->shutdown();
   }

@@ -40,7 +40,9 @@ class Communicator {
  public:
   // Collective over `size` processes that share `store` (usually a PrefixStore of the group).
   // Blocks until every rank has joined or `timeout_s` passes.
-  Communicator(std::shared_ptr<Store> store, int rank, int size, double timeout_s);
+  // `global_ranks[r]`: the rank that messages use for group rank r (empty: r itself).
+  Communicator(std::shared_ptr<Store> store, int rank, int size, double timeout_s,
+               std::vector<int> global_ranks = {});
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
@@ -49,6 +51,8 @@ class Communicator {
   int size() const { return id_.size; }
   uint64_t id() const { return id_.comm_id; }
   double timeout_s() const { return timeout_s_; }
+  // How messages call group rank r: "rank G" with G its global rank.
+  std::string name_of(int r) const;
   int listen_port() const { return transport_.port(); }
   const std::vector<Endpoint>& endpoints() const { return endpoints_; }
   // Shared memory with the ranks on this host, or nullptr when there is none (alone on the
@@ -94,6 +98,7 @@ class Communicator {
 
   CommIdentity id_;
   double timeout_s_;
+  std::vector<int> global_ranks_;
   std::shared_ptr<Store> store_;
   TcpTransport transport_;
   std::vector<Endpoint> endpoints_;

@@ -18,6 +18,11 @@ struct PeerError : Error {
   int peer;
 };
 
+// A peer said it failed, and why (its error frame or shared-memory abort note).
+struct PeerReportedError : PeerError {
+  using PeerError::PeerError;
+};
+
 // A collective's deadline passed.
 struct Timeout : Error {
   using Error::Error;

@@ -63,10 +63,9 @@ bool Exchange::pump_sends(Stream& s, bool* want_write) {
     }
     moved = true;
     s.out_done += k;
-    s.conn->mid_frame = true;
-    if (s.out_done == hsize + item.bytes) {
+    s.conn->frame_left = hsize + item.bytes - s.out_done;
+    if (s.conn->frame_left == 0) {
       s.out_done = 0;
-      s.conn->mid_frame = false;
       ++s.next_send;
     }
   }
@@ -91,26 +90,25 @@ void Exchange::throw_peer_error_frame(Stream& s) {
   } catch (const Error&) {
   }
   text.resize(got);
-  throw PeerError(s.peer, "rank " + std::to_string(s.peer) + " reported an error: " + text);
+  throw PeerReportedError(s.peer, s.conn->peer_name() + " reported an error: " + text);
 }
 
 void Exchange::check_header(Stream& s, const RecvItem& item) {
   const FrameHeader& h = s.in_header;
   const int p = s.peer;
+  const std::string& them = s.conn->peer_name();
   if (h.magic != kFrameMagic || h.version != kWireVersion)
-    throw PeerError(p, "rank " + std::to_string(p) + " sent bytes that are not a plexus frame");
+    throw PeerError(p, them + " sent bytes that are not a plexus frame");
   if (h.type == static_cast<uint8_t>(FrameType::kError)) throw_peer_error_frame(s);
-  if (h.comm_id != ctx_.comm->id())
-    throw PeerError(p, "rank " + std::to_string(p) + " sent a frame of another communicator");
+  if (h.comm_id != ctx_.comm->id()) throw PeerError(p, them + " sent a frame of another communicator");
   Signature theirs = h.signature();
   if (h.seq != ctx_.seq || theirs != ctx_.sig)
-    throw Error("collective mismatch: rank " + std::to_string(ctx_.rank()) + " called " +
-                ctx_.sig.describe() + " as op #" + std::to_string(ctx_.seq) + " but rank " +
-                std::to_string(p) + " called " + theirs.describe() + " as op #" +
-                std::to_string(h.seq));
+    throw Error("collective mismatch: " + ctx_.comm->name_of(ctx_.rank()) + " called " +
+                ctx_.sig.describe() + " as op #" + std::to_string(ctx_.seq) + " but " + them +
+                " called " + theirs.describe() + " as op #" + std::to_string(h.seq));
   if (h.payload_bytes != item.bytes)
-    throw Error("rank " + std::to_string(p) + " sent " + std::to_string(h.payload_bytes) +
-                " bytes where " + std::to_string(item.bytes) + " were expected");
+    throw Error(them + " sent " + std::to_string(h.payload_bytes) + " bytes where " +
+                std::to_string(item.bytes) + " were expected");
 }
 
 bool Exchange::pump_recvs(Stream& s, bool* want_read) {
@@ -154,8 +152,8 @@ bool Exchange::pump_recvs(Stream& s, bool* want_read) {
 void Exchange::throw_timeout() {
   std::string waiting;
   for (auto& s : streams_) {
-    if (s.next_recv < s.recvs.size()) waiting += " receive from rank " + std::to_string(s.peer) + ";";
-    if (s.next_send < s.sends.size()) waiting += " send to rank " + std::to_string(s.peer) + ";";
+    if (s.next_recv < s.recvs.size()) waiting += " receive from " + ctx_.comm->name_of(s.peer) + ";";
+    if (s.next_send < s.sends.size()) waiting += " send to " + ctx_.comm->name_of(s.peer) + ";";
   }
   throw Timeout("timed out after " + std::to_string(static_cast<int>(ctx_.comm->timeout_s())) +
                 " s; still waiting to" + waiting +
@@ -164,6 +162,51 @@ void Exchange::throw_timeout() {
 
 void Exchange::run() {
   for (auto& s : streams_) s.conn = &ctx_.comm->connection(s.peer, ctx_.deadline);
+  try {
+    drive();
+  } catch (const PeerReportedError&) {
+    throw;
+  } catch (const PeerError&) {
+    rethrow_with_cause(std::current_exception());
+  }
+}
+
+void Exchange::rethrow_with_cause(std::exception_ptr original) {
+  Deadline deadline = Deadline::after_seconds(0.25);
+  std::vector<char> silent(streams_.size(), 0);
+  const size_t hsize = sizeof(FrameHeader);
+  while (!deadline.passed()) {
+    std::vector<pollfd> fds;
+    for (size_t i = 0; i < streams_.size(); ++i) {
+      Stream& s = streams_[i];
+      if (silent[i] || s.conn->fd() < 0) continue;
+      try {
+        bool want = false;
+        if (s.next_recv < s.recvs.size()) {
+          pump_recvs(s, &want);  // an error frame behind the data throws PeerReportedError
+        } else if (s.in_header_got < hsize) {
+          // Nothing expected from this peer: anything it sent now is an error frame or nothing.
+          s.in_header_got += s.conn->read_some(reinterpret_cast<char*>(&s.in_header) + s.in_header_got,
+                                               hsize - s.in_header_got);
+          if (s.in_header_got == hsize) {
+            if (s.in_header.type == static_cast<uint8_t>(FrameType::kError)) throw_peer_error_frame(s);
+            silent[i] = 1;
+          }
+        }
+        fds.push_back({s.conn->fd(), POLLIN, 0});
+      } catch (const PeerReportedError&) {
+        throw;
+      } catch (const std::exception&) {
+        silent[i] = 1;
+      }
+    }
+    if (fds.empty()) break;
+    ::poll(fds.data(), fds.size(), 10);
+  }
+  std::rethrow_exception(original);
+}
+
+void Exchange::drive() {
   std::vector<pollfd> fds;
   std::vector<Connection*> polled;  // waiting connections without a descriptor (shared memory)
   Backoff backoff;

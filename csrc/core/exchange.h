@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <exception>
 #include <functional>
 #include <vector>
 
@@ -56,6 +57,10 @@ class Exchange {
   bool pump_recvs(Stream& s, bool* want_read);
   void check_header(Stream& s, const RecvItem& item);
   [[noreturn]] void throw_peer_error_frame(Stream& s);
+  // After a lost connection, looks briefly for a peer's error frame that explains it (the root
+  // cause), and throws that; else rethrows `original`.
+  [[noreturn]] void rethrow_with_cause(std::exception_ptr original);
+  void drive();
   [[noreturn]] void throw_timeout();
 
   OpContext& ctx_;

@@ -5,12 +5,15 @@
 #include <sys/uio.h>
 
 #include <cstddef>
+#include <string>
 
 namespace plexus {
 
 class Connection {
  public:
-  explicit Connection(int peer) : peer_(peer) {}
+  // `peer` is the peer's rank in the communicator; `peer_name` how messages call it
+  // (e.g. "rank 5": the global rank, for sub-groups).
+  Connection(int peer, std::string peer_name) : peer_(peer), peer_name_(std::move(peer_name)) {}
   virtual ~Connection() = default;
 
   // Non-blocking. Return the number of bytes moved, 0 when nothing can move right now.
@@ -29,11 +32,14 @@ class Connection {
   virtual const char* transport_name() const = 0;
 
   int peer() const { return peer_; }
-  // True while a frame is only partly written; an error frame cannot follow it then.
-  bool mid_frame = false;
+  const std::string& peer_name() const { return peer_name_; }
+  // Bytes of a partly written frame still to send: an error frame can only follow once the
+  // frame is complete.
+  size_t frame_left = 0;
 
  private:
   int peer_;
+  std::string peer_name_;
 };
 
 }  // namespace plexus

@@ -6,7 +6,7 @@
 namespace plexus {
 
 ShmConnection::ShmConnection(int peer, ShmHost& host)
-    : Connection(peer),
+    : Connection(peer, host.name_of(host.local_index_of(peer))),
       host_(host),
       peer_local_(host.local_index_of(peer)),
       out_(host.ring(peer_local_, host.local_index())),

@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "bootstrap/rendezvous.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -68,8 +69,10 @@ size_t ShmLayout::staging_offset(int parity) const {
 size_t ShmLayout::total() const { return staging_offset(2); }
 
 std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int rank,
-                                         const std::vector<int>& local_ranks, Deadline deadline) {
+                                         const std::vector<int>& local_ranks,
+                                         std::vector<std::string> names, Deadline deadline) {
   std::unique_ptr<ShmHost> host(new ShmHost());
+  host->names_of_ = std::move(names);
   host->local_ranks_ = local_ranks;
   host->local_index_ = static_cast<int>(std::find(local_ranks.begin(), local_ranks.end(), rank) -
                                         local_ranks.begin());
@@ -152,6 +155,9 @@ std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int ran
   // Everyone has mapped (or given up): the name is no longer needed.
   shm_unlink(mine.c_str());
   if (!ok) {
+    // Leave together: the rank hosting the store must not go (if it then fails) while the
+    // others still read the answers above.
+    store_barrier(store, "shm/gave_up", host->local_index_, n, deadline);
     PLEXUS_WARN("shared memory is not usable between the " << n << " ranks on this host ("
                 << first_problem << "); falling back to TCP");
     return nullptr;  // the destructor unmaps what was mapped
@@ -199,10 +205,9 @@ void ShmHost::check_peer(int local) const {
   const SegmentHeader& h = header(local);
   const int rank = local_ranks_[local];
   if (h.aborted.load(std::memory_order_acquire))
-    throw PeerError(rank, "rank " + std::to_string(rank) + " reported an error: " +
-                              std::string(h.abort_message));
+    throw PeerReportedError(rank, names_of_[local] + " reported an error: " + std::string(h.abort_message));
   if (h.pid_ns == my_pid_ns_ && h.pid > 0 && kill(h.pid, 0) != 0 && errno == ESRCH)
-    throw PeerError(rank, "rank " + std::to_string(rank) + " (pid " + std::to_string(h.pid) +
+    throw PeerError(rank, names_of_[local] + " (pid " + std::to_string(h.pid) +
                               ") died: its process is gone");
 }
 

@@ -69,8 +69,10 @@ class ShmHost {
   // Collective over the local ranks (`local_ranks`: communicator ranks on this host, sorted).
   // Returns nullptr, after logging why, when shared memory cannot be used (too little space in
   // /dev/shm, no permission, ...); every local rank then reaches the same answer.
+  // `names[i]` is how messages call local rank i (e.g. "rank 5").
   static std::unique_ptr<ShmHost> create(Store& store, uint64_t comm_id, int rank,
-                                         const std::vector<int>& local_ranks, Deadline deadline);
+                                         const std::vector<int>& local_ranks,
+                                         std::vector<std::string> names, Deadline deadline);
   ~ShmHost();
 
   int local_size() const { return static_cast<int>(local_ranks_.size()); }
@@ -78,6 +80,7 @@ class ShmHost {
   // Local index of communicator rank `rank`, or -1 if it is on another host.
   int local_index_of(int rank) const;
   int rank_of(int local) const { return local_ranks_[local]; }
+  const std::string& name_of(int local) const { return names_of_[local]; }
   const ShmLayout& layout() const { return layout_; }
 
   SegmentHeader& header(int local) const;
@@ -96,7 +99,8 @@ class ShmHost {
   int local_index_ = -1;
   ShmLayout layout_;
   std::vector<char*> bases_;
-  std::vector<std::string> names_;
+  std::vector<std::string> names_;     // segment names in /dev/shm
+  std::vector<std::string> names_of_;  // rank names for messages
   uint64_t my_pid_ns_ = 0;
 };
 

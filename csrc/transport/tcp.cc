@@ -41,12 +41,13 @@ bool same_secret(const uint8_t* a, const uint8_t* b) {
 
 }  // namespace
 
-TcpConnection::TcpConnection(int peer, Fd fd) : Connection(peer), fd_(std::move(fd)) {
+TcpConnection::TcpConnection(int peer, std::string peer_name, Fd fd)
+    : Connection(peer, std::move(peer_name)), fd_(std::move(fd)) {
   set_nonblocking(fd_.get(), true);
 }
 
 void TcpConnection::broken(const char* what, int err) {
-  std::string msg = "connection to rank " + std::to_string(peer()) + " " + what;
+  std::string msg = "connection to " + peer_name() + " " + what;
   if (err) msg += " (" + errno_text(err) + ")";
   throw PeerError(peer(), msg);
 }
@@ -86,7 +87,8 @@ TcpTransport::TcpTransport(const CommIdentity& id, const std::string& bind_ip) :
   listen_ = listen_tcp(bind_ip, 0, &port_);
 }
 
-std::unique_ptr<Connection> TcpTransport::connect(int peer, const HostPort& ep, Deadline deadline) {
+std::unique_ptr<Connection> TcpTransport::connect(int peer, const std::string& peer_name,
+                                                  const HostPort& ep, Deadline deadline) {
   Fd fd;
   try {
     fd = connect_tcp(ep.host, ep.port, deadline);
@@ -102,14 +104,13 @@ std::unique_ptr<Connection> TcpTransport::connect(int peer, const HostPort& ep, 
     recv_all(fd.get(), &ack, sizeof(ack), deadline);
     if (ack.magic != kAckMagic || ack.status != 0) throw Error("handshake refused");
   } catch (const Error& e) {
-    throw PeerError(peer, "cannot connect to rank " + std::to_string(peer) + " at " + ep.str() +
-                              ": " + e.what());
+    throw PeerError(peer, "cannot connect to " + peer_name + " at " + ep.str() + ": " + e.what());
   }
-  PLEXUS_TRACE("connected to rank " << peer << " at " << ep.str());
-  return std::make_unique<TcpConnection>(peer, std::move(fd));
+  PLEXUS_TRACE("connected to " << peer_name << " at " << ep.str());
+  return std::make_unique<TcpConnection>(peer, peer_name, std::move(fd));
 }
 
-std::unique_ptr<Connection> TcpTransport::accept_one() {
+std::unique_ptr<Connection> TcpTransport::accept_one(const std::function<std::string(int)>& name_of) {
   Fd fd = accept_tcp(listen_.get());
   if (!fd.valid()) return nullptr;
   std::string who = peer_ip(fd.get());
@@ -135,8 +136,8 @@ std::unique_ptr<Connection> TcpTransport::accept_one() {
   } catch (const Error&) {
     return nullptr;
   }
-  PLEXUS_TRACE("accepted rank " << h.from_rank << " from " << who);
-  return std::make_unique<TcpConnection>(h.from_rank, std::move(fd));
+  PLEXUS_TRACE("accepted " << name_of(h.from_rank) << " from " << who);
+  return std::make_unique<TcpConnection>(h.from_rank, name_of(h.from_rank), std::move(fd));
 }
 
 }  // namespace plexus

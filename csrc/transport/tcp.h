@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -23,7 +24,7 @@ struct CommIdentity {
 
 class TcpConnection : public Connection {
  public:
-  TcpConnection(int peer, Fd fd);
+  TcpConnection(int peer, std::string peer_name, Fd fd);
   size_t write_some(const iovec* iov, int iovcnt) override;
   size_t read_some(void* dst, size_t n) override;
   int fd() const override { return fd_.get(); }
@@ -42,10 +43,12 @@ class TcpTransport {
   int port() const { return port_; }
 
   // Connects to `peer` listening at `ep` and completes the handshake before the deadline.
-  std::unique_ptr<Connection> connect(int peer, const HostPort& ep, Deadline deadline);
+  std::unique_ptr<Connection> connect(int peer, const std::string& peer_name, const HostPort& ep,
+                                      Deadline deadline);
   // Takes one pending connection off the listener and checks its handshake. Returns nullptr
-  // when none is pending or the connector was refused (logged as a warning).
-  std::unique_ptr<Connection> accept_one();
+  // when none is pending or the connector was refused (logged as a warning). `name_of` gives
+  // the name of the connected rank.
+  std::unique_ptr<Connection> accept_one(const std::function<std::string(int)>& name_of);
 
  private:
   CommIdentity id_;

@@ -7,25 +7,29 @@ TypeError/ValueError instead of corrupting memory or hanging the other ranks.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from . import _C
 
 DTYPE_CODES = {name: code for code, name in enumerate(_C.DTYPES)}
+# numpy dtype object -> its name, filled as dtypes are seen (dtype.name is slow to compute).
+_NUMPY_DTYPE_NAMES: dict = {}
 
 
-@dataclass(frozen=True)
 class Buffer:
-    obj: Any  # the array itself, kept alive while an op uses it
-    ptr: int
-    count: int
-    dtype: str
-    itemsize: int
+    """A contiguous array seen as raw memory: address, element count and dtype."""
 
-    @property
-    def code(self) -> int:
-        return DTYPE_CODES[self.dtype]
+    __slots__ = ("obj", "ptr", "count", "dtype", "itemsize", "code")
+
+    def __init__(self, obj: Any, ptr: int, count: int, dtype: str, itemsize: int):
+        self.obj = obj  # the array itself, kept alive while an op uses it
+        self.ptr = ptr
+        self.count = count
+        self.dtype = dtype
+        self.itemsize = itemsize
+        self.code = DTYPE_CODES[dtype]
 
     @property
     def nbytes(self) -> int:
@@ -50,23 +54,23 @@ def _unsupported_dtype(what: str, dtype: str) -> TypeError:
 
 
 def as_buffer(x: Any, what: str, *, writable: bool) -> Buffer:
-    """A Buffer over `x`. `what` names the argument and rank in error messages."""
+    """A Buffer over `x`. `what` names the call, the rank and the argument in error messages."""
     if _is_torch_tensor(x):
         return _torch_buffer(x, what, writable)
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a hard dependency
-        raise TypeError(f"{what} must be a numpy array or a torch tensor") from None
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{what} must be a numpy array or a torch tensor, got {type(x).__name__}")
-    name = x.dtype.name
+    dtype = x.dtype
+    name = _NUMPY_DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _NUMPY_DTYPE_NAMES[dtype] = dtype.name
     if name not in DTYPE_CODES:
         raise _unsupported_dtype(what, name)
-    if not x.flags.c_contiguous:
+    flags = x.flags
+    if not flags.c_contiguous:
         raise ValueError(f"{what} must be C-contiguous (use numpy.ascontiguousarray)")
-    if writable and not x.flags.writeable:
+    if writable and not flags.writeable:
         raise ValueError(f"{what} is read-only but receives the result")
-    return Buffer(x, x.__array_interface__["data"][0], x.size, name, x.dtype.itemsize)
+    return Buffer(x, _C.array_address(x), x.size, name, dtype.itemsize)
 
 
 def _torch_buffer(t: Any, what: str, writable: bool) -> Buffer:
@@ -82,7 +86,7 @@ def _torch_buffer(t: Any, what: str, writable: bool) -> Buffer:
     return Buffer(t, t.data_ptr(), t.numel(), name, t.element_size())
 
 
-def same_kind(a: Buffer, b: Buffer, what_b: str, what_a: str) -> None:
+def same_kind(where: str, a: Buffer, b: Buffer, what_b: str, what_a: str) -> None:
     """Raises TypeError when two buffers of one call have different dtypes."""
     if a.dtype != b.dtype:
-        raise TypeError(f"{what_b} has dtype {b.dtype} but {what_a} has dtype {a.dtype}")
+        raise TypeError(f"{where}: {what_b} has dtype {b.dtype} but {what_a} has dtype {a.dtype}")

@@ -53,8 +53,25 @@ for _name in _CODES:
     setattr(ReduceOp, _name, ReduceOp(_name))
 
 
-def resolve_op(op: Any, what: str) -> Tuple[int, float]:
-    """(op code, premul factor) for a ReduceOp, an op name string, or torch's ReduceOp."""
+_CHECKED: dict = {}  # (op code, dtype code) -> why they do not fit ("" when they do)
+
+
+def resolve_op(op: Any, what: str, buf: Any) -> Tuple[int, float]:
+    """(op code, premul factor) for a ReduceOp, an op name string, or torch's ReduceOp, checked
+    against the dtype of `buf` (TypeError when the op cannot reduce it)."""
+    code, factor = _op_code(op, what)
+    key = (code, buf.code)
+    problem = _CHECKED.get(key)
+    if problem is None:
+        problem = _CHECKED[key] = _C.op_dtype_problem(code, buf.code)
+    if problem:
+        raise TypeError(f"{what}: {problem}")
+    return code, factor
+
+
+def _op_code(op: Any, what: str) -> Tuple[int, float]:
+    if op is ReduceOp.SUM:  # the common case, first
+        return _CODES["SUM"], 1.0
     factor = None
     if isinstance(op, ReduceOp):
         name, factor = op.name, op.factor

@@ -30,6 +30,7 @@ class ProcessGroup:
         self.name = name
         self._pending: List[tuple] = []  # (core work, arrays it uses) until it completes
         self._lock = threading.Lock()
+        self._where: dict = {}
 
     def rank(self) -> int:
         return self.comm.rank
@@ -126,8 +127,8 @@ def init_process_group(
         rdv = Rendezvous(store, rank, world_size)
     else:
         rdv = rendezvous(init_method, rank, world_size, seconds)
-    comm = _C.Communicator(_C.PrefixStore(rdv.store, "plexus/world/"), rdv.rank, rdv.world_size, seconds)
     _C.set_log_rank(rdv.rank)
+    comm = _C.Communicator(_C.PrefixStore(rdv.store, "plexus/world/"), rdv.rank, rdv.world_size, seconds)
     _state.rendezvous = rdv
     _state.timeout = seconds
     _state.world = ProcessGroup(comm, list(range(rdv.world_size)), group_name or "world")
@@ -212,7 +213,7 @@ def new_group(ranks: Optional[Sequence[int]] = None, timeout: Any = None, backen
     store = _state.rendezvous.store
     group = GroupMember.NON_GROUP_MEMBER
     if me in members:
-        comm = _C.Communicator(_C.PrefixStore(store, f"plexus/{name}/"), members.index(me), len(members), seconds)
+        comm = _C.Communicator(_C.PrefixStore(store, f"plexus/{name}/"), members.index(me), len(members), seconds, members)
         group = ProcessGroup(comm, members, name)
         _state.groups.append(group)
     # As torch does: every rank of the world waits until the group exists, so that rank 0 (the
@@ -233,7 +234,11 @@ def _finish(group: ProcessGroup, core_work: Any, arrays: List[Any], outputs: Lis
 
 
 def _where(what: str, group: ProcessGroup) -> str:
-    return f"{what} on rank {group.ranks[group.rank()]}"
+    """'all_reduce on rank 3': the start of every error message of a call (cached: hot path)."""
+    where = group._where.get(what)
+    if where is None:
+        where = group._where[what] = f"{what} on rank {group.ranks[group.rank()]}"
+    return where
 
 
 def _list_of_buffers(tensors: Any, argname: str, where: str, n: int, ref: Buffer, writable: bool) -> List[Buffer]:
@@ -244,7 +249,7 @@ def _list_of_buffers(tensors: Any, argname: str, where: str, n: int, ref: Buffer
     bufs = []
     for i, t in enumerate(tensors):
         b = as_buffer(t, f"{where}: {argname}[{i}]", writable=writable)
-        same_kind(ref, b, f"{argname}[{i}]", "the tensor")
+        same_kind(where, ref, b, f"{argname}[{i}]", "the tensor")
         if b.count != ref.count:
             raise ValueError(f"{where}: {argname}[{i}] has {b.count} elements but the tensor has {ref.count}")
         bufs.append(b)
@@ -267,12 +272,12 @@ def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op:
     dst = buf
     if out is not None:
         dst = as_buffer(out, f"{where}: out", writable=True)
-        same_kind(buf, dst, "out", "tensor")
+        same_kind(where, buf, dst, "out", "tensor")
         if dst.count != buf.count:
             raise ValueError(f"{where}: out has {dst.count} elements but tensor has {buf.count}")
         if dst.overlaps(buf) and dst.ptr != buf.ptr:
             raise ValueError(f"{where}: out partly overlaps tensor")
-    code, factor = resolve_op(op, where)
+    code, factor = resolve_op(op, where, buf)
     w = g.comm.all_reduce(buf.ptr, dst.ptr, buf.count, buf.code, code, factor, not async_op)
     return _finish(g, w, [tensor, out], [dst.obj], async_op)
 
@@ -301,7 +306,7 @@ def all_gather_into_tensor(output_tensor: Any, input_tensor: Any, group: Any = N
     where = _where("all_gather_into_tensor", g)
     src = as_buffer(input_tensor, f"{where}: input_tensor", writable=False)
     dst = as_buffer(output_tensor, f"{where}: output_tensor", writable=True)
-    same_kind(src, dst, "output_tensor", "input_tensor")
+    same_kind(where, src, dst, "output_tensor", "input_tensor")
     n, r = g.size(), g.rank()
     if dst.count != src.count * n:
         raise ValueError(f"{where}: output_tensor has {dst.count} elements but must have {n} x {src.count}")
@@ -323,7 +328,7 @@ def reduce_scatter(output: Any, input_list: List[Any], op: Any = ReduceOp.SUM, g
     for i, b in enumerate(ins):
         if b.overlaps(dst) and not (i == g.rank() and b.ptr == dst.ptr):
             raise ValueError(f"{where}: output overlaps input_list[{i}]")
-    code, factor = resolve_op(op, where)
+    code, factor = resolve_op(op, where, dst)
     w = g.comm.reduce_scatter([b.ptr for b in ins], dst.ptr, dst.count, dst.code, code, factor, not async_op)
     return _finish(g, w, [output, list(input_list)], [output], async_op)
 
@@ -337,14 +342,14 @@ def reduce_scatter_tensor(output: Any, input: Any, op: Any = ReduceOp.SUM, group
     where = _where("reduce_scatter_tensor", g)
     src = as_buffer(input, f"{where}: input", writable=False)
     dst = as_buffer(output, f"{where}: output", writable=True)
-    same_kind(dst, src, "input", "output")
+    same_kind(where, dst, src, "input", "output")
     n = g.size()
     if src.count != dst.count * n:
         raise ValueError(f"{where}: input has {src.count} elements but must have {n} x {dst.count}")
     blocks = [src.ptr + i * dst.nbytes for i in range(n)]
     if dst.overlaps(src) and dst.ptr != blocks[g.rank()]:
         raise ValueError(f"{where}: output overlaps input but is not this rank's block of it")
-    code, factor = resolve_op(op, where)
+    code, factor = resolve_op(op, where, dst)
     w = g.comm.reduce_scatter(blocks, dst.ptr, dst.count, dst.code, code, factor, not async_op)
     return _finish(g, w, [output, input], [output], async_op)
 
@@ -370,7 +375,7 @@ def reduce(tensor: Any, dst: int, op: Any = ReduceOp.SUM, group: Any = None, asy
     where = _where("reduce", g)
     root = g.group_rank(dst, where)
     buf = as_buffer(tensor, f"{where}: tensor", writable=g.rank() == root)
-    code, factor = resolve_op(op, where)
+    code, factor = resolve_op(op, where, buf)
     w = g.comm.reduce(buf.ptr, buf.ptr, buf.count, buf.code, code, factor, root, not async_op)
     return _finish(g, w, [tensor], [tensor], async_op)
 

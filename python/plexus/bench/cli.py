@@ -14,7 +14,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from . import data, launch, report, sweep
-from .collectives import COLLECTIVES
+from .collectives import COLLECTIVES, op_for
 from .systems import PeerUnavailable, check_importable, make_systems
 
 PEERS = ("gloo", "mpi", "nccl")
@@ -158,7 +158,7 @@ def _header(args, world, where, systems, notes, machine, hosts) -> List[str]:
     lines = [
         f"# plexus-bench: {colls}  ranks {n}  dtype {data.printed_dtype(args.datatype)}  op {args.op}  root {args.root}",
         f"{steps} warmup iters: {args.warmup_iters} iters: {args.iters} validation: {1 if args.check else 0}",
-        f"# launcher: {where.description}",
+        f"# launcher: {where.description}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         f"# machine: {machine['host']}: {report.machine_line(machine)}; {machine['os']}; python {machine['python']}",
         "# systems: " + ", ".join(f"{s.name} ({s.version})" for s in systems),
         "# time: average per iteration in microseconds, slowest rank; busbw = algbw x nccl-tests' factor",
@@ -202,7 +202,7 @@ def run_rank(args: argparse.Namespace, where: "launch.Launch") -> int:
             printer.line(f"# {name}")
         runnable = []
         for s in systems:
-            why = s.unsupported(coll, args.datatype, coll.reduces and args.op or None)
+            why = s.unsupported(coll, args.datatype, op_for(coll, args.op))
             if why:
                 printer.line(f"# {name}: {why}; skipped for {s.name}")
             else:
@@ -245,4 +245,4 @@ def run_rank(args: argparse.Namespace, where: "launch.Launch") -> int:
     for s in systems:
         s.close()
     world.close()
-    return 1 if report.failed_checks(all_rows) else 0
+    return report.exit_code(all_rows)

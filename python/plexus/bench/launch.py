@@ -207,6 +207,9 @@ def spawn(n: int, argv: Sequence[str], use_mpirun: bool, grace_s: float = 30.0) 
     """Runs `python -m plexus.bench argv` as n ranks and returns the largest exit code."""
     child = [sys.executable, "-m", "plexus.bench", *argv]
     env = dict(os.environ)
+    # As torchrun does: one OpenMP thread per rank, else torch's threaded copies in the gloo peer
+    # spin on cores the other ranks need (5x slower 1M gloo all_reduce on 2 cores).
+    env.setdefault("OMP_NUM_THREADS", "1")
     if use_mpirun:
         mpirun = find_mpirun()
         if mpirun is None:
@@ -220,9 +223,11 @@ def spawn(n: int, argv: Sequence[str], use_mpirun: bool, grace_s: float = 30.0) 
     procs = [subprocess.Popen(child, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(n)]
     deadline = None
     try:
-        while any(p.poll() is None for p in procs):
-            failed = any(p.returncode not in (None, 0) for p in procs)
-            if failed and deadline is None:
+        while True:
+            codes = [p.poll() for p in procs]  # poll every one: a failure must be seen at once
+            if all(c is not None for c in codes):
+                break
+            if any(c not in (None, 0) for c in codes) and deadline is None:
                 deadline = time.monotonic() + grace_s  # the others should fail soon on their own
             if deadline is not None and time.monotonic() > deadline:
                 for p in procs:

@@ -3,16 +3,15 @@ in-place dashed), one panel per collective."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Dict, List, Sequence
 
 from .sweep import PLACEMENT_NAMES, Row, human_size
 
 
 def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install matplotlib   (or: pip install 'plexus[bench]')") from None
+    if importlib.util.find_spec("matplotlib") is None:
+        raise RuntimeError("--plot needs matplotlib: pip install matplotlib   (or: pip install 'plexus[bench]')")
 
 
 def plot(path: str, rows: Sequence[Row], ranks: int, machine: str) -> None:

@@ -106,6 +106,11 @@ def failed_checks(rows: Sequence[Row]) -> int:
     return sum(1 for r in rows for by_place in r.results.values() for m in by_place.values() if m.wrong)
 
 
+def exit_code(rows: Sequence[Row]) -> int:
+    """Non-zero when any result was wrong."""
+    return 1 if failed_checks(rows) else 0
+
+
 def avg_busbw(rows: Sequence[Row], system: str) -> float:
     values = [r.results[system][p].busbw for r in rows for p in PLACEMENTS if system in r.results]
     return sum(values) / len(values) if values else 0.0

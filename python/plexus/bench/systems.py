@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import os
+import subprocess
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -80,7 +82,7 @@ class Plexus(System):
         import plexus
 
         self.px = plexus
-        self.version = plexus.__version__
+        self.version = plexus.__version__ + _git_revision(plexus.__file__)
         self.rank = plexus.get_rank()
         self.ops = {"sum": plexus.ReduceOp.SUM, "prod": plexus.ReduceOp.PRODUCT, "min": plexus.ReduceOp.MIN,
                     "max": plexus.ReduceOp.MAX, "avg": plexus.ReduceOp.AVG}
@@ -109,6 +111,16 @@ class Plexus(System):
         else:
             raise ValueError(coll.name)
         return step, _host_result(coll, bufs, self.rank, root)
+
+
+def _git_revision(path: str) -> str:
+    """', git <commit>[-dirty]' when plexus runs from a git checkout, else ''."""
+    try:
+        out = subprocess.run(["git", "-C", os.path.dirname(path), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f", git {out.stdout.strip()}" if out.returncode == 0 and out.stdout.strip() else ""
 
 
 def _host_result(coll: Collective, bufs: Buffers, rank: int, root: int) -> Result:
@@ -219,7 +231,8 @@ class Nccl(_TorchSystem):
         super().__init__(world, timeout_s)
         self.torch.cuda.set_device(local_rank % self.torch.cuda.device_count())
         self.group = self.dist.new_group(backend="nccl")
-        self.version += f", NCCL {'.'.join(map(str, self.torch.cuda.nccl.version()))}"
+        v = self.torch.cuda.nccl.version()  # a tuple in recent torch, an int in old ones
+        self.version += f", NCCL {v if isinstance(v, int) else '.'.join(map(str, v))}"
 
     def prepare(self, coll, bufs, op, root):
         torch = self.torch
