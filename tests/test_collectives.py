@@ -31,9 +31,9 @@ def _reducing_cases(prefix):
                     yield f"{prefix}/{dtype}/{op}/{count}", dtype, op, count
 
 
-def _plain_cases(prefix):
+def _plain_cases(prefix, counts=ref.COUNTS):
     for dtype in ref.DTYPES:
-        for count in ref.COUNTS:
+        for count in counts:
             yield f"{prefix}/{dtype}/{count}", dtype, count
 
 
@@ -88,6 +88,9 @@ def check_all_gather(rank, world):
 def check_reduce_scatter(rank, world):
     checked = 0
     for case, dtype, op, count in _reducing_cases("reduce_scatter"):
+        if count > 1000:
+            # The large case moves about as much data as all_reduce's: 2^20+3 elements in all.
+            count = count // world + 1
         full = [ref.make_input(case, r, count * world, dtype, op) for r in range(world)]
         want = ref.reduce_ref(full, op, dtype)[rank * count:(rank + 1) * count]
         dt = ref.np_dtype(dtype)
@@ -137,6 +140,67 @@ def check_reduce(rank, world):
     return checked
 
 
+def check_gather(rank, world):
+    checked = 0
+    for i, (case, dtype, count) in enumerate(_plain_cases("gather")):
+        root = i % world
+        inputs = [ref.make_input(case, r, count, dtype) for r in range(world)]
+        outs = [np.zeros(count, dtype=ref.np_dtype(dtype)) for _ in range(world)] if rank == root else None
+        plexus.gather(inputs[rank], outs, dst=root)
+        if rank == root:
+            for r in range(world):
+                ref.assert_equal(outs[r], inputs[r], "SUM", f"{case} root {root} block {r}")
+        checked += 1
+    return checked
+
+
+def check_scatter(rank, world):
+    checked = 0
+    for i, (case, dtype, count) in enumerate(_plain_cases("scatter")):
+        root = i % world
+        blocks = [ref.make_input(case, r, count, dtype) for r in range(world)]
+        out = np.zeros(count, dtype=ref.np_dtype(dtype))
+        plexus.scatter(out, blocks if rank == root else None, src=root)
+        ref.assert_equal(out, blocks[rank], "SUM", f"{case} root {root}")
+        checked += 1
+    return checked
+
+
+def _pair_count(i, j, base):
+    # Uneven, sometimes empty, and different in each direction.
+    return (base + 3 * i + 5 * j) % 7 if base < 100 else base + i - j
+
+
+def check_all_to_all(rank, world):
+    checked = 0
+    # Every rank builds all N^2 blocks to check against: a large count that still spans several
+    # chunks keeps this affordable.
+    for case, dtype, count in _plain_cases("all_to_all", [0, 1, 7, 1000, 65537]):
+        dt = ref.np_dtype(dtype)
+        sent = {(i, j): ref.make_input(f"{case}/{i}->{j}", 0, _pair_count(i, j, count), dtype) for i in range(world) for j in range(world)}
+        # list form, uneven sizes
+        outs = [np.zeros(_pair_count(j, rank, count), dtype=dt) for j in range(world)]
+        plexus.all_to_all(outs, [sent[(rank, j)].copy() for j in range(world)])
+        for j in range(world):
+            ref.assert_equal(outs[j], sent[(j, rank)], "SUM", f"list {case} from {j}")
+        # single arrays split by rows (3 columns), uneven splits
+        rows_in = [_pair_count(rank, j, count) for j in range(world)]
+        rows_out = [_pair_count(j, rank, count) for j in range(world)]
+        src = np.concatenate([np.repeat(sent[(rank, j)][:, None], 3, axis=1) for j in range(world)])
+        dst = np.zeros((sum(rows_out), 3), dtype=dt)
+        plexus.all_to_all_single(dst, src, rows_out, rows_in)
+        want = np.concatenate([np.repeat(sent[(j, rank)][:, None], 3, axis=1) for j in range(world)])
+        ref.assert_equal(dst, want, "SUM", f"single {case}")
+        checked += 2
+    # even splits without sizes
+    src = np.arange(world * 4, dtype=np.int64) + 100 * rank
+    dst = np.zeros_like(src)
+    plexus.all_to_all_single(dst, src)
+    want = np.concatenate([np.arange(rank * 4, rank * 4 + 4) + 100 * j for j in range(world)])
+    ref.assert_equal(dst, want.astype(np.int64), "SUM", "even split")
+    return checked + 1
+
+
 def check_barrier(rank, world):
     for _ in range(20):
         plexus.barrier()
@@ -150,6 +214,9 @@ CHECKS = {
     "broadcast": check_broadcast,
     "reduce": check_reduce,
     "barrier": check_barrier,
+    "gather": check_gather,
+    "scatter": check_scatter,
+    "all_to_all": check_all_to_all,
 }
 
 

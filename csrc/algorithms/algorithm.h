@@ -11,11 +11,13 @@
 namespace plexus {
 
 // Buffers of one collective call. `count` is elements per block: the whole buffer for
-// all_reduce/broadcast/reduce, one rank's share for all_gather/reduce_scatter.
+// all_reduce/broadcast/reduce, one rank's share for all_gather/reduce_scatter/gather/scatter.
 struct CollArgs {
-  std::vector<const void*> inputs;  // 1, or one block per rank (reduce_scatter)
-  std::vector<void*> outputs;       // 1, or one block per rank (all_gather)
+  std::vector<const void*> inputs;  // 1, or one block per rank (reduce_scatter, scatter, all_to_all)
+  std::vector<void*> outputs;       // 1, or one block per rank (all_gather, gather, all_to_all)
   size_t count = 0;
+  // all_to_all only: elements of each input / output block (blocks may differ in size).
+  std::vector<size_t> input_counts, output_counts;
   DType dtype = DType::kUInt8;
   RedOp op = RedOp::kNone;
   double factor = 1.0;  // PREMUL_SUM's factor

@@ -2,6 +2,7 @@
 #include "algorithms/algorithm.h"
 #include "algorithms/barrier.h"
 #include "algorithms/chain.h"
+#include "algorithms/direct.h"
 #include "algorithms/ring.h"
 #include "algorithms/shm_direct.h"
 #include "core/error.h"
@@ -30,6 +31,9 @@ const std::vector<Algorithm>& algorithm_table() {
       {"dissemination", CollKind::kBarrier, dissemination_barrier, "log2(N) rounds of signals"},
       {"shm_direct", CollKind::kBarrier, shm_barrier, "one host: counters in shared memory",
        shm_applicable},
+      {"direct", CollKind::kGather, direct_gather, "every rank sends to the root at once"},
+      {"direct", CollKind::kScatter, direct_scatter, "the root sends to every rank at once"},
+      {"direct", CollKind::kAllToAll, direct_all_to_all, "every pair exchanges at once"},
   };
   return table;
 }

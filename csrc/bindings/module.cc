@@ -20,7 +20,47 @@
 namespace py = pybind11;
 using namespace plexus;
 
+void bind_topology(pybind11::module_& m);  // bindings/topology.cc
+
 namespace {
+
+// A Store implemented in Python (e.g. over torch.distributed's store): set(key, value: bytes),
+// get(key, timeout_seconds) -> bytes raising TimeoutError, add(key, delta) -> int, and
+// optionally local_address() -> str.
+class PyStore : public Store {
+ public:
+  void set(const std::string& key, const std::string& value) override {
+    py::gil_scoped_acquire gil;
+    call("set", key, py::bytes(value));
+  }
+  std::string get(const std::string& key, Deadline deadline) override {
+    py::gil_scoped_acquire gil;
+    double left = std::chrono::duration<double>(deadline.at - Clock::now()).count();
+    return call("get", key, left > 0 ? left : 0.0).cast<std::string>();
+  }
+  int64_t add(const std::string& key, int64_t delta) override {
+    py::gil_scoped_acquire gil;
+    return call("add", key, delta).cast<int64_t>();
+  }
+  std::string local_address() const override {
+    py::gil_scoped_acquire gil;
+    py::function f = py::get_override(static_cast<const Store*>(this), "local_address");
+    return f ? f().cast<std::string>() : std::string();
+  }
+
+ private:
+  template <typename... Args>
+  py::object call(const char* name, Args&&... args) {
+    py::function f = py::get_override(static_cast<const Store*>(this), name);
+    if (!f) throw Error(std::string("the Python store does not implement ") + name + "()");
+    try {
+      return f(std::forward<Args>(args)...);
+    } catch (py::error_already_set& e) {
+      if (e.matches(PyExc_TimeoutError)) throw Timeout(std::string("store: ") + e.what());
+      throw Error(std::string("store.") + name + "() failed: " + e.what());
+    }
+  }
+};
 
 const void* as_ptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
 void* as_mut_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
@@ -34,10 +74,15 @@ RedOp to_op(int o) {
   return static_cast<RedOp>(o);
 }
 
+// Returns the op's Work, or nullptr (None) when a blocking op already finished successfully:
+// the common case costs no Work object on the Python side.
 std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr_t> ins,
                              std::vector<uintptr_t> outs, size_t count, int dtype, int op,
-                             double factor, int root, bool blocking) {
+                             double factor, int root, bool blocking,
+                             std::vector<size_t> in_counts = {}, std::vector<size_t> out_counts = {}) {
   CollArgs a;
+  a.input_counts = std::move(in_counts);
+  a.output_counts = std::move(out_counts);
   for (auto p : ins) a.inputs.push_back(as_ptr(p));
   for (auto p : outs) a.outputs.push_back(as_mut_ptr(p));
   a.count = count;
@@ -45,7 +90,9 @@ std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr
   a.op = op < 0 ? RedOp::kNone : to_op(op);
   a.factor = factor;
   a.root = root;
-  return submit_collective(c, kind, std::move(a), blocking);
+  auto work = submit_collective(c, kind, std::move(a), blocking);
+  if (blocking && work->is_completed() && !work->error()) return nullptr;
+  return work;
 }
 
 }  // namespace
@@ -118,7 +165,8 @@ PYBIND11_MODULE(_C, m) {
     return names;
   });
 
-  py::class_<Store, std::shared_ptr<Store>>(m, "Store")
+  py::class_<Store, PyStore, std::shared_ptr<Store>>(m, "Store")
+      .def(py::init<>())
       .def("set", [](Store& s, const std::string& k, py::bytes v) { s.set(k, std::string(v)); },
            py::call_guard<py::gil_scoped_release>())
       .def("get",
@@ -157,7 +205,8 @@ PYBIND11_MODULE(_C, m) {
       .def("rethrow", [](Work& w) {
         if (auto e = w.error()) std::rethrow_exception(e);
       })
-      .def_property_readonly("what", &Work::what);
+      .def_property_readonly("what", &Work::what)
+      .def_property_readonly("source", &Work::source);
 
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
       .def(py::init<std::shared_ptr<Store>, int, int, double, std::vector<int>>(), py::arg("store"),
@@ -214,10 +263,56 @@ PYBIND11_MODULE(_C, m) {
            py::arg("input"), py::arg("output"), py::arg("count"), py::arg("dtype"), py::arg("op"),
            py::arg("factor"), py::arg("root"), py::arg("blocking") = false,
            py::call_guard<py::gil_scoped_release>())
+      .def("gather",
+           [](Communicator& c, uintptr_t in, std::vector<uintptr_t> outs, size_t count, int dtype, int root,
+              bool blocking) {
+             // Non-roots pass no outputs; the core wants one per rank (unused there).
+             if (c.rank() != root) outs.assign(static_cast<size_t>(c.size()), 0);
+             return submit(c, CollKind::kGather, {in}, std::move(outs), count, dtype, -1, 1.0, root, blocking);
+           },
+           py::arg("input"), py::arg("outputs"), py::arg("count"), py::arg("dtype"), py::arg("root"),
+           py::arg("blocking") = false, py::call_guard<py::gil_scoped_release>())
+      .def("scatter",
+           [](Communicator& c, std::vector<uintptr_t> ins, uintptr_t out, size_t count, int dtype, int root,
+              bool blocking) {
+             if (c.rank() != root) ins.assign(static_cast<size_t>(c.size()), 0);
+             return submit(c, CollKind::kScatter, std::move(ins), {out}, count, dtype, -1, 1.0, root, blocking);
+           },
+           py::arg("inputs"), py::arg("output"), py::arg("count"), py::arg("dtype"), py::arg("root"),
+           py::arg("blocking") = false, py::call_guard<py::gil_scoped_release>())
+      .def("all_to_all",
+           [](Communicator& c, std::vector<uintptr_t> ins, std::vector<size_t> in_counts, std::vector<uintptr_t> outs,
+              std::vector<size_t> out_counts, int dtype, bool blocking) {
+             return submit(c, CollKind::kAllToAll, std::move(ins), std::move(outs), 0, dtype, -1, 1.0, -1, blocking,
+                           std::move(in_counts), std::move(out_counts));
+           },
+           py::arg("inputs"), py::arg("input_counts"), py::arg("outputs"), py::arg("output_counts"),
+           py::arg("dtype"), py::arg("blocking") = false, py::call_guard<py::gil_scoped_release>())
+      .def("send",
+           [](Communicator& c, uintptr_t buf, size_t count, int dtype, int peer, int tag) {
+             if (peer < 0 || peer >= c.size() || peer == c.rank())
+               throw InvalidArgument("send on " + c.name_of(c.rank()) + ": cannot send to group rank " +
+                                     std::to_string(peer));
+             DType d = to_dtype(dtype);
+             return c.p2p().send(peer, as_ptr(buf), count * dtype_size(d), d, tag);
+           },
+           py::arg("buffer"), py::arg("count"), py::arg("dtype"), py::arg("peer"), py::arg("tag"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("recv",
+           [](Communicator& c, uintptr_t buf, size_t count, int dtype, int peer, int tag) {
+             if (peer != kAnySource && (peer < 0 || peer >= c.size() || peer == c.rank()))
+               throw InvalidArgument("recv on " + c.name_of(c.rank()) + ": cannot receive from group rank " +
+                                     std::to_string(peer));
+             DType d = to_dtype(dtype);
+             return c.p2p().recv(peer, as_mut_ptr(buf), count * dtype_size(d), d, tag);
+           },
+           py::arg("buffer"), py::arg("count"), py::arg("dtype"), py::arg("peer"), py::arg("tag"),
+           py::call_guard<py::gil_scoped_release>())
       .def("barrier",
            [](Communicator& c, bool blocking) {
              return submit(c, CollKind::kBarrier, {}, {}, 0, static_cast<int>(DType::kUInt8), -1, 1.0, -1,
                            blocking);
            },
            py::arg("blocking") = false, py::call_guard<py::gil_scoped_release>());
+  bind_topology(m);
 }

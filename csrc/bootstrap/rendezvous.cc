@@ -61,7 +61,8 @@ CommIdentity agree_identity(Store& store, int rank, int size, Deadline deadline)
 
 std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const Endpoint& mine,
                                          Deadline deadline) {
-  store.set("endpoint/" + std::to_string(rank), mine.addr.str() + "|" + mine.host_id);
+  store.set("endpoint/" + std::to_string(rank),
+            mine.addr.str() + "|" + std::to_string(mine.p2p_port) + "|" + mine.host_id);
   std::vector<Endpoint> all(static_cast<size_t>(size));
   for (int p = 0; p < size; ++p) {
     std::string v;
@@ -71,9 +72,12 @@ std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const
       throw Timeout("rank " + std::to_string(rank) + " timed out waiting for rank " +
                     std::to_string(p) + " to join the rendezvous");
     }
-    auto bar = v.find('|');
+    auto bar = v.find('|'), bar2 = v.find('|', bar + 1);
+    if (bar == std::string::npos || bar2 == std::string::npos)
+      throw Error("malformed endpoint of rank " + std::to_string(p) + ": '" + v + "'");
     all[p].addr = parse_host_port(v.substr(0, bar));
-    all[p].host_id = bar == std::string::npos ? "" : v.substr(bar + 1);
+    all[p].p2p_port = std::stoi(v.substr(bar + 1, bar2 - bar - 1));
+    all[p].host_id = v.substr(bar2 + 1);
   }
   return all;
 }

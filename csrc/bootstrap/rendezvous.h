@@ -12,7 +12,8 @@
 namespace plexus {
 
 struct Endpoint {
-  HostPort addr;
+  HostPort addr;        // the collectives' listener
+  int p2p_port = 0;     // the point-to-point listener, same host
   std::string host_id;  // equal for ranks on the same host
 };
 

@@ -9,12 +9,19 @@ namespace plexus {
 
 namespace {
 
-size_t expected_inputs(CollKind kind, int n) { return kind == CollKind::kReduceScatter ? n : 1; }
-size_t expected_outputs(CollKind kind, int n) { return kind == CollKind::kAllGather ? n : 1; }
+size_t expected_inputs(CollKind kind, int n) {
+  return kind == CollKind::kReduceScatter || kind == CollKind::kScatter || kind == CollKind::kAllToAll ? n : 1;
+}
+size_t expected_outputs(CollKind kind, int n) {
+  return kind == CollKind::kAllGather || kind == CollKind::kGather || kind == CollKind::kAllToAll ? n : 1;
+}
 bool reduces(CollKind k) {
   return k == CollKind::kAllReduce || k == CollKind::kReduce || k == CollKind::kReduceScatter;
 }
-bool rooted(CollKind k) { return k == CollKind::kBroadcast || k == CollKind::kReduce; }
+bool rooted(CollKind k) {
+  return k == CollKind::kBroadcast || k == CollKind::kReduce || k == CollKind::kGather ||
+         k == CollKind::kScatter;
+}
 
 }  // namespace
 
@@ -45,6 +52,14 @@ std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollA
   } else if (args.inputs.size() != expected_inputs(kind, n) ||
              args.outputs.size() != expected_outputs(kind, n)) {
     throw InvalidArgument(what + ": wrong number of buffers for a group of " + std::to_string(n));
+  }
+  if (kind == CollKind::kAllToAll) {
+    if (args.input_counts.size() != static_cast<size_t>(n) || args.output_counts.size() != static_cast<size_t>(n))
+      throw InvalidArgument(what + ": all_to_all needs one input and one output count per rank");
+    if (args.input_counts[comm.rank()] != args.output_counts[comm.rank()])
+      throw InvalidArgument(what + ": this rank sends itself " + std::to_string(args.input_counts[comm.rank()]) +
+                            " elements but expects " + std::to_string(args.output_counts[comm.rank()]));
+    args.count = 0;  // per-peer sizes differ; each frame's size is checked instead
   }
   Signature sig;
   sig.kind = kind;

@@ -88,10 +88,12 @@ Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, dou
     for (int r = 0; r < size; ++r) global_ranks_.push_back(r);
   if (static_cast<int>(global_ranks_.size()) != size)
     throw InvalidArgument("global_ranks must list one rank per group rank");
-  Endpoint mine{HostPort{advertise_address(*store), transport_.port()}, this_host_id()};
+  p2p_ = std::make_unique<P2PEngine>(*this, id_, bind_ip_for(advertise_address(*store)));
+  Endpoint mine{HostPort{advertise_address(*store), transport_.port()}, p2p_->port(), this_host_id()};
   endpoints_ = exchange_endpoints(*store, rank, size, mine, deadline);
   conns_.resize(static_cast<size_t>(size));
   setup_shared_memory(*store, deadline);
+  p2p_->start(endpoints_, shm_.get());
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw Error("eventfd failed: " + errno_text(errno));
   thread_ = std::thread([this] { progress_loop(); });
@@ -138,6 +140,7 @@ const char* Communicator::transport_to(int peer) const {
 Communicator::~Communicator() {
   abort("the communicator was destroyed");
   if (thread_.joinable()) thread_.join();
+  p2p_.reset();
   for (auto& c : conns_)
     if (c) c->shutdown();
   if (wake_fd_ >= 0) close(wake_fd_);
@@ -148,7 +151,7 @@ std::shared_ptr<Work> Communicator::submit(const Signature& sig,
   Op op;
   op.sig = sig;
   op.body = std::move(body);
-  op.work = std::make_shared<Work>(sig.describe());
+  op.work = std::make_shared<Work>(sig);
   auto work = op.work;
   bool run_here = false;
   {
@@ -179,6 +182,7 @@ void Communicator::abort(const std::string& why) {
     abort_reason_ = why;
   }
   aborted_.store(true);
+  if (p2p_) p2p_->abort(why);
   wake();
 }
 
@@ -213,7 +217,7 @@ Connection& Communicator::connection(int peer, Deadline deadline) {
   if (conns_[peer]) return *conns_[peer];
   if (!failure_.empty()) throw Error("communicator is unusable after an earlier failure");
   if (shm_ && shm_->local_index_of(peer) >= 0) {
-    conns_[peer] = std::make_unique<ShmConnection>(peer, *shm_);
+    conns_[peer] = std::make_unique<ShmConnection>(peer, *shm_, 0);
     return *conns_[peer];
   }
   if (rank() < peer) {
@@ -274,11 +278,10 @@ void Communicator::progress_loop() {
 
 void Communicator::run_op(Op& op) {
   OpContext ctx{this, op.sig, op.seq, Deadline::after_seconds(timeout_s_)};
-  const std::string prefix =
-      "plexus " + name_of(rank()) + ": " + ctx.describe() + " failed: ";
+  auto prefix = [&] { return "plexus " + name_of(rank()) + ": " + ctx.describe() + " failed: "; };
   if (!failure_.empty()) {
     op.work->set_failed(std::make_exception_ptr(
-        Error(prefix + "the communicator is unusable after an earlier failure (" + failure_ + ")")));
+        Error(prefix() + "the communicator is unusable after an earlier failure (" + failure_ + ")")));
     return;
   }
   try {
@@ -288,7 +291,7 @@ void Communicator::run_op(Op& op) {
     PLEXUS_TRACE("done " << ctx.describe());
     op.work->set_done();
   } catch (...) {
-    auto ep = with_context(std::current_exception(), prefix);
+    auto ep = with_context(std::current_exception(), prefix());
     failure_ = message_of(ep);
     PLEXUS_WARN(failure_);
     fail_connections(failure_);

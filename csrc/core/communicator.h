@@ -14,6 +14,7 @@
 #include "bootstrap/rendezvous.h"
 #include "bootstrap/store.h"
 #include "core/deadline.h"
+#include "core/p2p.h"
 #include "core/signature.h"
 #include "core/work.h"
 #include "transport/connection.h"
@@ -63,6 +64,9 @@ class Communicator {
   // Transport used to reach `peer`: "shm" or "tcp".
   const char* transport_to(int peer) const;
 
+  // Point-to-point messages (their own engine: they do not queue behind collectives).
+  P2PEngine& p2p() { return *p2p_; }
+
   // Runs an op after every op submitted before it. A blocking call finding nothing queued or
   // running executes on the calling thread (no hand-off to the progress thread: lower latency);
   // everything else is queued for the progress thread. Returns the op's Work.
@@ -103,6 +107,7 @@ class Communicator {
   TcpTransport transport_;
   std::vector<Endpoint> endpoints_;
   std::unique_ptr<ShmHost> shm_;
+  std::unique_ptr<P2PEngine> p2p_;
   std::vector<std::unique_ptr<Connection>> conns_;  // by peer rank; progress thread only
 
   std::mutex mu_;        // guards the queue and the counters below

@@ -3,6 +3,7 @@
 namespace plexus {
 
 std::string Signature::describe() const {
+  if (kind == CollKind::kCount) return "point-to-point message";
   std::string s = std::string(coll_name(kind)) + "(";
   if (kind != CollKind::kBarrier) {
     s += "count=" + std::to_string(count) + ", dtype=" + dtype_name(dtype);

@@ -37,8 +37,9 @@ const char* op_name(RedOp op) {
 }
 
 const char* coll_name(CollKind k) {
-  static const char* names[] = {"all_reduce", "all_gather", "reduce_scatter",
-                                "broadcast",  "reduce",     "barrier"};
+  static const char* names[] = {"all_reduce", "all_gather", "reduce_scatter", "broadcast",
+                                "reduce",     "barrier",    "gather",         "scatter",
+                                "all_to_all"};
   auto i = static_cast<size_t>(k);
   return i < sizeof(names) / sizeof(names[0]) ? names[i] : "invalid-collective";
 }

@@ -41,6 +41,9 @@ enum class CollKind : uint8_t {
   kBroadcast,
   kReduce,
   kBarrier,
+  kGather,
+  kScatter,
+  kAllToAll,
   kCount
 };
 

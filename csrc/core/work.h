@@ -1,16 +1,19 @@
 // A collective in flight: completes on the progress thread, awaited by the caller.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
 #include <string>
 
+#include "core/signature.h"
+
 namespace plexus {
 
 class Work {
  public:
-  explicit Work(std::string what) : what_(std::move(what)) {}
+  explicit Work(const Signature& sig) : sig_(sig) {}
 
   void set_done();
   void set_failed(std::exception_ptr error);
@@ -21,14 +24,18 @@ class Work {
   bool is_completed() const;
   // The failure, or nullptr while running or after success.
   std::exception_ptr error() const;
-  const std::string& what() const { return what_; }
+  std::string what() const { return sig_.describe(); }
+  // For receives from any source: the rank the message came from (-1 until known).
+  void set_source(int rank) { source_.store(rank); }
+  int source() const { return source_.load(); }
 
  private:
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
   std::exception_ptr error_;
-  std::string what_;
+  Signature sig_;
+  std::atomic<int> source_{-1};
 };
 
 }  // namespace plexus

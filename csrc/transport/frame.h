@@ -13,6 +13,7 @@ constexpr uint16_t kWireVersion = 1;
 enum class FrameType : uint8_t {
   kData = 1,   // payload of a collective step
   kError = 2,  // the sender failed; the payload is its error message (UTF-8)
+  kP2P = 3,    // a point-to-point message; `root` carries its tag
 };
 
 #pragma pack(push, 1)

@@ -5,14 +5,14 @@
 
 namespace plexus {
 
-ShmConnection::ShmConnection(int peer, ShmHost& host)
+ShmConnection::ShmConnection(int peer, ShmHost& host, int channel)
     : Connection(peer, host.name_of(host.local_index_of(peer))),
       host_(host),
       peer_local_(host.local_index_of(peer)),
-      out_(host.ring(peer_local_, host.local_index())),
-      out_data_(host.ring_data(peer_local_, host.local_index())),
-      in_(host.ring(host.local_index(), peer_local_)),
-      in_data_(host.ring_data(host.local_index(), peer_local_)),
+      out_(host.ring(channel, peer_local_, host.local_index())),
+      out_data_(host.ring_data(channel, peer_local_, host.local_index())),
+      in_(host.ring(channel, host.local_index(), peer_local_)),
+      in_data_(host.ring_data(channel, host.local_index(), peer_local_)),
       cap_(host.layout().ring_bytes) {}
 
 size_t ShmConnection::write_some(const iovec* iov, int iovcnt) {

@@ -10,7 +10,8 @@ namespace plexus {
 
 class ShmConnection : public Connection {
  public:
-  ShmConnection(int peer, ShmHost& host);
+  // `channel`: 0 for collectives, 1 for point-to-point (see ShmLayout).
+  ShmConnection(int peer, ShmHost& host, int channel);
   size_t write_some(const iovec* iov, int iovcnt) override;
   size_t read_some(void* dst, size_t n) override;
   int fd() const override { return -1; }

@@ -57,13 +57,13 @@ bool agree(Store& store, const std::string& phase, int rank, const std::vector<i
 
 }  // namespace
 
-size_t ShmLayout::ring_offset(int from_local) const {
+size_t ShmLayout::ring_offset(int channel, int from_local) const {
   return round_up(sizeof(SegmentHeader), 4096) +
-         static_cast<size_t>(from_local) * (sizeof(RingHeader) + ring_bytes);
+         static_cast<size_t>(channel * local_size + from_local) * (sizeof(RingHeader) + ring_bytes);
 }
 
 size_t ShmLayout::staging_offset(int parity) const {
-  return round_up(ring_offset(local_size), 4096) + static_cast<size_t>(parity) * staging_bytes;
+  return round_up(ring_offset(kShmChannels, 0), 4096) + static_cast<size_t>(parity) * staging_bytes;
 }
 
 size_t ShmLayout::total() const { return staging_offset(2); }
@@ -122,7 +122,8 @@ std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int ran
           h->rank = rank;
           h->pid = static_cast<int32_t>(getpid());
           h->pid_ns = host->my_pid_ns_;
-          for (int from = 0; from < n; ++from) new (&host->ring(host->local_index_, from)) RingHeader();
+          for (int ch = 0; ch < kShmChannels; ++ch)
+            for (int from = 0; from < n; ++from) new (&host->ring(ch, host->local_index_, from)) RingHeader();
         }
       }
       close(fd);
@@ -180,12 +181,12 @@ SegmentHeader& ShmHost::header(int local) const {
   return *reinterpret_cast<SegmentHeader*>(bases_[local]);
 }
 
-RingHeader& ShmHost::ring(int owner_local, int from_local) const {
-  return *reinterpret_cast<RingHeader*>(bases_[owner_local] + layout_.ring_offset(from_local));
+RingHeader& ShmHost::ring(int channel, int owner_local, int from_local) const {
+  return *reinterpret_cast<RingHeader*>(bases_[owner_local] + layout_.ring_offset(channel, from_local));
 }
 
-char* ShmHost::ring_data(int owner_local, int from_local) const {
-  return bases_[owner_local] + layout_.ring_offset(from_local) + sizeof(RingHeader);
+char* ShmHost::ring_data(int channel, int owner_local, int from_local) const {
+  return bases_[owner_local] + layout_.ring_offset(channel, from_local) + sizeof(RingHeader);
 }
 
 char* ShmHost::staging(int local, int parity) const {

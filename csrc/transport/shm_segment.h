@@ -2,7 +2,8 @@
 // segment that every other local rank maps:
 //
 //   [ header: identity, abort flag, round counters, op stamps ]
-//   [ one incoming byte ring per local peer (ShmConnection streams) ]
+//   [ one incoming byte ring per local peer and channel (ShmConnection streams); channel 0
+//     carries collectives, channel 1 point-to-point messages ]
 //   [ staging area: 2 buffers (alternating rounds) for the direct intra-host algorithms ]
 //
 // Segments are created owner-only (0600) and unlinked as soon as every local rank has mapped
@@ -54,11 +55,13 @@ struct alignas(kCacheLine) RingHeader {
   alignas(kCacheLine) std::atomic<uint64_t> tail;  // bytes read, by the reader
 };
 
+constexpr int kShmChannels = 2;
+
 struct ShmLayout {
   size_t ring_bytes = 0;     // capacity of each incoming ring
   size_t staging_bytes = 0;  // size of each of the two staging buffers
   int local_size = 0;
-  size_t ring_offset(int from_local) const;
+  size_t ring_offset(int channel, int from_local) const;
   size_t staging_offset(int parity) const;
   size_t total() const;
 };
@@ -84,8 +87,8 @@ class ShmHost {
   const ShmLayout& layout() const { return layout_; }
 
   SegmentHeader& header(int local) const;
-  RingHeader& ring(int owner_local, int from_local) const;
-  char* ring_data(int owner_local, int from_local) const;
+  RingHeader& ring(int channel, int owner_local, int from_local) const;
+  char* ring_data(int channel, int owner_local, int from_local) const;
   char* staging(int local, int parity) const;
 
   // Records this rank's failure in its segment, once; the others see it while they wait.

@@ -20,6 +20,9 @@ CollKind parse_kind(const std::string& s, const std::string& spec) {
   if (k == "broadcast" || k == "bcast") return CollKind::kBroadcast;
   if (k == "reduce") return CollKind::kReduce;
   if (k == "barrier") return CollKind::kBarrier;
+  if (k == "gather") return CollKind::kGather;
+  if (k == "scatter") return CollKind::kScatter;
+  if (k == "alltoall" || k == "alltoallv") return CollKind::kAllToAll;
   throw InvalidArgument("PLEXUS_ALGO=" + spec + ": unknown collective '" + s + "'");
 }
 
@@ -70,6 +73,10 @@ const Algorithm& default_choice(CollKind kind, size_t bytes, const Communicator&
       return by_name(kind, shm ? "shm_direct" : "chain");
     case CollKind::kBarrier:
       return by_name(kind, shm ? "shm_direct" : "dissemination");
+    case CollKind::kGather:
+    case CollKind::kScatter:
+    case CollKind::kAllToAll:
+      return by_name(kind, "direct");
     default:
       throw Error("no algorithm for this collective");
   }

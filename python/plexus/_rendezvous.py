@@ -97,6 +97,32 @@ def _file_rendezvous(path: str, rank: int, timeout: float):
     raise TimeoutError(f"rank {rank} timed out after {timeout:.0f} s waiting for rank 0 to publish {path}: {last_error}")
 
 
+def _torch_agent_store(host: str, port: int, rank: int, world_size: int, timeout: float) -> "_C.Store":
+    """torchrun's agent already serves a store on MASTER_PORT: join it as a client."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from ._stores import TorchStore, generation_prefix, route_address
+
+    tstore = dist.TCPStore(host, port, world_size, is_master=False, timeout=datetime.timedelta(seconds=timeout))
+    return generation_prefix(TorchStore(tstore, route_address(host, port)), rank, "torchrun")
+
+
+def mpi_rendezvous(comm, timeout: float) -> Rendezvous:
+    """Rendezvous over an mpi4py communicator: rank 0 serves the store on a free port and
+    broadcasts its address; no MASTER_ADDR/MASTER_PORT needed."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    server = None
+    address = None
+    if rank == 0:
+        server = _C.TcpStoreServer("0.0.0.0", 0)
+        address = f"{_reachable_ip()}:{server.port}"
+    address = comm.bcast(address, root=0)
+    host, _, port = address.rpartition(":")
+    return Rendezvous(_C.TcpStoreClient(host, int(port), timeout), rank, size, server)
+
+
 def rendezvous(init_method: Optional[str], rank: int, world_size: int, timeout: float) -> Rendezvous:
     init_method = init_method or "env://"
     url = urlparse(init_method)
@@ -106,6 +132,8 @@ def rendezvous(init_method: Optional[str], rank: int, world_size: int, timeout: 
         if not host:
             raise ValueError("init_method env:// needs the environment variable MASTER_ADDR")
         port = _env_int("MASTER_PORT")
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
+            return Rendezvous(_torch_agent_store(host, port, rank, world_size, timeout), rank, world_size)
         server, store = _serve_and_connect(host, port, rank, timeout)
         return Rendezvous(store, rank, world_size, server)
     if url.scheme == "tcp":

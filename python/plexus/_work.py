@@ -13,11 +13,12 @@ class Work:
     running by then (the op itself goes on).
     """
 
-    __slots__ = ("_core", "_outputs")
+    __slots__ = ("_core", "_outputs", "_group")
 
-    def __init__(self, core: Any, outputs: List[Any]):
+    def __init__(self, core: Any, outputs: List[Any], group: Any = None):
         self._core = core
         self._outputs = outputs
+        self._group = group  # for receives: maps the sender's group rank to its global rank
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         if timeout is not None and hasattr(timeout, "total_seconds"):
@@ -41,6 +42,14 @@ class Work:
         except Exception as e:  # noqa: BLE001 - handing the error back is the point
             return e
         return None
+
+    @property
+    def source(self) -> int:
+        """For a receive, once done: the global rank the message came from (-1 otherwise)."""
+        src = self._core.source
+        if src < 0 or self._group is None:
+            return src
+        return self._group.ranks[src]
 
     def result(self) -> List[Any]:
         self.wait()

@@ -15,7 +15,7 @@ from typing import Any, List, Optional, Sequence
 from . import _C
 from ._arrays import Buffer, as_buffer, same_kind
 from ._ops import ReduceOp, resolve_op
-from ._rendezvous import Rendezvous, rendezvous
+from ._rendezvous import Rendezvous, mpi_rendezvous, rendezvous
 from ._work import Work
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -107,23 +107,32 @@ def init_process_group(
     timeout: Any = None,
     world_size: int = -1,
     rank: int = -1,
-    store: Optional["_C.Store"] = None,
+    store: Optional[Any] = None,
     group_name: str = "",
+    mpi_comm: Optional[Any] = None,
 ) -> None:
     """Joins the default group. ``init_method`` is env:// (MASTER_ADDR, MASTER_PORT, RANK,
-    WORLD_SIZE; the default), tcp://host:port or file:///path; or pass a ``store`` with
-    ``rank`` and ``world_size``. ``timeout`` (seconds or timedelta; default PLEXUS_TIMEOUT or
+    WORLD_SIZE; the default; under torchrun it joins torchrun's own store), tcp://host:port or
+    file:///path; or pass a ``store`` (a plexus or torch.distributed store) with ``rank`` and
+    ``world_size``; or ``mpi_comm``, an mpi4py communicator whose ranks form the group (no
+    address needed). ``timeout`` (seconds or timedelta; default PLEXUS_TIMEOUT or
     600 s) bounds every wait of every collective of the group."""
     if _state.world is not None:
         raise RuntimeError("plexus: the default process group is already initialized; call destroy_process_group() first")
     if backend not in (None, "plexus", "cpu:plexus"):
         raise ValueError(f"plexus.init_process_group: backend {backend!r} is not plexus")
     seconds = _timeout_seconds(timeout)
-    if store is not None:
+    if sum(x is not None for x in (init_method, store, mpi_comm)) > 1:
+        raise ValueError("pass only one of init_method, store and mpi_comm")
+    if mpi_comm is not None:
+        rdv = mpi_rendezvous(mpi_comm, seconds)
+    elif store is not None:
         if rank < 0 or world_size < 1:
             raise ValueError("init_process_group(store=...) also needs rank and world_size")
-        if init_method is not None:
-            raise ValueError("pass either init_method or store, not both")
+        if not isinstance(store, _C.Store):
+            from ._stores import TorchStore, generation_prefix
+
+            store = generation_prefix(TorchStore(store), rank, "store")
         rdv = Rendezvous(store, rank, world_size)
     else:
         rdv = rendezvous(init_method, rank, world_size, seconds)
@@ -227,7 +236,8 @@ def new_group(ranks: Optional[Sequence[int]] = None, timeout: Any = None, backen
 
 def _finish(group: ProcessGroup, core_work: Any, arrays: List[Any], outputs: List[Any], async_op: bool):
     if not async_op:
-        core_work.wait(None)  # returns at once when the op ran on this thread; raises its error
+        if core_work is not None:  # None: it already ran, successfully, on this thread
+            core_work.wait(None)  # raises the op's error
         return None
     group.track(core_work, arrays)
     return Work(core_work, outputs)
@@ -386,3 +396,174 @@ def barrier(group: Any = None, async_op: bool = False, device_ids: Any = None):
     if g is None:
         return None
     return _finish(g, g.comm.barrier(not async_op), [], [], async_op)
+
+
+def gather(tensor: Any, gather_list: Optional[List[Any]] = None, dst: int = 0, group: Any = None, async_op: bool = False):
+    """Gathers `tensor` of every rank into `gather_list` (one entry per rank) on global rank
+    `dst`; the other ranks pass gather_list=None."""
+    g = _group(group, "gather")
+    if g is None:
+        return None
+    where = _where("gather", g)
+    root = g.group_rank(dst, where)
+    src = as_buffer(tensor, f"{where}: tensor", writable=False)
+    outs: List[Buffer] = []
+    if g.rank() == root:
+        if gather_list is None:
+            raise ValueError(f"{where}: the destination rank needs a gather_list")
+        outs = _list_of_buffers(gather_list, "gather_list", where, g.size(), src, writable=True)
+    elif gather_list:
+        raise ValueError(f"{where}: gather_list must be None or empty on ranks other than dst")
+    w = g.comm.gather(src.ptr, [b.ptr for b in outs], src.count, src.code, root, not async_op)
+    return _finish(g, w, [tensor, gather_list], list(gather_list or []), async_op)
+
+
+def scatter(tensor: Any, scatter_list: Optional[List[Any]] = None, src: int = 0, group: Any = None, async_op: bool = False):
+    """Global rank `src` sends scatter_list[i] to rank i of the group, into its `tensor`; the
+    other ranks pass scatter_list=None."""
+    g = _group(group, "scatter")
+    if g is None:
+        return None
+    where = _where("scatter", g)
+    root = g.group_rank(src, where)
+    dst = as_buffer(tensor, f"{where}: tensor", writable=True)
+    ins: List[Buffer] = []
+    if g.rank() == root:
+        if scatter_list is None:
+            raise ValueError(f"{where}: the source rank needs a scatter_list")
+        ins = _list_of_buffers(scatter_list, "scatter_list", where, g.size(), dst, writable=False)
+    elif scatter_list:
+        raise ValueError(f"{where}: scatter_list must be None or empty on ranks other than src")
+    w = g.comm.scatter([b.ptr for b in ins], dst.ptr, dst.count, dst.code, root, not async_op)
+    return _finish(g, w, [tensor, scatter_list], [tensor], async_op)
+
+
+def all_to_all(output_tensor_list: List[Any], input_tensor_list: List[Any], group: Any = None, async_op: bool = False):
+    """Rank i sends input_tensor_list[j] to rank j, which receives it in output_tensor_list[i].
+    Entries may differ in size, as long as each pair agrees."""
+    g = _group(group, "all_to_all")
+    if g is None:
+        return None
+    where = _where("all_to_all", g)
+    n = g.size()
+    for name, lst in (("input_tensor_list", input_tensor_list), ("output_tensor_list", output_tensor_list)):
+        if not isinstance(lst, (list, tuple)) or len(lst) != n:
+            raise ValueError(f"{where}: {name} must be a list of {n} arrays")
+    ins = [as_buffer(t, f"{where}: input_tensor_list[{i}]", writable=False) for i, t in enumerate(input_tensor_list)]
+    outs = [as_buffer(t, f"{where}: output_tensor_list[{i}]", writable=True) for i, t in enumerate(output_tensor_list)]
+    for i, b in enumerate(ins + outs):
+        same_kind(where, ins[0], b, "every entry", "input_tensor_list[0]")
+    _check_disjoint(where, outs, "output_tensor_list", ins, "input_tensor_list")
+    w = g.comm.all_to_all([b.ptr for b in ins], [b.count for b in ins], [b.ptr for b in outs], [b.count for b in outs],
+                          ins[0].code, not async_op)
+    return _finish(g, w, [list(output_tensor_list), list(input_tensor_list)], list(output_tensor_list), async_op)
+
+
+def all_to_all_single(output: Any, input: Any, output_split_sizes: Optional[Sequence[int]] = None,
+                      input_split_sizes: Optional[Sequence[int]] = None, group: Any = None, async_op: bool = False):
+    """all_to_all on single arrays split along their first dimension: rank i sends rows
+    input_split_sizes[j] to rank j (equal splits when None) and receives rows
+    output_split_sizes[j] from rank j into `output`."""
+    g = _group(group, "all_to_all_single")
+    if g is None:
+        return None
+    where = _where("all_to_all_single", g)
+    n = g.size()
+    src = as_buffer(input, f"{where}: input", writable=False)
+    dst = as_buffer(output, f"{where}: output", writable=True)
+    same_kind(where, src, dst, "output", "input")
+    if src.overlaps(dst):
+        raise ValueError(f"{where}: output and input share memory")
+    in_counts = _split_counts(where, "input", input, src.count, input_split_sizes, n)
+    out_counts = _split_counts(where, "output", output, dst.count, output_split_sizes, n)
+    in_ptrs = [src.ptr + sum(in_counts[:i]) * src.itemsize for i in range(n)]
+    out_ptrs = [dst.ptr + sum(out_counts[:i]) * dst.itemsize for i in range(n)]
+    w = g.comm.all_to_all(in_ptrs, in_counts, out_ptrs, out_counts, src.code, not async_op)
+    return _finish(g, w, [output, input], [output], async_op)
+
+
+def _rows(x: Any) -> tuple:
+    shape = tuple(x.shape)
+    rows = shape[0] if shape else 1
+    per_row = 1
+    for d in shape[1:]:
+        per_row *= int(d)
+    return rows, per_row
+
+
+def _split_counts(where: str, name: str, x: Any, count: int, splits: Optional[Sequence[int]], n: int) -> List[int]:
+    """Element counts per rank from row split sizes (torch's convention: rows of dim 0)."""
+    rows, per_row = _rows(x)
+    if splits is None or len(splits) == 0:
+        if rows % n:
+            raise ValueError(f"{where}: {name} has {rows} rows, which do not split evenly over {n} ranks; pass split sizes")
+        return [rows // n * per_row] * n
+    splits = [int(s) for s in splits]
+    if len(splits) != n or any(s < 0 for s in splits):
+        raise ValueError(f"{where}: {name}_split_sizes must be {n} non-negative numbers, got {splits}")
+    if sum(splits) != rows:
+        raise ValueError(f"{where}: {name}_split_sizes add up to {sum(splits)} rows but {name} has {rows}")
+    return [s * per_row for s in splits]
+
+
+def _check_disjoint(where: str, outs: List[Buffer], out_name: str, ins: List[Buffer], in_name: str) -> None:
+    for i, o in enumerate(outs):
+        for j, other in enumerate(outs[i + 1:], i + 1):
+            if o.overlaps(other):
+                raise ValueError(f"{where}: {out_name}[{i}] and {out_name}[{j}] share memory")
+        for j, b in enumerate(ins):
+            if o.overlaps(b):
+                raise ValueError(f"{where}: {out_name}[{i}] shares memory with {in_name}[{j}]")
+
+
+# --- point-to-point ------------------------------------------------------------------------------
+
+
+def _p2p_peer(g: ProcessGroup, peer: Optional[int], where: str, what: str) -> int:
+    if peer is None:
+        return -1
+    p = g.group_rank(int(peer), where)
+    if p == g.rank():
+        raise ValueError(f"{where}: {what} is this rank itself")
+    return p
+
+
+def isend(tensor: Any, dst: int, group: Any = None, tag: int = 0) -> Optional[Work]:
+    """Sends `tensor` to global rank `dst`; returns a Work that completes once the message is
+    handed to the transport. Messages between a pair of ranks with the same tag arrive in order."""
+    g = _group(group, "isend")
+    if g is None:
+        return None
+    where = _where("isend", g)
+    buf = as_buffer(tensor, f"{where}: tensor", writable=False)
+    w = g.comm.send(buf.ptr, buf.count, buf.code, _p2p_peer(g, dst, where, "dst"), int(tag))
+    g.track(w, [tensor])
+    return Work(w, [tensor])
+
+
+def irecv(tensor: Any, src: Optional[int] = None, group: Any = None, tag: int = 0) -> Optional[Work]:
+    """Receives into `tensor` from global rank `src` (any rank when None); the Work's
+    `source` (after wait) tells which."""
+    g = _group(group, "irecv")
+    if g is None:
+        return None
+    where = _where("irecv", g)
+    buf = as_buffer(tensor, f"{where}: tensor", writable=True)
+    w = g.comm.recv(buf.ptr, buf.count, buf.code, _p2p_peer(g, src, where, "src"), int(tag))
+    g.track(w, [tensor])
+    return Work(w, [tensor], group=g)
+
+
+def send(tensor: Any, dst: int, group: Any = None, tag: int = 0) -> None:
+    work = isend(tensor, dst, group, tag)
+    if work is not None:
+        work.wait()
+
+
+def recv(tensor: Any, src: Optional[int] = None, group: Any = None, tag: int = 0) -> int:
+    """Blocking receive; returns the global rank the message came from (-1 for non-members)."""
+    work = irecv(tensor, src, group, tag)
+    if work is None:
+        return -1
+    work.wait()
+    return work.source

@@ -1,0 +1,114 @@
+// Point-to-point messages (send/recv with tags) between the ranks of a communicator.
+//
+// Unlike collectives, point-to-point ops are not run one after another: a rank may post a
+// receive and then a send (torch's batch_isend_irecv does), so both must progress together.
+// The engine has its own thread and its own connections (a second TCP listener, and channel 1
+// of the shared-memory rings), and matches messages to receives in order per (peer, tag);
+// messages that arrive before their receive is posted are kept until it is.
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bootstrap/rendezvous.h"
+#include "core/deadline.h"
+#include "core/error.h"
+#include "core/types.h"
+#include "core/work.h"
+#include "transport/connection.h"
+#include "transport/frame.h"
+#include "transport/shm_segment.h"
+#include "transport/tcp.h"
+
+namespace plexus {
+
+class Communicator;
+
+constexpr int kAnySource = -1;
+
+class P2PEngine {
+ public:
+  P2PEngine(Communicator& comm, const CommIdentity& id, const std::string& bind_ip);
+  ~P2PEngine();
+
+  int port() const { return transport_.port(); }
+  // Starts the progress thread; call once the endpoints (with port()) are known to everyone.
+  void start(std::vector<Endpoint> endpoints, ShmHost* shm);
+
+  // Completes once the message is handed to the transport (not necessarily received).
+  std::shared_ptr<Work> send(int peer, const void* buf, size_t bytes, DType dtype, int tag);
+  // `peer` may be kAnySource; Work::source() then tells who sent it.
+  std::shared_ptr<Work> recv(int peer, void* buf, size_t bytes, DType dtype, int tag);
+  // Fails everything pending and stops the engine.
+  void abort(const std::string& why);
+
+ private:
+  struct Request {
+    std::shared_ptr<Work> work;
+    bool is_send;
+    int peer;
+    char* buf;
+    size_t bytes;
+    DType dtype;
+    int tag;
+    Deadline deadline;
+  };
+  struct Unexpected {
+    int peer;
+    int tag;
+    DType dtype;
+    std::vector<char> data;
+  };
+  struct Peer {
+    std::unique_ptr<Connection> conn;
+    std::deque<std::shared_ptr<Request>> sends;
+    FrameHeader out{};
+    size_t out_done = 0;
+    FrameHeader in{};
+    size_t in_got = 0;                  // header bytes read
+    std::shared_ptr<Request> in_target;  // matched receive of the frame being read
+    std::unique_ptr<Unexpected> in_spill;  // or where an unmatched frame goes
+    size_t in_payload_got = 0;
+    uint64_t sent = 0;  // messages sent to this peer (frame sequence numbers)
+    bool closed = false;  // the peer closed its end between messages (it left, or died)
+  };
+
+  void loop();
+  void take_new_requests();
+  bool match_unexpected(const std::shared_ptr<Request>& r);
+  void ensure_connections();
+  bool pump_send(int p);
+  bool pump_recv(int p);
+  bool wants_reading(int p) const;
+  void start_frame(int p);
+  void finish_frame(int p);
+  void accept_pending();
+  void check_deadlines();
+  void fail_all(std::exception_ptr error);
+  // The connection to `p` ended between two messages: fail only what needs that peer.
+  void peer_closed(int p, const PeerError& why);
+
+  Communicator& comm_;
+  CommIdentity id_;
+  TcpTransport transport_;
+  std::vector<Endpoint> endpoints_;
+  ShmHost* shm_ = nullptr;
+  std::vector<Peer> peers_;
+  std::list<std::shared_ptr<Request>> posted_;  // receives in posting order
+  std::list<Unexpected> unexpected_;            // messages that came before their receive
+
+  std::mutex mu_;
+  std::deque<std::shared_ptr<Request>> inbox_;
+  bool stopping_ = false;
+  std::string failure_;
+  int wake_fd_ = -1;
+  std::thread thread_;
+};
+
+}  // namespace plexus
