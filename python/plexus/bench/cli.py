@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs", action="append", default=[], choices=PEERS, help="also run this peer on the same sizes (repeatable)")
     p.add_argument("--json", metavar="PATH", help="write every result and the machine to PATH (and the table to PATH.txt)")
     p.add_argument("--plot", metavar="PNG", help="plot busbw against size into this file (needs matplotlib)")
+    p.add_argument("--memcpy", action="store_true",
+                   help="also time a plain one-core memcpy of each size (the memory-bandwidth limit), on rank 0")
     p.add_argument("-np", dest="np", type=_positive, help="start this many local ranks (without torchrun/mpirun)")
     return p
 
@@ -194,7 +196,8 @@ def run_rank(args: argparse.Namespace, where: "launch.Launch") -> int:
     for line in _header(args, world, where, systems, notes, machine, hosts):
         printer.line(line)
 
-    settings = sweep.Settings(args.datatype, args.op, args.root, args.iters, args.warmup_iters, bool(args.check))
+    settings = sweep.Settings(args.datatype, args.op, args.root, args.iters, args.warmup_iters, bool(args.check),
+                              memcpy=args.memcpy)
     all_rows: List[sweep.Row] = []
     for name in args.collectives:
         coll = COLLECTIVES[name]
@@ -213,11 +216,11 @@ def run_rank(args: argparse.Namespace, where: "launch.Launch") -> int:
         primary, peers = runnable[0].name, [s.name for s in runnable[1:]]
         if primary != "plexus":
             printer.line(f"# {name}: the first columns are {primary}'s")
-        for line in report.table_header(primary, peers):
+        for line in report.table_header(primary, peers, args.memcpy):
             printer.line(line)
 
         def on_row(row: sweep.Row) -> None:
-            printer.line(report.row_line(row, primary, peers))
+            printer.line(report.row_line(row, primary, peers, args.memcpy))
             for warning in report.peer_warnings(row, peers):
                 printer.line(warning)
 

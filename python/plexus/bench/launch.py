@@ -192,10 +192,12 @@ def mpirun_command(mpirun: str, n: int) -> List[str]:
     except (OSError, subprocess.SubprocessError):
         version = ""
     if "Open MPI" in version or "OpenRTE" in version:
-        # Open MPI refuses root without this, and more ranks than cores without --oversubscribe.
+        # Open MPI refuses root without this, and more ranks than cores without --oversubscribe
+        # (which also makes its waits yield, so only ask for it when it is needed).
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-run-as-root")
-        cmd.append("--oversubscribe")
+        if n > len(os.sched_getaffinity(0)):
+            cmd.append("--oversubscribe")
     return cmd
 
 

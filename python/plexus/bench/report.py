@@ -60,7 +60,7 @@ def _wrong(w: Optional[int]) -> str:
     return "  N/A" if w is None else f"{w:5d}"
 
 
-def table_header(primary: str, peers: Sequence[str]) -> List[str]:
+def table_header(primary: str, peers: Sequence[str], memcpy: bool = False) -> List[str]:
     top = "# %10s  %12s  %8s  %6s  %6s           out-of-place                       in-place          " % ("", "", "", "", "")
     names = "# %10s  %12s  %8s  %6s  %6s  %7s  %6s  %6s %6s  %7s  %6s  %6s %6s" % (
         "size", "count", "type", "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong")
@@ -74,10 +74,21 @@ def table_header(primary: str, peers: Sequence[str]) -> List[str]:
         top += f"  {p + ' out-of-place':^25s}"
         names += "  %7s  %6s  %6s" % ("time", "busbw", "ratio")
         units += "  %7s  %6s  %6s" % ("(us)", "(GB/s)", "")
+    if len(peers) > 1:
+        lines.append(f"# vs best = {primary} busbw / the best peer's busbw at that size (out-of-place)")
+        top += "  %7s" % ""
+        names += "  %7s" % "vs best"
+        units += "  %7s" % ""
+    if memcpy:
+        lines.append(f"# memcpy = one core copying the same bytes (the memory-bandwidth limit); "
+                     f"of memcpy = {primary} out-of-place busbw / memcpy")
+        top += "  %16s" % ""
+        names += "  %7s  %7s" % ("memcpy", "of mcpy")
+        units += "  %7s  %7s" % ("(GB/s)", "")
     return lines + [top.rstrip(), names, units]
 
 
-def row_line(row: Row, primary: str, peers: Sequence[str]) -> str:
+def row_line(row: Row, primary: str, peers: Sequence[str], memcpy: bool = False) -> str:
     line = "%12d  %12d  %8s  %6s  %6s" % (row.size, row.count, row.dtype, row.redop, "%6d" % row.root)
     for placement in PLACEMENTS:
         m = row.results[primary][placement]
@@ -87,6 +98,12 @@ def row_line(row: Row, primary: str, peers: Sequence[str]) -> str:
         m = row.results[p]["out"]
         ratio = f"{mine.busbw / m.busbw:6.2f}" if m.busbw > 0 else "   N/A"
         line += f"  {_time(m.time_us)}  {m.busbw:6.2f}  {ratio}"
+    if len(peers) > 1:
+        best = max(row.results[p]["out"].busbw for p in peers)
+        line += f"  {mine.busbw / best:7.2f}" if best > 0 else "      N/A"
+    if memcpy:
+        share = f"{mine.busbw / row.memcpy_gbps:7.2f}" if row.memcpy_gbps > 0 else "    N/A"
+        line += f"  {row.memcpy_gbps:7.2f}  {share}"
     return line
 
 
@@ -174,6 +191,9 @@ def json_document(rows: Sequence[Row], header: Dict[str, object], table: Sequenc
                              "placement": PLACEMENT_NAMES[placement],
                              "size": r.size, "count": r.count, "type": r.dtype, "redop": r.redop, "root": r.root,
                              **asdict(m)})
+        if r.memcpy_gbps:
+            flat.append({"collective": r.collective, "system": "memcpy (one core)", "size": r.size,
+                         "bytes_per_second": r.memcpy_gbps * 1e9})
     return {**header, "results": flat, "table": list(table)}
 
 

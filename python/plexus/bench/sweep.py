@@ -29,6 +29,7 @@ class Settings:
     iters: int
     warmup: int
     check: bool
+    memcpy: bool = False  # also time a one-core memcpy of each size (rank 0)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Row:
     redop: str
     root: int
     results: Dict[str, Dict[str, Measurement]] = field(default_factory=dict)  # system -> placement -> m
+    memcpy_gbps: float = 0.0  # one core copying `size` bytes (0: not measured)
 
 
 def _run_one(system: System, coll: Collective, bufs: Buffers, src: np.ndarray, s: Settings,
@@ -106,12 +108,14 @@ def run(coll: Collective, sizes: List[int], systems: List[System], s: Settings, 
                 progress(f"{coll.name} {human_size(coll.nbytes(count, n, dtype.itemsize))} "
                          f"({index + 1}/{len(sizes)}) {system.name} {PLACEMENT_NAMES[placement]}")
                 local += _run_one(system, coll, bufs, src, s, want_for, op, world.barrier)
+        memcpy_gbps = _memcpy_gbps(count, dtype, s) if s.memcpy and rank == 0 else 0.0
+        world.barrier()  # the other ranks wait idle: the copy has the core to itself
         everyone = world.gather(local)
         seconds = everyone[:, 0::2].max(axis=0)  # the slowest rank
         wrong = everyone[:, 1::2].sum(axis=0)
         nbytes = coll.nbytes(count, n, dtype.itemsize)
         row = Row(coll.name, nbytes, block, data.printed_dtype(s.dtype), describe_op(coll, s.op),
-                  describe_root(coll, s.root))
+                  describe_root(coll, s.root), memcpy_gbps=memcpy_gbps)
         k = 0
         for system in systems:
             row.results[system.name] = {}
@@ -123,6 +127,19 @@ def run(coll: Collective, sizes: List[int], systems: List[System], s: Settings, 
         rows.append(row)
         on_row(row)
     return rows
+
+
+def _memcpy_gbps(count: int, dtype: np.dtype, s: Settings) -> float:
+    """GB/s of a plain copy of `count` elements (the bytes of one rank's buffer) on one core."""
+    src = np.ones(max(count, 1), dtype=dtype)
+    dst = np.empty_like(src)
+    for _ in range(s.warmup):
+        np.copyto(dst, src)
+    t0 = time.perf_counter()
+    for _ in range(s.iters):
+        np.copyto(dst, src)
+    seconds = (time.perf_counter() - t0) / s.iters
+    return src.nbytes / seconds / 1e9
 
 
 def human_size(nbytes: int) -> str:
