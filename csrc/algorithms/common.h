@@ -57,4 +57,13 @@ void single_rank_result(OpContext& ctx, const CollArgs& args);
 
 bool overlaps(const void* a, size_t abytes, const void* b, size_t bbytes);
 
+// Reduces several arrivals at once: each part calls arrive(); the last one runs the reduction.
+// Reducing all sources in one kernel call, in a fixed order, makes the result independent of
+// the order in which peers happen to deliver (and rounds float16/bfloat16 once).
+struct Join {
+  explicit Join(int parts) : left(parts) {}
+  int left;
+  bool arrive() { return --left == 0; }
+};
+
 }  // namespace plexus

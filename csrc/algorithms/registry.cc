@@ -1,10 +1,13 @@
 // The one table of algorithms. Adding an algorithm: one new file and one line here.
 #include "algorithms/algorithm.h"
 #include "algorithms/barrier.h"
+#include "algorithms/binomial.h"
 #include "algorithms/chain.h"
 #include "algorithms/direct.h"
+#include "algorithms/rhd.h"
 #include "algorithms/ring.h"
 #include "algorithms/shm_direct.h"
+#include "algorithms/tree.h"
 #include "core/error.h"
 
 namespace plexus {
@@ -12,20 +15,26 @@ namespace plexus {
 const std::vector<Algorithm>& algorithm_table() {
   static const std::vector<Algorithm> table = {
       {"ring", CollKind::kAllReduce, ring_all_reduce, "reduce-scatter + all-gather around a ring"},
+      {"tree", CollKind::kAllReduce, double_tree_all_reduce, "two complementary binary trees (NCCL's)"},
+      {"rhd", CollKind::kAllReduce, rhd_all_reduce, "recursive halving-doubling (Rabenseifner)"},
       {"shm_oneshot", CollKind::kAllReduce, shm_all_reduce_oneshot,
        "one host: every rank reduces all inputs from shared memory", shm_applicable},
       {"shm_twoshot", CollKind::kAllReduce, shm_all_reduce_twoshot,
        "one host: reduce-scatter then all-gather by direct shared-memory reads", shm_applicable},
       {"ring", CollKind::kAllGather, ring_all_gather, "pipelined ring"},
+      {"rhd", CollKind::kAllGather, rhd_all_gather, "recursive doubling"},
       {"shm_direct", CollKind::kAllGather, shm_all_gather, "one host: direct shared-memory reads",
        shm_applicable},
       {"ring", CollKind::kReduceScatter, ring_reduce_scatter, "pipelined ring"},
+      {"rhd", CollKind::kReduceScatter, rhd_reduce_scatter, "recursive halving"},
       {"shm_direct", CollKind::kReduceScatter, shm_reduce_scatter,
        "one host: direct shared-memory reads", shm_applicable},
       {"chain", CollKind::kBroadcast, chain_broadcast, "pipelined chain from the root"},
+      {"binomial", CollKind::kBroadcast, binomial_broadcast, "binomial tree, log2(N) levels"},
       {"shm_direct", CollKind::kBroadcast, shm_broadcast, "one host: direct shared-memory reads",
        shm_applicable},
       {"chain", CollKind::kReduce, chain_reduce, "pipelined chain ending at the root"},
+      {"binomial", CollKind::kReduce, binomial_reduce, "binomial tree, log2(N) levels"},
       {"shm_direct", CollKind::kReduce, shm_reduce, "one host: direct shared-memory reads",
        shm_applicable},
       {"dissemination", CollKind::kBarrier, dissemination_barrier, "log2(N) rounds of signals"},

@@ -48,9 +48,10 @@ void copy(void* dst, const void* src, size_t bytes) {
 
 }  // namespace
 
-bool shm_applicable(const Communicator& comm) { return comm.all_local_shm(); }
+bool shm_applicable(const Communicator& comm) { return comm.size() == 1 || comm.all_local_shm(); }
 
 void shm_all_reduce_oneshot(OpContext& ctx, const CollArgs& args) {
+  if (ctx.size() == 1) return single_rank_result(ctx, args);
   HostRounds h(ctx);
   const int n = h.size(), me = h.me();
   const size_t es = dtype_size(args.dtype);
@@ -72,6 +73,7 @@ void shm_all_reduce_oneshot(OpContext& ctx, const CollArgs& args) {
 }
 
 void shm_all_reduce_twoshot(OpContext& ctx, const CollArgs& args) {
+  if (ctx.size() == 1) return single_rank_result(ctx, args);
   HostRounds h(ctx);
   const int n = h.size(), me = h.me();
   const size_t es = dtype_size(args.dtype);
@@ -104,6 +106,7 @@ void shm_all_reduce_twoshot(OpContext& ctx, const CollArgs& args) {
 }
 
 void shm_all_gather(OpContext& ctx, const CollArgs& args) {
+  if (ctx.size() == 1) return single_rank_result(ctx, args);
   HostRounds h(ctx);
   const int n = h.size(), me = h.me();
   const size_t es = dtype_size(args.dtype);
@@ -122,6 +125,11 @@ void shm_all_gather(OpContext& ctx, const CollArgs& args) {
 }
 
 void shm_reduce_scatter(OpContext& ctx, const CollArgs& args) {
+  if (ctx.size() == 1) {
+    CollArgs one = args;
+    one.inputs = {args.inputs[0]};
+    return single_rank_result(ctx, one);
+  }
   HostRounds h(ctx);
   const int n = h.size(), me = h.me();
   const size_t es = dtype_size(args.dtype);
@@ -148,6 +156,7 @@ void shm_reduce_scatter(OpContext& ctx, const CollArgs& args) {
 }
 
 void shm_broadcast(OpContext& ctx, const CollArgs& args) {
+  if (ctx.size() == 1) return single_rank_result(ctx, args);
   HostRounds h(ctx);
   const int root = ctx.comm->shm()->local_index_of(args.root);
   const size_t es = dtype_size(args.dtype);
@@ -165,6 +174,7 @@ void shm_broadcast(OpContext& ctx, const CollArgs& args) {
 }
 
 void shm_reduce(OpContext& ctx, const CollArgs& args) {
+  if (ctx.size() == 1) return single_rank_result(ctx, args);
   HostRounds h(ctx);
   const int n = h.size(), me = h.me();
   const int root = ctx.comm->shm()->local_index_of(args.root);
@@ -190,6 +200,7 @@ void shm_reduce(OpContext& ctx, const CollArgs& args) {
 }
 
 void shm_barrier(OpContext& ctx, const CollArgs&) {
+  if (ctx.size() == 1) return;
   HostRounds h(ctx);
   h.begin();
   h.publish_input();

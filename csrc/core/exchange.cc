@@ -26,9 +26,9 @@ Exchange::Stream& Exchange::stream(int peer) {
   return streams_.back();
 }
 
-int Exchange::recv(int peer, void* dst, size_t bytes, std::function<void()> on_arrival) {
+int Exchange::recv(int peer, void* dst, size_t bytes, std::function<void()> on_arrival, int after) {
   int id = static_cast<int>(recvs_.size());
-  recvs_.push_back(RecvItem{dst, bytes, std::move(on_arrival)});
+  recvs_.push_back(RecvItem{dst, bytes, std::move(on_arrival), after});
   arrived_.push_back(0);
   stream(peer).recvs.push_back(id);
   return id;
@@ -36,7 +36,13 @@ int Exchange::recv(int peer, void* dst, size_t bytes, std::function<void()> on_a
 
 void Exchange::send(int peer, const void* src, size_t bytes, int after) {
   int id = static_cast<int>(sends_.size());
-  sends_.push_back(SendItem{src, bytes, after});
+  sends_.push_back(SendItem{src, bytes, after, {}});
+  stream(peer).sends.push_back(id);
+}
+
+void Exchange::send_after(int peer, const void* src, size_t bytes, std::vector<int> after) {
+  int id = static_cast<int>(sends_.size());
+  sends_.push_back(SendItem{src, bytes, -1, std::move(after)});
   stream(peer).sends.push_back(id);
 }
 
@@ -44,7 +50,7 @@ bool Exchange::pump_sends(Stream& s, bool* want_write) {
   bool moved = false;
   while (s.next_send < s.sends.size()) {
     const SendItem& item = sends_[s.sends[s.next_send]];
-    if (item.after >= 0 && !arrived_[item.after]) break;
+    if (!item.ready(arrived_)) break;
     if (s.out_done == 0) s.out_header = FrameHeader::data(ctx_.comm->id(), ctx_.seq, ctx_.sig, item.bytes);
     const size_t hsize = sizeof(FrameHeader);
     iovec iov[2];
@@ -117,6 +123,7 @@ bool Exchange::pump_recvs(Stream& s, bool* want_read) {
   while (s.next_recv < s.recvs.size()) {
     const int id = s.recvs[s.next_recv];
     RecvItem& item = recvs_[id];
+    if (s.in_header_got == 0 && item.after >= 0 && !arrived_[item.after]) break;
     if (s.in_header_got < hsize) {
       size_t k = s.conn->read_some(reinterpret_cast<char*>(&s.in_header) + s.in_header_got,
                                    hsize - s.in_header_got);

@@ -22,10 +22,15 @@ class Exchange {
  public:
   explicit Exchange(OpContext& ctx);
 
-  // Receives exactly `bytes` from `peer` into `dst`; returns an id that sends can wait on.
-  int recv(int peer, void* dst, size_t bytes, std::function<void()> on_arrival = nullptr);
+  // Receives exactly `bytes` from `peer` into `dst`; returns an id that sends can wait on. With
+  // `after` (another receive's id), it is not read before that one has arrived: callbacks that
+  // must run in order across peers (e.g. reduce, then scale) stay in order.
+  int recv(int peer, void* dst, size_t bytes, std::function<void()> on_arrival = nullptr,
+           int after = -1);
   // Sends `bytes` from `src` to `peer` once receive `after` (-1: none) has arrived.
   void send(int peer, const void* src, size_t bytes, int after = -1);
+  // The same, once every receive in `after` (-1 entries are ignored) has arrived.
+  void send_after(int peer, const void* src, size_t bytes, std::vector<int> after);
   // Drives everything posted to completion; throws on a failure, an abort or the deadline.
   void run();
 
@@ -33,12 +38,20 @@ class Exchange {
   struct SendItem {
     const void* src;
     size_t bytes;
-    int after;
+    int after;                     // one receive to wait for (the common case), or -1
+    std::vector<int> after_more;   // further ones
+    bool ready(const std::vector<char>& arrived) const {
+      if (after >= 0 && !arrived[after]) return false;
+      for (int a : after_more)
+        if (a >= 0 && !arrived[a]) return false;
+      return true;
+    }
   };
   struct RecvItem {
     void* dst;
     size_t bytes;
     std::function<void()> on_arrival;
+    int after;
   };
   struct Stream {
     int peer = -1;

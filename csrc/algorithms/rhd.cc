@@ -1,0 +1,216 @@
+// Recursive halving-doubling (Rabenseifner): reduce-scatter by recursive halving (log2 p steps,
+// each exchanging half of what is left with the rank at distance p/2, p/4, ... 1), then
+// all-gather by recursive doubling. Bandwidth-optimal like a ring but with 2 log2 p steps
+// instead of 2(N-1): the choice for medium messages on many ranks.
+//
+// For N not a power of two, N - p ranks first hand their data to a neighbour and sit out
+// ("fold"): rank 2i gives to rank 2i+1 for i < N - p; the p remaining ranks run the core; the
+// helpers get the result back at the end.
+#include "algorithms/rhd.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "algorithms/common.h"
+#include "core/exchange.h"
+#include "reduce/cpu_reduce.h"
+
+namespace plexus {
+
+namespace {
+
+struct Fold {
+  int n, p, rem;
+  explicit Fold(int n_) : n(n_), p(1), rem(0) {
+    while (p * 2 <= n) p *= 2;
+    rem = n - p;
+  }
+  bool sits_out(int r) const { return r < 2 * rem && r % 2 == 0; }
+  bool absorbs(int r) const { return r < 2 * rem && r % 2 == 1; }
+  int core(int r) const { return r < 2 * rem ? r / 2 : r - rem; }
+  int rank(int c) const { return c < rem ? 2 * c + 1 : c + rem; }
+};
+
+// The working buffer is split into units (element ranges); core rank c ends reduce-scatter
+// owning units [own[c], own[c+1]).
+struct Layout {
+  std::vector<size_t> unit_off;  // U + 1 element offsets
+  std::vector<int> own;          // p + 1 unit indices
+  size_t elems(int cu_lo, int cu_hi) const { return unit_off[own[cu_hi]] - unit_off[own[cu_lo]]; }
+  size_t start(int cu) const { return unit_off[own[cu]]; }
+};
+
+// Sends elements [lo, lo + count) of `base` in chunks, after receive `after`.
+void send_range(Exchange& ex, int peer, const char* base, size_t lo, size_t count, size_t es, int after) {
+  Chunks ch(count, es);
+  for (size_t k = 0; k < ch.n; ++k)
+    ex.send(peer, base + (lo + ch.offset(k)) * es, ch.size(k, count) * es, after);
+}
+
+// Receives elements [lo, lo + count) into `dst` (same offsets); with `red`, each chunk lands in
+// `scratch` and is reduced into `dst` instead. Nothing is read before receive `after` arrived,
+// so reductions of successive steps happen in order (the last one also scales, for AVG).
+// Returns the last receive's id.
+int recv_range(Exchange& ex, int peer, char* dst, size_t lo, size_t count, size_t es, DType dtype,
+               const Reduction* red, double scale, char* scratch, int after) {
+  Chunks ch(count, es);
+  int last = after;
+  for (size_t k = 0; k < ch.n; ++k) {
+    const size_t off = (lo + ch.offset(k)) * es, elems = ch.size(k, count);
+    if (!red) {
+      last = ex.recv(peer, dst + off, elems * es, nullptr, k == 0 ? after : -1);
+      continue;
+    }
+    char* land = scratch + off;
+    char* into = dst + off;
+    const RedOp op = red->kernel_op;
+    last = ex.recv(peer, land, elems * es, [=] { cpu::reduce2(op, dtype, into, into, land, elems, scale); },
+                   k == 0 ? after : -1);
+  }
+  return last;
+}
+
+// Recursive halving over the core ranks; returns the id of the last receive.
+int post_halving(Exchange& ex, const Fold& f, const Layout& L, int c, char* work, char* scratch,
+                 DType dtype, const Reduction& red, int after) {
+  const size_t es = dtype_size(dtype);
+  int lo = 0, hi = f.p;
+  for (int d = f.p / 2; d >= 1; d /= 2) {
+    const int mid = lo + d, partner = f.rank(c ^ d);
+    const bool lower = c < mid;
+    const int keep_lo = lower ? lo : mid, keep_hi = lower ? mid : hi;
+    const int give_lo = lower ? mid : lo, give_hi = lower ? hi : mid;
+    send_range(ex, partner, work, L.start(give_lo), L.elems(give_lo, give_hi), es, after);
+    after = recv_range(ex, partner, work, L.start(keep_lo), L.elems(keep_lo, keep_hi), es, dtype, &red,
+                       d == 1 ? red.post_scale : 1.0, scratch, after);
+    lo = keep_lo;
+    hi = keep_hi;
+  }
+  return after;
+}
+
+// Recursive doubling over the core ranks, from each owning its units to all of them.
+int post_doubling(Exchange& ex, const Fold& f, const Layout& L, int c, char* work, size_t es, int after) {
+  int lo = c, hi = c + 1;
+  for (int d = 1; d < f.p; d *= 2) {
+    const int partner = f.rank(c ^ d);
+    const int plo = (c ^ d) & ~(d - 1), phi = plo + d;  // the partner's current range
+    send_range(ex, partner, work, L.start(lo), L.elems(lo, hi), es, after);
+    after = recv_range(ex, partner, work, L.start(plo), L.elems(plo, phi), es, DType::kUInt8, nullptr, 1.0,
+                       nullptr, after);
+    lo = std::min(lo, plo);
+    hi = std::max(hi, phi);
+  }
+  return after;
+}
+
+// Core rank c owns its own block and, if it absorbed a neighbour, the neighbour's block too.
+Layout block_layout(const Fold& f, size_t count_per_block) {
+  Layout L;
+  for (int u = 0; u <= f.n; ++u) L.unit_off.push_back(static_cast<size_t>(u) * count_per_block);
+  for (int c = 0; c <= f.p; ++c) L.own.push_back(c < f.rem ? 2 * c : c + f.rem);
+  return L;
+}
+
+}  // namespace
+
+void rhd_all_reduce(OpContext& ctx, const CollArgs& args) {
+  const int n = ctx.size(), r = ctx.rank();
+  if (n == 1) return single_rank_result(ctx, args);
+  const size_t es = dtype_size(args.dtype), count = args.count;
+  char* work = static_cast<char*>(args.outputs[0]);
+  if (args.op == RedOp::kPremulSum)
+    cpu::scale(args.dtype, work, args.inputs[0], count, args.factor);
+  else if (work != args.inputs[0] && count)
+    std::memcpy(work, args.inputs[0], count * es);
+  const Fold f(n);
+  const Reduction red = plan_reduction(args, n);
+  Exchange ex(ctx);
+  if (f.sits_out(r)) {
+    send_range(ex, r + 1, work, 0, count, es, -1);
+    recv_range(ex, r + 1, work, 0, count, es, args.dtype, nullptr, 1.0, nullptr, -1);
+    return ex.run();
+  }
+  Layout L;
+  BlockLayout blocks(count, f.p);
+  for (int c = 0; c <= f.p; ++c) {
+    L.unit_off.push_back(c < f.p ? blocks.offset(c) : count);
+    L.own.push_back(c);
+  }
+  // The neighbour's data and the partners' data arrive concurrently: separate landing areas.
+  std::vector<char> scratch(count * es), fold_scratch(f.absorbs(r) ? count * es : 0);
+  int after = -1;
+  if (f.absorbs(r))
+    after = recv_range(ex, r - 1, work, 0, count, es, args.dtype, &red, 1.0, fold_scratch.data(), -1);
+  const int c = f.core(r);
+  after = post_halving(ex, f, L, c, work, scratch.data(), args.dtype, red, after);
+  after = post_doubling(ex, f, L, c, work, es, after);
+  if (f.absorbs(r)) send_range(ex, r - 1, work, 0, count, es, after);
+  ex.run();
+}
+
+void rhd_reduce_scatter(OpContext& ctx, const CollArgs& args) {
+  const int n = ctx.size(), r = ctx.rank();
+  if (n == 1) {
+    CollArgs one = args;
+    one.inputs = {args.inputs[0]};
+    return single_rank_result(ctx, one);
+  }
+  const size_t es = dtype_size(args.dtype), count = args.count, bytes = count * es;
+  // Halving works on one contiguous copy of the input blocks (scaled for PREMUL_SUM).
+  std::vector<char> work(bytes * n), scratch(bytes * n), fold_scratch(Fold(n).absorbs(r) ? bytes * n : 0);
+  for (int b = 0; b < n; ++b) {
+    char* dst = work.data() + b * bytes;
+    if (args.op == RedOp::kPremulSum)
+      cpu::scale(args.dtype, dst, args.inputs[b], count, args.factor);
+    else if (bytes)
+      std::memcpy(dst, args.inputs[b], bytes);
+  }
+  const Fold f(n);
+  const Reduction red = plan_reduction(args, n);
+  char* out = static_cast<char*>(args.outputs[0]);
+  Exchange ex(ctx);
+  if (f.sits_out(r)) {
+    send_range(ex, r + 1, work.data(), 0, count * n, es, -1);
+    recv_range(ex, r + 1, out, 0, count, es, args.dtype, nullptr, 1.0, nullptr, -1);
+    return ex.run();
+  }
+  const Layout L = block_layout(f, count);
+  int after = -1;
+  if (f.absorbs(r))
+    after = recv_range(ex, r - 1, work.data(), 0, count * n, es, args.dtype, &red, 1.0, fold_scratch.data(), -1);
+  after = post_halving(ex, f, L, f.core(r), work.data(), scratch.data(), args.dtype, red, after);
+  if (f.absorbs(r)) send_range(ex, r - 1, work.data(), (r - 1) * count, count, es, after);
+  ex.run();
+  if (bytes) std::memcpy(out, work.data() + r * bytes, bytes);
+}
+
+void rhd_all_gather(OpContext& ctx, const CollArgs& args) {
+  const int n = ctx.size(), r = ctx.rank();
+  const size_t es = dtype_size(args.dtype), count = args.count, bytes = count * es;
+  if (n == 1) {
+    if (args.outputs[0] != args.inputs[0] && bytes) std::memmove(args.outputs[0], args.inputs[0], bytes);
+    return;
+  }
+  // Doubling works on one contiguous buffer of all blocks; copied out to the outputs at the end.
+  std::vector<char> work(bytes * n);
+  if (bytes) std::memcpy(work.data() + r * bytes, args.inputs[0], bytes);
+  const Fold f(n);
+  Exchange ex(ctx);
+  if (f.sits_out(r)) {
+    send_range(ex, r + 1, work.data(), r * count, count, es, -1);
+    recv_range(ex, r + 1, work.data(), 0, count * n, es, args.dtype, nullptr, 1.0, nullptr, -1);
+  } else {
+    const Layout L = block_layout(f, count);
+    int after = -1;
+    if (f.absorbs(r))
+      after = recv_range(ex, r - 1, work.data(), (r - 1) * count, count, es, args.dtype, nullptr, 1.0, nullptr, -1);
+    after = post_doubling(ex, f, L, f.core(r), work.data(), es, after);
+    if (f.absorbs(r)) send_range(ex, r - 1, work.data(), 0, count * n, es, after);
+  }
+  ex.run();
+  for (int b = 0; b < n; ++b)
+    if (bytes) std::memcpy(args.outputs[b], work.data() + b * bytes, bytes);
+}
+
+}  // namespace plexus

@@ -1,0 +1,11 @@
+#pragma once
+
+#include "algorithms/algorithm.h"
+
+namespace plexus {
+
+void rhd_all_reduce(OpContext& ctx, const CollArgs& args);
+void rhd_reduce_scatter(OpContext& ctx, const CollArgs& args);
+void rhd_all_gather(OpContext& ctx, const CollArgs& args);
+
+}  // namespace plexus
