@@ -27,6 +27,10 @@ class RankFailure(AssertionError):
 
 def _entry(fn, rank, world_size, init_method, env, args, results, join_group):
     os.environ.update(env or {})
+    # PLEXUS_HOST_ID_BY_RANK="a,a,b,b" puts ranks 0-1 and 2-3 on two pretend hosts.
+    by_rank = os.environ.get("PLEXUS_HOST_ID_BY_RANK")
+    if by_rank:
+        os.environ["PLEXUS_HOST_ID"] = by_rank.split(",")[rank]
     try:
         import plexus
 

@@ -55,22 +55,42 @@ def check(rank, world, collective):
     return checked
 
 
+# Hierarchical algorithms need several (pretend) hosts with equal numbers of ranks.
+HOSTS = {4: "a,a,b,b", 6: "a,a,b,b,c,c"}
+
+
 def _algorithm_cases():
     for collective in ["all_reduce", "reduce_scatter", "all_gather", "broadcast", "reduce", "barrier"]:
         for name in plexus.algorithms(collective):
-            for world in WORLDS:
+            for world in (HOSTS if name == "hierarchical" else WORLDS):
                 yield collective, name, world
 
 
 @pytest.mark.parametrize("collective, algorithm, world", list(_algorithm_cases()))
 def test_forced_algorithm_matches_numpy(collective, algorithm, world):
     env = dict(SMALL_CHUNKS, PLEXUS_ALGO=f"{collective}:@{algorithm}")
-    if algorithm.startswith("shm"):
+    if algorithm == "hierarchical":
+        env["PLEXUS_HOST_ID_BY_RANK"] = HOSTS[world]
+    elif algorithm.startswith("shm"):
         env["PLEXUS_TRANSPORTS"] = "shm,tcp"
     else:
         env["PLEXUS_TRANSPORTS"] = "tcp"  # the generic algorithms over sockets; test_collectives covers shm streams
     counts = run_ranks(world, check, collective, env=env, timeout=600)
     assert all(c == len(CASES) * len(COUNTS) for c in counts), counts
+
+
+def hierarchical_not_possible(rank, world):
+    try:
+        plexus.all_reduce(np.ones(4, dtype=np.float32))
+    except ValueError as e:
+        return str(e)
+    return "no error"
+
+
+def test_hierarchical_refused_on_uneven_hosts():
+    env = {"PLEXUS_ALGO": "all_reduce:@hierarchical", "PLEXUS_HOST_ID_BY_RANK": "a,a,b"}
+    for msg in run_ranks(3, hierarchical_not_possible, env=env):
+        assert "hierarchical" in msg and "cannot run" in msg, msg
 
 
 def test_every_collective_has_algorithms():

@@ -20,7 +20,10 @@ TRANSPORTS = {
         "PLEXUS_TRANSPORTS": "shm",
         "PLEXUS_ALGO": "allreduce:@ring#allgather:@ring#reducescatter:@ring#broadcast:@chain#reduce:@chain#barrier:@dissemination",
     },
+    # Pretend hosts: shared memory within each, TCP between, and the tuner's multi-host choices.
+    "hosts": {},
 }
+PRETEND_HOSTS = {2: "a,b", 3: "a,a,b", 4: "a,a,b,b"}
 
 
 def _reducing_cases(prefix):
@@ -226,5 +229,8 @@ CASES = [(c, w, t) for c in CHECKS for w in WORLD_SIZES for t in TRANSPORTS if w
 
 @pytest.mark.parametrize("collective, world, transport", CASES)
 def test_collective_matches_numpy(collective, world, transport):
-    checked = run_ranks(world, CHECKS[collective], timeout=900, env=TRANSPORTS[transport])
+    env = dict(TRANSPORTS[transport])
+    if transport == "hosts":
+        env["PLEXUS_HOST_ID_BY_RANK"] = PRETEND_HOSTS[world]
+    checked = run_ranks(world, CHECKS[collective], timeout=900, env=env)
     assert all(c == checked[0] and c > 0 for c in checked), checked

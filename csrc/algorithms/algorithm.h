@@ -7,6 +7,7 @@
 
 #include "core/communicator.h"
 #include "core/types.h"
+#include "tuner/cost_model.h"
 
 namespace plexus {
 
@@ -25,16 +26,20 @@ struct CollArgs {
 };
 
 using AlgorithmFn = void (*)(OpContext& ctx, const CollArgs& args);
+// Predicted seconds for `bytes` (the whole buffer; one rank's block for all_gather,
+// reduce_scatter, gather, scatter) on a group of this shape.
+using CostFn = double (*)(CollKind kind, double bytes, const GroupShape& g, const CostModel& m);
 
 struct Algorithm {
   const char* name;
   CollKind kind;
   AlgorithmFn run;
+  CostFn cost;
   const char* summary;
-  // Whether it can run on this communicator (nullptr: always).
-  bool (*applicable)(const Communicator& comm) = nullptr;
+  // Whether it can run on a group of this shape (nullptr: always).
+  bool (*applicable)(const GroupShape& g) = nullptr;
 
-  bool can_run(const Communicator& comm) const { return !applicable || applicable(comm); }
+  bool can_run(const GroupShape& g) const { return !applicable || applicable(g); }
 };
 
 // Every registered algorithm, in preference order per collective.

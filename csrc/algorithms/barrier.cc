@@ -7,6 +7,10 @@
 
 namespace plexus {
 
+double dissemination_cost(CollKind, double, const GroupShape& g, const CostModel& m) {
+  return ceil_log2(g.ranks) * stream_link(g, m).alpha_s;
+}
+
 void dissemination_barrier(OpContext& ctx, const CollArgs&) {
   const int n = ctx.size(), r = ctx.rank();
   if (n == 1) return;

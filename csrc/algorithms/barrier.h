@@ -5,5 +5,6 @@
 namespace plexus {
 
 void dissemination_barrier(OpContext& ctx, const CollArgs& args);
+double dissemination_cost(CollKind kind, double bytes, const GroupShape& g, const CostModel& m);
 
 }  // namespace plexus

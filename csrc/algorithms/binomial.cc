@@ -21,6 +21,11 @@ BinomialLinks binomial_links(int n, int rank, int root) {
   return b;
 }
 
+double binomial_cost(CollKind, double bytes, const GroupShape& g, const CostModel& m) {
+  // The root sends (or receives) the whole message once per level.
+  return ceil_log2(g.ranks) * stream_link(g, m).time(bytes);
+}
+
 void binomial_broadcast(OpContext& ctx, const CollArgs& args) {
   const int n = ctx.size();
   if (n == 1) return;

@@ -16,5 +16,6 @@ BinomialLinks binomial_links(int n, int rank, int root);
 
 void binomial_broadcast(OpContext& ctx, const CollArgs& args);
 void binomial_reduce(OpContext& ctx, const CollArgs& args);
+double binomial_cost(CollKind kind, double bytes, const GroupShape& g, const CostModel& m);
 
 }  // namespace plexus

@@ -11,6 +11,13 @@
 
 namespace plexus {
 
+double chain_cost(CollKind, double bytes, const GroupShape& g, const CostModel& m) {
+  const int n = g.ranks;
+  if (n <= 1) return 0;
+  const LinkCost l = stream_link(g, m);
+  return (n - 1) * l.alpha_s + bytes / l.bytes_per_s + pipeline_fill(bytes, n - 2, l);
+}
+
 void chain_broadcast(OpContext& ctx, const CollArgs& args) {
   const int n = ctx.size(), r = ctx.rank();
   if (n == 1) return;

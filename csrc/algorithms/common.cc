@@ -1,5 +1,6 @@
 #include "algorithms/common.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/config.h"
@@ -36,6 +37,16 @@ std::vector<const void*> scaled_inputs(const CollArgs& args, size_t elems_per_in
     out.push_back(dst);
   }
   return out;
+}
+
+LinkCost stream_link(const GroupShape& g, const CostModel& m) {
+  if (g.hosts == 1 && g.shm) return LinkCost{m.shm.alpha_s, m.shm.bytes_per_s / 3};
+  return bottleneck(g, m);
+}
+
+double pipeline_fill(double bytes, int hops, const LinkCost& l) {
+  const double chunk = std::min(bytes, static_cast<double>(chunk_bytes()));
+  return hops > 0 ? hops * chunk / l.bytes_per_s : 0.0;
 }
 
 bool overlaps(const void* a, size_t abytes, const void* b, size_t bbytes) {

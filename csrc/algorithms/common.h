@@ -57,6 +57,12 @@ void single_rank_result(OpContext& ctx, const CollArgs& args);
 
 bool overlaps(const void* a, size_t abytes, const void* b, size_t bbytes);
 
+// Message-passing algorithms on one host send through shared-memory rings: a copy in, a copy
+// out and the work, so about a third of the memory bandwidth.
+LinkCost stream_link(const GroupShape& g, const CostModel& m);
+// Pipeline fill: the first chunk has to cross `hops` links before the rest streams behind it.
+double pipeline_fill(double bytes, int hops, const LinkCost& l);
+
 // Reduces several arrivals at once: each part calls arrive(); the last one runs the reduction.
 // Reducing all sources in one kernel call, in a fixed order, makes the result independent of
 // the order in which peers happen to deliver (and rounds float16/bfloat16 once).

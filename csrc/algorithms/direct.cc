@@ -30,6 +30,10 @@ void copy(void* dst, const void* src, size_t bytes) {
 
 }  // namespace
 
+double direct_cost(CollKind, double bytes, const GroupShape& g, const CostModel& m) {
+  return (g.ranks - 1) * stream_link(g, m).time(bytes);  // the root's link carries everyone's
+}
+
 void direct_gather(OpContext& ctx, const CollArgs& args) {
   const int n = ctx.size(), r = ctx.rank();
   const size_t es = dtype_size(args.dtype);

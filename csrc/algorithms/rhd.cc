@@ -114,6 +114,19 @@ Layout block_layout(const Fold& f, size_t count_per_block) {
 
 }  // namespace
 
+double rhd_cost(CollKind kind, double bytes, const GroupShape& g, const CostModel& m) {
+  const int n = g.ranks;
+  if (n <= 1) return 0;
+  const Fold f(n);
+  const LinkCost l = stream_link(g, m);
+  const int steps = ceil_log2(f.p);
+  const double frac = static_cast<double>(f.p - 1) / f.p;
+  if (kind == CollKind::kAllReduce)
+    return 2.0 * steps * l.alpha_s + 2.0 * frac * bytes / l.bytes_per_s + (f.rem ? 2.0 * l.time(bytes) : 0.0);
+  const double total = bytes * n;  // all_gather, reduce_scatter: bytes is one rank's block
+  return steps * l.alpha_s + frac * total / l.bytes_per_s + (f.rem ? 2 * l.alpha_s + total / l.bytes_per_s : 0.0);
+}
+
 void rhd_all_reduce(OpContext& ctx, const CollArgs& args) {
   const int n = ctx.size(), r = ctx.rank();
   if (n == 1) return single_rank_result(ctx, args);

@@ -84,6 +84,14 @@ void post_all_gather(Exchange& ex, OpContext& ctx, const BlockLayout& L, size_t 
 
 }  // namespace
 
+double ring_cost(CollKind kind, double bytes, const GroupShape& g, const CostModel& m) {
+  const int n = g.ranks;
+  if (n <= 1) return 0;
+  const LinkCost l = stream_link(g, m);
+  if (kind == CollKind::kAllReduce) return 2.0 * (n - 1) * l.time(bytes / n);
+  return (n - 1) * l.time(bytes);  // all_gather, reduce_scatter: bytes is one rank's block
+}
+
 void ring_all_reduce(OpContext& ctx, const CollArgs& args) {
   const int n = ctx.size();
   if (n == 1) return single_rank_result(ctx, args);

@@ -48,7 +48,28 @@ void copy(void* dst, const void* src, size_t bytes) {
 
 }  // namespace
 
-bool shm_applicable(const Communicator& comm) { return comm.size() == 1 || comm.all_local_shm(); }
+bool shm_applicable(const GroupShape& g) { return g.ranks == 1 || (g.hosts == 1 && g.shm); }
+
+// Memory traffic per rank, in units of the message, at memcpy speed.
+double shm_cost(CollKind kind, double bytes, const GroupShape& g, const CostModel& m) {
+  const int n = g.ranks;
+  const LinkCost& l = m.shm;
+  switch (kind) {
+    case CollKind::kAllGather: return 2 * l.alpha_s + n * bytes / l.bytes_per_s;
+    case CollKind::kReduceScatter: return 2 * l.alpha_s + 2.0 * n * bytes / l.bytes_per_s;
+    case CollKind::kBroadcast: return 2 * l.alpha_s + 2.0 * bytes / l.bytes_per_s;
+    case CollKind::kReduce: return 2 * l.alpha_s + (n + 1.0) * bytes / l.bytes_per_s;
+    default: return 2 * l.alpha_s;  // barrier
+  }
+}
+
+double shm_oneshot_cost(CollKind, double bytes, const GroupShape& g, const CostModel& m) {
+  return 2 * m.shm.alpha_s + (g.ranks + 1.0) * bytes / m.shm.bytes_per_s;
+}
+
+double shm_twoshot_cost(CollKind, double bytes, const GroupShape&, const CostModel& m) {
+  return 3 * m.shm.alpha_s + 3.0 * bytes / m.shm.bytes_per_s;
+}
 
 void shm_all_reduce_oneshot(OpContext& ctx, const CollArgs& args) {
   if (ctx.size() == 1) return single_rank_result(ctx, args);
@@ -74,10 +95,15 @@ void shm_all_reduce_oneshot(OpContext& ctx, const CollArgs& args) {
 
 void shm_all_reduce_twoshot(OpContext& ctx, const CollArgs& args) {
   if (ctx.size() == 1) return single_rank_result(ctx, args);
+  const Reduction red = plan_reduction(args, ctx.size());
+  shm_twoshot_rounds(ctx, args, red, nullptr);
+}
+
+void shm_twoshot_rounds(OpContext& ctx, const CollArgs& args, const Reduction& red,
+                        const std::function<void(char* slice, size_t elems)>& between) {
   HostRounds h(ctx);
   const int n = h.size(), me = h.me();
   const size_t es = dtype_size(args.dtype);
-  const Reduction red = plan_reduction(args, n);
   const char* in = premultiplied(args);
   char* out = static_cast<char*>(args.outputs[0]);
   const size_t per = round_elems(h, es, static_cast<size_t>(n));
@@ -95,6 +121,7 @@ void shm_all_reduce_twoshot(OpContext& ctx, const CollArgs& args) {
     for (int p = 0; p < n; ++p) srcs[p] = p == me ? in + off * es + my_off : h.staging(p) + my_off;
     char* my_out = out + off * es + my_off;
     cpu::reduce(red.kernel_op, args.dtype, my_out, srcs.data(), n, L.size(me), red.post_scale);
+    if (between) between(my_out, L.size(me));
     std::memcpy(mine + my_off, my_out, my_bytes);
     h.publish_result();
     h.wait_result();

@@ -98,6 +98,16 @@ void post_tree_chunk(Exchange& ex, const TreePart& t, size_t k, const Chunks& ch
 
 }  // namespace
 
+double double_tree_cost(CollKind, double bytes, const GroupShape& g, const CostModel& m) {
+  const int n = g.ranks;
+  if (n <= 1) return 0;
+  const LinkCost l = stream_link(g, m);
+  const int depth = ceil_log2(n + 1) - 1 > 0 ? ceil_log2(n + 1) - 1 : 1;
+  // Up and down each tree; no better than a ring on bandwidth (each half crosses a link twice
+  // plus the fan-out), better on latency.
+  return 2.0 * depth * l.alpha_s + 2.0 * bytes / l.bytes_per_s + pipeline_fill(bytes / 2, 2 * depth, l);
+}
+
 void double_tree_all_reduce(OpContext& ctx, const CollArgs& args) {
   const int n = ctx.size(), r = ctx.rank();
   if (n == 1) return single_rank_result(ctx, args);

@@ -17,5 +17,6 @@ TreeLinks first_tree(int n, int rank);
 TreeLinks second_tree(int n, int rank);
 
 void double_tree_all_reduce(OpContext& ctx, const CollArgs& args);
+double double_tree_cost(CollKind kind, double bytes, const GroupShape& g, const CostModel& m);
 
 }  // namespace plexus

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "reduce/cpu_reduce.h"
+#include "tuner/tuner.h"
 
 namespace py = pybind11;
 using namespace plexus;
@@ -61,6 +62,65 @@ class PyStore : public Store {
     }
   }
 };
+
+py::dict shape_to_dict(const GroupShape& g) {
+  py::dict d;
+  d["ranks"] = g.ranks;
+  d["hosts"] = g.hosts;
+  d["local"] = g.local;
+  d["uniform"] = g.uniform;
+  d["shm"] = g.shm;
+  return d;
+}
+
+GroupShape shape_from_dict(const py::dict& d) {
+  GroupShape g;
+  g.ranks = d["ranks"].cast<int>();
+  g.hosts = d.contains("hosts") ? d["hosts"].cast<int>() : 1;
+  g.local = d.contains("local") ? d["local"].cast<int>() : g.ranks / std::max(1, g.hosts);
+  g.uniform = d.contains("uniform") ? d["uniform"].cast<bool>() : true;
+  g.shm = d.contains("shm") ? d["shm"].cast<bool>() : true;
+  if (g.ranks < 1 || g.hosts < 1 || g.local < 1) throw InvalidArgument("shape: ranks, hosts and local must be >= 1");
+  return g;
+}
+
+py::dict link_to_dict(const LinkCost& l) {
+  py::dict d;
+  d["alpha_us"] = l.alpha_s * 1e6;
+  d["gbps"] = l.bytes_per_s / 1e9;
+  return d;
+}
+
+py::dict model_to_dict(const CostModel& m) {
+  py::dict d;
+  d["shm"] = link_to_dict(m.shm);
+  d["tcp"] = link_to_dict(m.local_tcp);
+  d["network"] = link_to_dict(m.network);
+  return d;
+}
+
+CostModel model_from_dict(const py::dict& d) {
+  CostModel m;
+  auto read = [&](const char* key, LinkCost& l) {
+    if (!d.contains(key)) return;
+    py::dict x = d[key].cast<py::dict>();
+    if (x.contains("alpha_us")) l.alpha_s = x["alpha_us"].cast<double>() * 1e-6;
+    if (x.contains("gbps")) l.bytes_per_s = x["gbps"].cast<double>() * 1e9;
+    if (!(l.alpha_s >= 0) || !(l.bytes_per_s > 0)) throw InvalidArgument(std::string("cost model: bad ") + key);
+  };
+  read("shm", m.shm);
+  read("tcp", m.local_tcp);
+  read("network", m.network);
+  return m;
+}
+
+// [(algorithm, predicted seconds, runnable)] for one collective and size.
+py::list predictions(CollKind kind, double bytes, const GroupShape& g, const CostModel& m) {
+  py::list out;
+  for (const auto& p : predict_all(kind, bytes, g, m))
+    out.append(py::make_tuple(p.algorithm->name, p.seconds, p.runnable));
+  return out;
+}
 
 const void* as_ptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
 void* as_mut_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
@@ -158,6 +218,18 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("store"), py::arg("name"), py::arg("rank"), py::arg("size"), py::arg("timeout"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("default_cost_model", [] { return model_to_dict(CostModel::from_env()); },
+        "The cost model from defaults, PLEXUS_TUNER_FILE and PLEXUS_TUNER.");
+  m.def("predict",
+        [](const std::string& collective, double nbytes, const py::dict& shape, const py::dict& model) {
+          return predictions(parse_collective(collective), nbytes, shape_from_dict(shape), model_from_dict(model));
+        },
+        "Predicted time of every algorithm for a described group: [(name, seconds, runnable)].");
+  m.def("cheapest",
+        [](const std::string& collective, double nbytes, const py::dict& shape, const py::dict& model) {
+          return std::string(cheapest(parse_collective(collective), nbytes, shape_from_dict(shape),
+                                      model_from_dict(model)).name);
+        });
   m.def("algorithms", [](const std::string& collective) {
     std::vector<std::string> names;
     for (const auto& a : algorithm_table())
@@ -224,6 +296,17 @@ PYBIND11_MODULE(_C, m) {
                                return ids;
                              })
       .def("transport_to", &Communicator::transport_to, "Transport to a peer: 'shm' or 'tcp'.")
+      .def_property_readonly("shape", [](Communicator& c) { return shape_to_dict(c.shape()); })
+      .def_property_readonly("cost_model", [](Communicator& c) { return model_to_dict(c.cost_model()); })
+      .def("set_cost_model", [](Communicator& c, const py::dict& m) { c.set_cost_model(model_from_dict(m)); })
+      .def("explain",
+           [](Communicator& c, const std::string& collective, double nbytes) {
+             CollKind kind = parse_collective(collective);
+             std::string why;
+             const Algorithm& a = choose_algorithm(kind, static_cast<size_t>(nbytes), c, &why);
+             return py::make_tuple(a.name, why, predictions(kind, nbytes, c.shape(), c.cost_model()));
+           },
+           "(chosen algorithm, why, [(name, predicted seconds, runnable)]) for a call on this group.")
       .def_property_readonly("local_size", [](Communicator& c) { return c.shm() ? c.shm()->local_size() : 1; })
       .def("abort", &Communicator::abort, py::call_guard<py::gil_scoped_release>())
       // Collectives. `blocking=True` means the caller waits at once: the op may then run on

@@ -1,6 +1,7 @@
 #include "bootstrap/rendezvous.h"
 
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -110,12 +111,20 @@ std::string advertise_address(const Store& store) {
 }
 
 std::string this_host_id() {
+  // PLEXUS_HOST_ID groups ranks into "hosts" by hand (tests, or machines whose hostnames and
+  // boot ids coincide).
+  std::string forced = env_string("PLEXUS_HOST_ID");
+  if (!forced.empty()) return "id:" + forced;
   char name[256] = {0};
   gethostname(name, sizeof(name) - 1);
   std::string boot;
   std::ifstream f("/proc/sys/kernel/random/boot_id");
   std::getline(f, boot);
-  return std::string(name) + "/" + boot;
+  // Ranks in different network namespaces (containers, network test beds) count as different
+  // hosts even on one kernel: they talk over the network between them.
+  struct stat st{};
+  std::string netns = stat("/proc/self/ns/net", &st) == 0 ? std::to_string(st.st_ino) : "";
+  return std::string(name) + "/" + boot + "/" + netns;
 }
 
 }  // namespace plexus

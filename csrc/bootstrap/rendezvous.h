@@ -30,6 +30,7 @@ void store_barrier(Store& store, const std::string& name, int rank, int size, De
 // The IP to listen on and advertise: PLEXUS_SOCKET_IFNAME's address, else the address this host
 // uses to reach the store, else loopback.
 std::string advertise_address(const Store& store);
+// Equal for ranks that share a host: hostname + boot id + network namespace, or PLEXUS_HOST_ID.
 std::string this_host_id();
 
 }  // namespace plexus

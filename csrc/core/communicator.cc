@@ -93,6 +93,8 @@ Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, dou
   endpoints_ = exchange_endpoints(*store, rank, size, mine, deadline);
   conns_.resize(static_cast<size_t>(size));
   setup_shared_memory(*store, deadline);
+  model_ = CostModel::from_env();
+  setup_shape(*store, deadline);
   p2p_->start(endpoints_, shm_.get());
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw Error("eventfd failed: " + errno_text(errno));
@@ -129,6 +131,50 @@ void Communicator::setup_shared_memory(Store& store, Deadline deadline) {
   }
 }
 
+void Communicator::setup_shape(Store& store, Deadline deadline) {
+  std::vector<std::string> hosts;  // in order of their first rank
+  std::vector<int> host_of(size()), count;
+  for (int p = 0; p < size(); ++p) {
+    auto it = std::find(hosts.begin(), hosts.end(), endpoints_[p].host_id);
+    host_of[p] = static_cast<int>(it - hosts.begin());
+    if (it == hosts.end()) {
+      hosts.push_back(endpoints_[p].host_id);
+      count.push_back(0);
+    }
+    ++count[host_of[p]];
+  }
+  shape_.ranks = size();
+  shape_.hosts = static_cast<int>(hosts.size());
+  shape_.local = *std::max_element(count.begin(), count.end());
+  shape_.uniform = *std::min_element(count.begin(), count.end()) == shape_.local;
+  shape_.shm = shm_ != nullptr;
+  if (shape_.hosts > 1 && shape_.local > 1) {
+    // Each host decided about shared memory on its own; the tuner needs one answer everywhere.
+    const int mine_failed = count[host_of[rank()]] > 1 && !shm_ ? 1 : 0;
+    store.add("shape/shm_failed", mine_failed);
+    store_barrier(store, "shape", rank(), size(), deadline);
+    shape_.shm = store.add("shape/shm_failed", 0) == 0;
+  }
+  if (shape_.hosts > 1 && shape_.uniform && shape_.local > 1 && shape_.shm) {
+    // One communicator per position on a host, across the hosts: the middle of hierarchical
+    // all-reduce.
+    const int my_host = host_of[rank()];
+    int position = 0;
+    for (int p = 0; p < rank(); ++p) position += host_of[p] == my_host;
+    std::vector<int> members;
+    for (int p = 0; p < size(); ++p) {
+      int pos = 0;
+      for (int q = 0; q < p; ++q) pos += host_of[q] == host_of[p];
+      if (pos == position) members.push_back(global_ranks_[p]);
+    }
+    cross_ = std::make_unique<Communicator>(
+        std::make_shared<PrefixStore>(store_, "cross/" + std::to_string(position) + "/"), my_host,
+        shape_.hosts, timeout_s_, members);
+    cross_->set_cost_model(model_);
+    cross_->internal_ = true;
+  }
+}
+
 std::string Communicator::name_of(int r) const {
   return "rank " + std::to_string(r >= 0 && r < static_cast<int>(global_ranks_.size()) ? global_ranks_[r] : r);
 }
@@ -138,6 +184,7 @@ const char* Communicator::transport_to(int peer) const {
 }
 
 Communicator::~Communicator() {
+  cross_.reset();
   abort("the communicator was destroyed");
   if (thread_.joinable()) thread_.join();
   p2p_.reset();
@@ -183,6 +230,7 @@ void Communicator::abort(const std::string& why) {
   }
   aborted_.store(true);
   if (p2p_) p2p_->abort(why);
+  if (cross_) cross_->abort(why);
   wake();
 }
 

@@ -20,6 +20,7 @@
 #include "transport/connection.h"
 #include "transport/shm_segment.h"
 #include "transport/tcp.h"
+#include "tuner/cost_model.h"
 
 namespace plexus {
 
@@ -63,6 +64,19 @@ class Communicator {
   bool all_local_shm() const { return shm_ && shm_->local_size() == size(); }
   // Transport used to reach `peer`: "shm" or "tcp".
   const char* transport_to(int peer) const;
+  // Hosts, ranks per host and shared memory: what the tuner decides by (the same on all ranks).
+  const GroupShape& shape() const { return shape_; }
+  const CostModel& cost_model() const { return model_; }
+  // Sets the cost model (all ranks must pass the same values; the Python layer gathers them).
+  void set_cost_model(const CostModel& m) {
+    model_ = m;
+    if (cross_) cross_->set_cost_model(m);
+  }
+  // The ranks with this rank's position on their host, one per host (for hierarchical
+  // algorithms), or nullptr when the group is not several hosts with equal numbers of ranks.
+  Communicator* cross_hosts() const { return cross_.get(); }
+  // Part of another communicator's algorithm (cross_hosts): PLEXUS_ALGO does not apply to it.
+  bool internal() const { return internal_; }
 
   // Point-to-point messages (their own engine: they do not queue behind collectives).
   P2PEngine& p2p() { return *p2p_; }
@@ -93,6 +107,8 @@ class Communicator {
     std::shared_ptr<Work> work;
   };
   void setup_shared_memory(Store& store, Deadline deadline);
+  // Computes shape_ (agreeing on shared memory across hosts) and creates cross_ if useful.
+  void setup_shape(Store& store, Deadline deadline);
   void progress_loop();
   void run_op(Op& op);
   void idle_wait();
@@ -108,6 +124,10 @@ class Communicator {
   std::vector<Endpoint> endpoints_;
   std::unique_ptr<ShmHost> shm_;
   std::unique_ptr<P2PEngine> p2p_;
+  GroupShape shape_;
+  CostModel model_;
+  std::unique_ptr<Communicator> cross_;
+  bool internal_ = false;
   std::vector<std::unique_ptr<Connection>> conns_;  // by peer rank; progress thread only
 
   std::mutex mu_;        // guards the queue and the counters below

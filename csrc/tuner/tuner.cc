@@ -2,11 +2,18 @@
 
 #include <cstdlib>
 
-#include "algorithms/shm_direct.h"
 #include "core/config.h"
 #include "core/error.h"
 
 namespace plexus {
+
+namespace {
+
+CollKind parse_kind(const std::string& s, const std::string& spec);
+
+}  // namespace
+
+CollKind parse_collective(const std::string& name) { return parse_kind(name, name); }
 
 namespace {
 
@@ -56,32 +63,6 @@ const std::vector<AlgoOverride>& overrides() {
   return parsed;
 }
 
-const Algorithm& by_name(CollKind kind, const char* name) { return find_algorithm(kind, name); }
-
-// The rules until the cost model exists: shared memory whenever the whole group is on one host.
-const Algorithm& default_choice(CollKind kind, size_t bytes, const Communicator& comm) {
-  const bool shm = shm_applicable(comm);
-  switch (kind) {
-    case CollKind::kAllReduce:
-      if (shm) return by_name(kind, bytes <= 32 * 1024 ? "shm_oneshot" : "shm_twoshot");
-      return by_name(kind, "ring");
-    case CollKind::kAllGather:
-    case CollKind::kReduceScatter:
-      return by_name(kind, shm ? "shm_direct" : "ring");
-    case CollKind::kBroadcast:
-    case CollKind::kReduce:
-      return by_name(kind, shm ? "shm_direct" : "chain");
-    case CollKind::kBarrier:
-      return by_name(kind, shm ? "shm_direct" : "dissemination");
-    case CollKind::kGather:
-    case CollKind::kScatter:
-    case CollKind::kAllToAll:
-      return by_name(kind, "direct");
-    default:
-      throw Error("no algorithm for this collective");
-  }
-}
-
 }  // namespace
 
 std::vector<AlgoOverride> parse_algo_overrides(const std::string& spec) {
@@ -109,16 +90,38 @@ std::vector<AlgoOverride> parse_algo_overrides(const std::string& spec) {
   return out;
 }
 
-const Algorithm& choose_algorithm(CollKind kind, size_t bytes, const Communicator& comm) {
+std::vector<Prediction> predict_all(CollKind kind, double bytes, const GroupShape& g, const CostModel& m) {
+  std::vector<Prediction> out;
+  for (const auto& a : algorithm_table())
+    if (a.kind == kind) out.push_back({&a, a.cost(kind, bytes, g, m), a.can_run(g)});
+  return out;
+}
+
+const Algorithm& cheapest(CollKind kind, double bytes, const GroupShape& g, const CostModel& m) {
+  const Algorithm* best = nullptr;
+  double best_s = 0;
+  for (const auto& p : predict_all(kind, bytes, g, m))
+    if (p.runnable && (!best || p.seconds < best_s)) {
+      best = p.algorithm;
+      best_s = p.seconds;
+    }
+  if (!best) throw Error(std::string("no algorithm can run ") + coll_name(kind) + " on this group");
+  return *best;
+}
+
+const Algorithm& choose_algorithm(CollKind kind, size_t bytes, const Communicator& comm, std::string* why) {
   for (const auto& o : overrides()) {
-    if (o.kind != kind || bytes < o.lo || bytes >= o.hi) continue;
+    if (comm.internal() || o.kind != kind || bytes < o.lo || bytes >= o.hi) continue;
     const Algorithm& a = find_algorithm(kind, o.name);
-    if (!a.can_run(comm))
+    if (!a.can_run(comm.shape()))
       throw InvalidArgument("PLEXUS_ALGO asks for " + o.name + " for " + coll_name(kind) +
                             ", which cannot run on this group (" + a.summary + ")");
+    if (why) *why = "forced by PLEXUS_ALGO";
     return a;
   }
-  return default_choice(kind, bytes, comm);
+  const Algorithm& a = cheapest(kind, static_cast<double>(bytes), comm.shape(), comm.cost_model());
+  if (why) *why = "lowest predicted time";
+  return a;
 }
 
 }  // namespace plexus

@@ -12,6 +12,8 @@ from . import _C
 from ._C import CollectiveTimeout, PeerError, PlexusError
 from ._ops import ReduceOp
 from ._work import Work
+from .topology import Topology
+from .tuning import explain
 from .distributed import (
     GroupMember,
     ProcessGroup,
@@ -23,19 +25,20 @@ from .distributed import (
     barrier,
     broadcast,
     destroy_process_group,
+    gather,
     get_backend,
     get_rank,
-    gather,
+    get_topology,
     get_world_size,
     init_process_group,
     irecv,
-    isend,
     is_available,
     is_initialized,
+    isend,
     new_group,
+    recv,
     reduce,
     reduce_scatter,
-    recv,
     reduce_scatter_tensor,
     scatter,
     send,
@@ -56,6 +59,7 @@ __all__ = [
     "PlexusError",
     "ProcessGroup",
     "ReduceOp",
+    "Topology",
     "Work",
     "algorithms",
     "all_gather",
@@ -66,20 +70,40 @@ __all__ = [
     "barrier",
     "broadcast",
     "destroy_process_group",
+    "explain",
+    "gather",
     "get_backend",
     "get_rank",
-    "gather",
+    "get_topology",
     "get_world_size",
     "init_process_group",
     "irecv",
-    "isend",
     "is_available",
     "is_initialized",
+    "isend",
     "new_group",
+    "recv",
     "reduce",
     "reduce_scatter",
-    "recv",
     "reduce_scatter_tensor",
     "scatter",
     "send",
 ]
+
+
+def _register_torch_backend() -> None:
+    # When torch is already imported, make dist.init_process_group("plexus") work. Never imports
+    # torch itself (plexus does not depend on it) and never raises.
+    import sys
+
+    if "torch" not in sys.modules:
+        return
+    try:
+        from .torch_backend import _autoload
+
+        _autoload()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+_register_torch_backend()

@@ -8,6 +8,7 @@ take ``group=`` and ``async_op=``, use global ranks for ``src``/``dst``, and ret
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import threading
 from typing import Any, List, Optional, Sequence
@@ -17,6 +18,8 @@ from ._arrays import Buffer, as_buffer, same_kind
 from ._ops import ReduceOp, resolve_op
 from ._rendezvous import Rendezvous, mpi_rendezvous, rendezvous
 from ._work import Work
+from . import tuning
+from .topology import Topology, maybe_dump, topology_from_env_or
 
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -71,6 +74,7 @@ class _State:
         self.timeout = DEFAULT_TIMEOUT_S
         self.groups: List[ProcessGroup] = []
         self.group_counter = 0
+        self.topology: Optional[Topology] = None
 
 
 _state = _State()
@@ -138,10 +142,34 @@ def init_process_group(
         rdv = rendezvous(init_method, rank, world_size, seconds)
     _C.set_log_rank(rdv.rank)
     comm = _C.Communicator(_C.PrefixStore(rdv.store, "plexus/world/"), rdv.rank, rdv.world_size, seconds)
+    _state.topology = _gather_topology(_C.PrefixStore(rdv.store, "plexus/topology/"), rdv.rank, rdv.world_size, seconds)
+    comm.set_cost_model(tuning.cost_model_of(_state.topology))
     _state.rendezvous = rdv
     _state.timeout = seconds
     _state.world = ProcessGroup(comm, list(range(rdv.world_size)), group_name or "world")
     GroupMember.WORLD = _state.world
+
+
+def _gather_topology(store: "_C.Store", rank: int, size: int, timeout: float) -> Topology:
+    """Every rank's host, merged by rank 0 and handed back, so that all ranks (and so all
+    tuners) see the same Topology. PLEXUS_TOPO_FILE replaces it with a described machine;
+    PLEXUS_TOPO_DUMP_FILE writes it (rank 0)."""
+    store.set(f"host/{rank}", json.dumps(_C.detect_host_topology()).encode())
+    if rank == 0:
+        hosts = [json.loads(bytes(store.get(f"host/{r}", timeout))) for r in range(size)]
+        topo = topology_from_env_or(Topology.from_hosts(hosts))
+        if topo.world_size != size:
+            raise ValueError(f"PLEXUS_TOPO_FILE describes {topo.world_size} ranks but the group has {size}")
+        maybe_dump(topo)
+        store.set("merged", topo.to_json().encode())
+        return topo
+    return Topology.from_json(bytes(store.get("merged", timeout)).decode())
+
+
+def get_topology() -> Topology:
+    """The topology of the default group, as every rank sees it."""
+    _world("get_topology")
+    return _state.topology
 
 
 def destroy_process_group(group: Optional[ProcessGroup] = None) -> None:
@@ -223,6 +251,7 @@ def new_group(ranks: Optional[Sequence[int]] = None, timeout: Any = None, backen
     group = GroupMember.NON_GROUP_MEMBER
     if me in members:
         comm = _C.Communicator(_C.PrefixStore(store, f"plexus/{name}/"), members.index(me), len(members), seconds, members)
+        comm.set_cost_model(world.comm.cost_model)
         group = ProcessGroup(comm, members, name)
         _state.groups.append(group)
     # As torch does: every rank of the world waits until the group exists, so that rank 0 (the

@@ -1,0 +1,53 @@
+"""The `plexus` command: `plexus info` prints the topology and the tuner's choices."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from . import tuning
+from .topology import Topology
+
+
+def _info(args: argparse.Namespace) -> int:
+    if args.topo:
+        topo = Topology.load(args.topo)
+    else:
+        host = Topology.local().hosts[0]
+        ranks = args.ranks or (os.cpu_count() or 1)
+        topo = Topology.from_hosts([host] * ranks)
+    model = tuning.cost_model_of(topo)
+    print(topo.describe())
+    print()
+    print("cost model: " + "; ".join(f"{k}: alpha {v['alpha_us']:g} us, beta {v['gbps']:g} GB/s" for k, v in model.items()))
+    print(f"group shape: {tuning.shape_of(topo)}")
+    collectives = args.collective or tuning.COLLECTIVES
+    for coll, bands in tuning.plan(topo, collectives, model=model).items():
+        print()
+        print(f"{coll}:")
+        print(f"  {'sizes':>24s}  {'algorithm':14s}  predicted (at the band's top)")
+        for lo, hi, name, seconds in bands:
+            span = tuning.human(lo) if lo == hi else f"{tuning.human(lo)} - {tuning.human(hi)}"
+            print(f"  {span:>24s}  {name:14s}  {seconds * 1e6:12.1f} us")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="plexus", description="Plexus: collective communication for AI clusters")
+    sub = p.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="show the topology and the algorithm chosen per collective and size")
+    info.add_argument("--topo", metavar="FILE", help="a described machine (JSON, or the name of a shipped example)")
+    info.add_argument("--ranks", type=int, help="ranks on this host when no --topo is given (default: one per core)")
+    info.add_argument("--collective", action="append", choices=tuning.COLLECTIVES, help="only these (repeatable)")
+    args = p.parse_args(argv)
+    try:
+        return _info(args)
+    except (OSError, ValueError) as e:
+        print(f"plexus: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
