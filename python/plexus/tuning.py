@@ -8,6 +8,7 @@ and explains the choice for a live group or for a described machine (`plexus inf
 
 from __future__ import annotations
 
+import os
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import _C
@@ -42,11 +43,24 @@ def shape_of(topo: Topology) -> Dict[str, object]:
             "uniform": min(per_host) == max(per_host), "shm": True}
 
 
+def _measured_settings() -> set:
+    """Names set by PLEXUS_TUNER_FILE / PLEXUS_TUNER: measurements beat what the hardware claims."""
+    text = os.environ.get("PLEXUS_TUNER", "").replace(";", "\n")
+    path = os.environ.get("PLEXUS_TUNER_FILE")
+    if path:
+        try:
+            with open(path) as f:
+                text += "\n" + f.read()
+        except OSError:
+            pass  # the C++ side reports an unreadable file
+    return {line.split("=", 1)[0].strip() for line in text.splitlines() if "=" in line.split("#", 1)[0]}
+
+
 def cost_model_of(topo: Topology, base: Optional[Dict[str, Dict[str, float]]] = None) -> Dict[str, Dict[str, float]]:
     """The cost model for `topo`: `base` (default: the built-in constants, PLEXUS_TUNER_FILE and
-    PLEXUS_TUNER) with the network's beta from the NICs and NVLink for GPU hosts."""
+    PLEXUS_TUNER) with the network's beta from the NICs (unless measured) and NVLink for GPU hosts."""
     model = {k: dict(v) for k, v in (base or _C.default_cost_model()).items()}
-    if topo.num_hosts > 1:
+    if topo.num_hosts > 1 and "net_gbps" not in _measured_settings():
         speeds = [topo.host_nic_gbps(h) for h in range(topo.num_hosts)]
         if all(s > 0 for s in speeds):
             model["network"]["gbps"] = min(speeds) / 8.0  # Gb/s -> GB/s

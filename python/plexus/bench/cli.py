@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="plot busbw against size into this file (needs matplotlib)")
     p.add_argument("--memcpy", action="store_true",
                    help="also time a plain one-core memcpy of each size (the memory-bandwidth limit), on rank 0")
+    p.add_argument("--calibrate", metavar="FILE",
+                   help="measure the tuner's cost-model constants here and write them to FILE (for PLEXUS_TUNER_FILE)")
     p.add_argument("-np", dest="np", type=_positive, help="start this many local ranks (without torchrun/mpirun)")
     return p
 
@@ -175,7 +177,24 @@ def _header(args, world, where, systems, notes, machine, hosts) -> List[str]:
     return lines + ["#"]
 
 
+def run_calibration(args: argparse.Namespace, where: "launch.Launch") -> int:
+    from .calibrate import calibrate
+
+    world = launch.init_plexus(where, float(os.environ.get("PLEXUS_TIMEOUT") or 600))
+    lines = calibrate()
+    if lines is not None:
+        with open(args.calibrate, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        print(f"plexus-bench: wrote {args.calibrate} (use it with PLEXUS_TUNER_FILE={args.calibrate})", file=sys.stderr)
+    world.barrier()
+    world.close()
+    return 0
+
+
 def run_rank(args: argparse.Namespace, where: "launch.Launch") -> int:
+    if args.calibrate:
+        return run_calibration(args, where)
     if args.np is not None and args.np != where.size:
         print(f"plexus-bench: error: -np {args.np} but the launcher started {where.size} ranks", file=sys.stderr)
         return 2

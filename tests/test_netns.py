@@ -1,0 +1,173 @@
+"""Several "hosts" on one machine: network namespaces joined by veth pairs to a bridge, each
+with one or two ranks, so that per-peer transports (shared memory within a namespace, TCP
+across), hierarchical algorithms and the tuner's multi-host choices run for real. Traffic
+control on the veth links (tbf rate limits; netem delay where the kernel has it) shows the
+tuner following the network. Needs root and iproute2; skipped with the reason otherwise."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _why_not() -> str:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if not shutil.which("ip") or not shutil.which("tc"):
+        return "iproute2 (ip, tc) is not installed"
+    probe = f"plxprobe{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot create a network namespace: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return ""
+
+
+WHY_NOT = _why_not()
+pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT or "ok")
+
+
+def sh(*cmd: str) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+
+
+class NetnsBed:
+    """`hosts` namespaces on a bridge, at 10.213.<k>.<i+1>/24."""
+
+    def __init__(self, hosts: int):
+        self.tag = f"{os.getpid() % 10000}"
+        self.names = [f"plx{self.tag}n{i}" for i in range(hosts)]
+        self.bridge = f"plx{self.tag}br"
+        self.net = f"10.213.{os.getpid() % 250}"
+
+    def __enter__(self):
+        try:
+            sh("ip", "link", "add", self.bridge, "type", "bridge")
+            sh("ip", "link", "set", self.bridge, "up")
+            for i, ns in enumerate(self.names):
+                sh("ip", "netns", "add", ns)
+                inner, outer = f"{ns}i", f"{ns}o"
+                sh("ip", "link", "add", inner, "type", "veth", "peer", "name", outer)
+                sh("ip", "link", "set", inner, "netns", ns)
+                sh("ip", "link", "set", outer, "master", self.bridge)
+                sh("ip", "link", "set", outer, "up")
+                sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.ip(i)}/24", "dev", inner)
+                sh("ip", "netns", "exec", ns, "ip", "link", "set", inner, "up")
+                sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        except Exception:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for ns in self.names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+    def ip(self, i: int) -> str:
+        return f"{self.net}.{i + 1}"
+
+    def qdisc(self, spec: str) -> None:
+        """Applies `tc qdisc replace ... root <spec>` to every namespace's link (its egress)."""
+        for ns in self.names:
+            sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", f"{ns}i", "root", *spec.split())
+
+    def run(self, rank_hosts, task: str, env=None, timeout=300):
+        """Runs tests/netns_worker.py TASK with rank r in namespace rank_hosts[r]."""
+        world = len(rank_hosts)
+        base = dict(os.environ, MASTER_ADDR=self.ip(rank_hosts[0]), MASTER_PORT=str(29000 + os.getpid() % 1000),
+                    WORLD_SIZE=str(world), PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        base.update(env or {})
+        procs = [subprocess.Popen(["ip", "netns", "exec", self.names[h], sys.executable, os.path.join(HERE, "netns_worker.py"), task],
+                                  env=dict(base, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for r, h in enumerate(rank_hosts)]
+        results = []
+        for r, p in enumerate(procs):
+            try:
+                out, err = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                raise AssertionError(f"rank {r} did not finish within {timeout} s")
+            assert p.returncode == 0, f"rank {r} failed:\n{err[-3000:]}"
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+
+
+def netem_available() -> bool:
+    with NetnsBed(1) as bed:
+        try:
+            bed.qdisc("netem delay 1ms")
+            return True
+        except RuntimeError:
+            return False
+
+
+def test_two_hosts_with_two_ranks_each():
+    with NetnsBed(2) as bed:
+        results = bed.run([0, 0, 1, 1], "collectives")
+    for r in results:
+        assert all(n > 0 for n in r["checked"].values()), r
+        assert r["choice_1m"] == "hierarchical"
+    assert results[0]["transports"] == ["self", "shm", "tcp", "tcp"]
+    assert results[3]["transports"] == ["tcp", "tcp", "shm", "self"]
+
+
+def test_four_hosts_one_rank_each():
+    with NetnsBed(4) as bed:
+        results = bed.run([0, 1, 2, 3], "collectives")
+    for r in results:
+        assert all(n > 0 for n in r["checked"].values()), r
+        assert r["transports"].count("tcp") == 3
+
+
+def calibrated(bed, rank_hosts, tmp_path, name):
+    out = str(tmp_path / name)
+    bed.run(rank_hosts, "calibrate", env={"NETNS_OUT": out, "PLEXUS_CALIBRATE_BYTES": str(1 << 20)})
+    return out
+
+
+def timed(bed, rank_hosts, nbytes, env):
+    results = bed.run(rank_hosts, "time_allreduce", env=dict(env, NETNS_BYTES=str(nbytes)))
+    return max(r["seconds"] for r in results), results[0]["chosen"]
+
+
+def test_rate_limit_moves_the_tuner_from_tree_to_ring(tmp_path):
+    """Three hosts: a 16 KiB all-reduce takes the tree on a fast link; once the links are
+    rate-limited and the tuner is recalibrated, bandwidth dominates and it takes the ring."""
+    hosts = [0, 1, 2]
+    with NetnsBed(3) as bed:
+        fast = calibrated(bed, hosts, tmp_path, "fast.txt")
+        fast_time, fast_choice = timed(bed, hosts, 16 << 10, {"PLEXUS_TUNER_FILE": fast})
+        bed.qdisc("tbf rate 50mbit burst 64kbit latency 400ms")
+        slow = calibrated(bed, hosts, tmp_path, "slow.txt")
+        slow_time, slow_choice = timed(bed, hosts, 16 << 10, {"PLEXUS_TUNER_FILE": slow, "NETNS_ITERS": "5"})
+        ring_time, _ = timed(bed, hosts, 16 << 10, {"PLEXUS_ALGO": "allreduce:@ring", "NETNS_ITERS": "5"})
+        tree_time, _ = timed(bed, hosts, 16 << 10, {"PLEXUS_ALGO": "allreduce:@tree", "NETNS_ITERS": "5"})
+    print(f"\n16 KiB all-reduce, 3 hosts: fast links -> {fast_choice} ({fast_time * 1e3:.2f} ms); "
+          f"50 Mbit/s links -> {slow_choice} ({slow_time * 1e3:.2f} ms); forced ring {ring_time * 1e3:.2f} ms, "
+          f"forced tree {tree_time * 1e3:.2f} ms")
+    assert fast_choice == "tree"
+    assert slow_choice == "ring"
+    assert ring_time < tree_time  # the rate-limited links agree with the tuner
+
+
+@pytest.mark.skipif(not WHY_NOT and not netem_available(), reason="this kernel has no netem qdisc (sch_netem)")
+def test_added_delay_small_all_reduce_beats_ring():
+    hosts = [0, 1, 2, 3]
+    with NetnsBed(4) as bed:
+        bed.qdisc("netem delay 10ms")
+        chosen_time, chosen = timed(bed, hosts, 4096, {"NETNS_ITERS": "5"})
+        ring_time, _ = timed(bed, hosts, 4096, {"PLEXUS_ALGO": "allreduce:@ring", "NETNS_ITERS": "5"})
+    print(f"\n4 KiB all-reduce, 4 hosts, 10 ms delay: {chosen} {chosen_time * 1e3:.1f} ms, ring {ring_time * 1e3:.1f} ms")
+    assert chosen != "ring"
+    assert chosen_time < 0.9 * ring_time
