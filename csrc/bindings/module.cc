@@ -258,8 +258,10 @@ PYBIND11_MODULE(_C, m) {
            py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("local_address", &TcpStoreClient::local_address);
 
+  // keep_alive: a store written in Python lives on only through its Python object, so whoever
+  // holds a store keeps that object alive (PrefixStore -> base, Communicator -> store).
   py::class_<PrefixStore, Store, std::shared_ptr<PrefixStore>>(m, "PrefixStore")
-      .def(py::init<std::shared_ptr<Store>, std::string>());
+      .def(py::init<std::shared_ptr<Store>, std::string>(), py::keep_alive<1, 2>());
 
   py::class_<TcpStoreServer, std::shared_ptr<TcpStoreServer>>(m, "TcpStoreServer")
       .def(py::init<const std::string&, int>(), py::arg("bind_ip"), py::arg("port"))
@@ -283,7 +285,7 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
       .def(py::init<std::shared_ptr<Store>, int, int, double, std::vector<int>>(), py::arg("store"),
            py::arg("rank"), py::arg("size"), py::arg("timeout"), py::arg("global_ranks") = std::vector<int>{},
-           py::call_guard<py::gil_scoped_release>())
+           py::keep_alive<1, 2>(), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("size", &Communicator::size)
       .def_property_readonly("id", &Communicator::id)

@@ -78,54 +78,22 @@ def _this_host_address() -> str:
 # --- joining the plexus group ------------------------------------------------------------------
 
 
-def init_process_group_from_mpi(comm, timeout=None) -> str:
-    """Builds the plexus default group over the ranks of an mpi4py communicator: rank 0 picks
-    host:port and broadcasts a tcp:// address over MPI. Returns the rank-0 host.
-
-    (Kept inside the bench for now; meant to become plexus.init_process_group(mpi_comm=comm).)"""
-    import plexus
-
-    url = None
-    if comm.rank == 0:
-        url = f"tcp://{_this_host_address()}:{free_port()}"
-    url = comm.bcast(url, root=0)
-    plexus.init_process_group(init_method=url, rank=comm.rank, world_size=comm.size, timeout=timeout)
-    return url[len("tcp://"):].rpartition(":")[0]
-
-
-def _init_under_torchrun(launch: Launch, timeout: float) -> str:
-    # torchrun's agent holds MASTER_PORT with torch's TCPStore; publish plexus' address there.
-    import datetime
-
-    import plexus
-    import torch.distributed as dist
-
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    store = dist.TCPStore(host, port, launch.size, is_master=False, timeout=datetime.timedelta(seconds=timeout))
-    key = f"{RDV_KEY}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    if launch.rank == 0:
-        store.set(key, f"tcp://{_this_host_address()}:{free_port()}")
-    url = store.get(key).decode()
-    plexus.init_process_group(init_method=url, rank=launch.rank, world_size=launch.size, timeout=timeout)
-    return url[len("tcp://"):].rpartition(":")[0]
-
-
 def init_plexus(launch: Launch, timeout: float) -> "World":
     """Joins the plexus default group the way `launch` says, and returns the control plane."""
     import plexus
 
-    if launch.kind == "env":
+    if launch.kind in ("env", "torchrun"):
+        # Under torchrun, env:// joins the store of torchrun's agent (plexus detects it).
         plexus.init_process_group(init_method="env://", timeout=timeout)
         host = os.environ["MASTER_ADDR"]
-    elif launch.kind == "torchrun":
-        host = _init_under_torchrun(launch, timeout)
     else:
         try:
             from mpi4py import MPI
         except ImportError:
             MPI = None
         if MPI is not None:
-            host = init_process_group_from_mpi(MPI.COMM_WORLD, timeout)
+            plexus.init_process_group(mpi_comm=MPI.COMM_WORLD, timeout=timeout)
+            host = MPI.COMM_WORLD.bcast(_this_host_address() if launch.rank == 0 else None, root=0)
         else:
             addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
             if not addr or not port:
