@@ -40,7 +40,7 @@ std::vector<const void*> scaled_inputs(const CollArgs& args, size_t elems_per_in
 }
 
 LinkCost stream_link(const GroupShape& g, const CostModel& m) {
-  if (g.hosts == 1 && g.shm) return LinkCost{m.shm.alpha_s, m.shm.bytes_per_s / 3};
+  if (g.hosts == 1 && g.shm) return LinkCost{3 * m.shm.alpha_s, m.shm.bytes_per_s / 3};
   return bottleneck(g, m);
 }
 

@@ -58,7 +58,8 @@ void single_rank_result(OpContext& ctx, const CollArgs& args);
 bool overlaps(const void* a, size_t abytes, const void* b, size_t bbytes);
 
 // Message-passing algorithms on one host send through shared-memory rings: a copy in, a copy
-// out and the work, so about a third of the memory bandwidth.
+// out and the work, so about a third of the memory bandwidth, and framing and polling on every
+// message on top of the synchronisation itself.
 LinkCost stream_link(const GroupShape& g, const CostModel& m);
 // Pipeline fill: the first chunk has to cross `hops` links before the rest streams behind it.
 double pipeline_fill(double bytes, int hops, const LinkCost& l);
