@@ -22,6 +22,7 @@ namespace py = pybind11;
 using namespace plexus;
 
 void bind_topology(pybind11::module_& m);  // bindings/topology.cc
+void bind_cuda(pybind11::module_& m);      // bindings/cuda.cc
 
 namespace {
 
@@ -400,4 +401,5 @@ PYBIND11_MODULE(_C, m) {
            },
            py::arg("blocking") = false, py::call_guard<py::gil_scoped_release>());
   bind_topology(m);
+  bind_cuda(m);
 }

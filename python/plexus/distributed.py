@@ -15,6 +15,7 @@ from typing import Any, List, Optional, Sequence
 
 from . import _C
 from ._arrays import Buffer, as_buffer, same_kind
+from ._device import routed
 from ._ops import ReduceOp, resolve_op
 from ._rendezvous import Rendezvous, mpi_rendezvous, rendezvous
 from ._work import Work
@@ -300,6 +301,7 @@ def _list_of_buffers(tensors: Any, argname: str, where: str, n: int, ref: Buffer
     return bufs
 
 
+@routed
 def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False, *, out: Any = None):
     """Reduces `tensor` across the group; every rank gets the result in `tensor` (or in `out`,
     leaving `tensor` as it was, when `out` is given)."""
@@ -321,6 +323,7 @@ def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op:
     return _finish(g, w, [tensor, out], [dst.obj], async_op)
 
 
+@routed
 def all_gather(tensor_list: List[Any], tensor: Any, group: Any = None, async_op: bool = False):
     """Gathers `tensor` from every rank into `tensor_list` (one entry per rank, in rank order)."""
     g = _group(group, "all_gather")
@@ -336,6 +339,7 @@ def all_gather(tensor_list: List[Any], tensor: Any, group: Any = None, async_op:
     return _finish(g, w, [tensor, list(tensor_list)], list(tensor_list), async_op)
 
 
+@routed
 def all_gather_into_tensor(output_tensor: Any, input_tensor: Any, group: Any = None, async_op: bool = False):
     """Gathers every rank's `input_tensor` into `output_tensor` (world_size times larger),
     concatenated in rank order. In place when `input_tensor` is this rank's slice of the output."""
@@ -356,6 +360,7 @@ def all_gather_into_tensor(output_tensor: Any, input_tensor: Any, group: Any = N
     return _finish(g, w, [output_tensor, input_tensor], [output_tensor], async_op)
 
 
+@routed
 def reduce_scatter(output: Any, input_list: List[Any], op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False):
     """Reduces input_list[i] across ranks into `output` of rank i."""
     g = _group(group, "reduce_scatter")
@@ -372,6 +377,7 @@ def reduce_scatter(output: Any, input_list: List[Any], op: Any = ReduceOp.SUM, g
     return _finish(g, w, [output, list(input_list)], [output], async_op)
 
 
+@routed
 def reduce_scatter_tensor(output: Any, input: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False):
     """Reduces `input` (world_size blocks, in rank order) across ranks; rank i gets block i in
     `output`. `output` may be this rank's block of `input`."""
@@ -393,6 +399,7 @@ def reduce_scatter_tensor(output: Any, input: Any, op: Any = ReduceOp.SUM, group
     return _finish(g, w, [output, input], [output], async_op)
 
 
+@routed
 def broadcast(tensor: Any, src: int, group: Any = None, async_op: bool = False):
     """Copies `tensor` of global rank `src` into `tensor` on every rank of the group."""
     g = _group(group, "broadcast")
@@ -405,6 +412,7 @@ def broadcast(tensor: Any, src: int, group: Any = None, async_op: bool = False):
     return _finish(g, w, [tensor], [tensor], async_op)
 
 
+@routed
 def reduce(tensor: Any, dst: int, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False):
     """Reduces `tensor` across the group into `tensor` of global rank `dst`; the other ranks'
     tensors are left unchanged."""
@@ -427,6 +435,7 @@ def barrier(group: Any = None, async_op: bool = False, device_ids: Any = None):
     return _finish(g, g.comm.barrier(not async_op), [], [], async_op)
 
 
+@routed
 def gather(tensor: Any, gather_list: Optional[List[Any]] = None, dst: int = 0, group: Any = None, async_op: bool = False):
     """Gathers `tensor` of every rank into `gather_list` (one entry per rank) on global rank
     `dst`; the other ranks pass gather_list=None."""
@@ -447,6 +456,7 @@ def gather(tensor: Any, gather_list: Optional[List[Any]] = None, dst: int = 0, g
     return _finish(g, w, [tensor, gather_list], list(gather_list or []), async_op)
 
 
+@routed
 def scatter(tensor: Any, scatter_list: Optional[List[Any]] = None, src: int = 0, group: Any = None, async_op: bool = False):
     """Global rank `src` sends scatter_list[i] to rank i of the group, into its `tensor`; the
     other ranks pass scatter_list=None."""
@@ -467,6 +477,7 @@ def scatter(tensor: Any, scatter_list: Optional[List[Any]] = None, src: int = 0,
     return _finish(g, w, [tensor, scatter_list], [tensor], async_op)
 
 
+@routed
 def all_to_all(output_tensor_list: List[Any], input_tensor_list: List[Any], group: Any = None, async_op: bool = False):
     """Rank i sends input_tensor_list[j] to rank j, which receives it in output_tensor_list[i].
     Entries may differ in size, as long as each pair agrees."""
@@ -488,6 +499,7 @@ def all_to_all(output_tensor_list: List[Any], input_tensor_list: List[Any], grou
     return _finish(g, w, [list(output_tensor_list), list(input_tensor_list)], list(output_tensor_list), async_op)
 
 
+@routed
 def all_to_all_single(output: Any, input: Any, output_split_sizes: Optional[Sequence[int]] = None,
                       input_split_sizes: Optional[Sequence[int]] = None, group: Any = None, async_op: bool = False):
     """all_to_all on single arrays split along their first dimension: rank i sends rows
@@ -557,6 +569,7 @@ def _p2p_peer(g: ProcessGroup, peer: Optional[int], where: str, what: str) -> in
     return p
 
 
+@routed
 def isend(tensor: Any, dst: int, group: Any = None, tag: int = 0) -> Optional[Work]:
     """Sends `tensor` to global rank `dst`; returns a Work that completes once the message is
     handed to the transport. Messages between a pair of ranks with the same tag arrive in order."""
@@ -570,6 +583,7 @@ def isend(tensor: Any, dst: int, group: Any = None, tag: int = 0) -> Optional[Wo
     return Work(w, [tensor])
 
 
+@routed
 def irecv(tensor: Any, src: Optional[int] = None, group: Any = None, tag: int = 0) -> Optional[Work]:
     """Receives into `tensor` from global rank `src` (any rank when None); the Work's
     `source` (after wait) tells which."""
@@ -583,12 +597,14 @@ def irecv(tensor: Any, src: Optional[int] = None, group: Any = None, tag: int = 
     return Work(w, [tensor], group=g)
 
 
+@routed
 def send(tensor: Any, dst: int, group: Any = None, tag: int = 0) -> None:
     work = isend(tensor, dst, group, tag)
     if work is not None:
         work.wait()
 
 
+@routed
 def recv(tensor: Any, src: Optional[int] = None, group: Any = None, tag: int = 0) -> int:
     """Blocking receive; returns the global rank the message came from (-1 for non-members)."""
     work = irecv(tensor, src, group, tag)

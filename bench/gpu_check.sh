@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The one-command GPU check of issue 6. On a machine with a GPU, nvcc, cupy and torch (and
+# pytest, ml_dtypes, scikit-build-core, pybind11, cmake) already installed, without any package
+# registry:
+#   1. builds plexus in place (pip install --no-build-isolation --no-index -e .), with CUDA;
+#   2. benchmarks the CUDA reduction kernel against a device-to-device copy (bench/gpu_kernels.py);
+#   3. runs the 2- and 4-rank same-GPU all-reduce sweep against cupy a + b;
+#   4. runs tests/gpu (+ the CPU-side CUDA build and staging tests).
+# Benchmarks run before the tests so the figures exist even if the tests run long. Everything
+# ends within GPU_CHECK_SECONDS (default 440: with kill grace, under 8 minutes). Results: $OUT if set, else
+# bench/results/gpu-check-<time>/ (gpu_check.log, summary.txt, *.json, tests_gpu.xml).
+# Exit status: 0 all passed, 1 a step failed, 2 no usable GPU here (nothing else is run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+RESULTS=${OUT:-bench/results/gpu-check-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$RESULTS"
+exec > >(tee -a "$RESULTS/gpu_check.log") 2>&1
+START=$(date +%s)
+DEADLINE=$((START + ${GPU_CHECK_SECONDS:-440}))
+FAILED=()
+
+step() { echo; echo "=== $* [$(($(date +%s) - START)) s]"; }
+# Seconds a step may take: at most $1, and never past the deadline less $2 kept for later steps.
+budget() { local left=$((DEADLINE - $(date +%s) - $2)); ((left > $1)) && left=$1; ((left < 5)) && left=5; echo "$left"; }
+run() {  # run NAME SECONDS CMD...: a step that may fail; a timeout (124) is named as such
+  local name=$1 secs=$2; shift 2
+  timeout --kill-after=10 "$secs" "$@"
+  local rc=$?
+  if ((rc == 124 || rc == 137)); then echo "gpu_check: $name: TIMEOUT after $secs s"; FAILED+=("$name (timeout)")
+  elif ((rc != 0)); then echo "gpu_check: $name: FAILED (exit $rc)"; FAILED+=("$name")
+  fi
+  return "$rc"
+}
+
+step "GPU"
+nvidia-smi -L 2>/dev/null || echo "(no nvidia-smi)"
+if ! timeout 60 "$PY" -c "
+import cupy
+n = cupy.cuda.runtime.getDeviceCount()
+assert n > 0, 'getDeviceCount() == 0'
+p = cupy.cuda.runtime.getDeviceProperties(0)
+print(n, 'device(s); 0:', p['name'].decode() if isinstance(p['name'], bytes) else p['name'],
+      'sm_%d%d' % (p['major'], p['minor']), 'runtime', cupy.cuda.runtime.runtimeGetVersion(),
+      'driver', cupy.cuda.runtime.driverGetVersion())
+"; then
+  echo "gpu_check: FAILED: no usable GPU here (cupy cannot see a CUDA device); nothing else was run"
+  exit 2
+fi
+
+step "build: pip install --no-build-isolation --no-index -e ."
+NVCC=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
+echo "nvcc: ${NVCC:-NOT FOUND} $("${NVCC:-true}" --version 2>/dev/null | tail -1)"
+if ! "$PY" -c "import scikit_build_core, pybind11" 2>/dev/null; then
+  # Build tools may come as wheels carried along: PLEXUS_WHEELS=<folder of .whl files>.
+  if [[ -d ${PLEXUS_WHEELS:-bench/wheels} ]]; then
+    "$PY" -m pip install --no-index --find-links "${PLEXUS_WHEELS:-bench/wheels}" scikit-build-core pybind11
+  else
+    echo "gpu_check: scikit-build-core and pybind11 are needed to build and are not installed"
+  fi
+fi
+if run build "$(budget 300 170)" "$PY" -m pip install --no-build-isolation --no-index --no-deps -e . ; then
+  "$PY" -c "
+import plexus._C as C
+print('built_with_cuda', C.built_with_cuda, C._cuda_build_info())
+print('cuda runtime:', C._cuda_runtime_status())
+assert C.built_with_cuda and C.cuda_runtime_available()
+" || FAILED+=("CUDA in the built module")
+else
+  echo "gpu_check: the build failed: nothing else can run"
+  echo "FAILED: ${FAILED[*]}"
+  exit 1
+fi
+
+step "CUDA reduction kernel vs device-to-device copy"
+run kernels "$(budget 90 150)" "$PY" bench/gpu_kernels.py kernels --out "$RESULTS"
+
+step "same-GPU all-reduce sweep (2 and 4 ranks) vs cupy a + b"
+SWEEP=$(budget 150 100)
+run allreduce $((SWEEP + 15)) "$PY" bench/gpu_kernels.py allreduce --np 2 4 --timeout "$SWEEP" --out "$RESULTS"
+
+step "tests: tests/gpu, tests/test_cuda_build.py, tests/test_device_logic.py"
+run tests "$(budget 400 5)" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$RESULTS/tests_gpu.xml" \
+  tests/gpu tests/test_cuda_build.py tests/test_device_logic.py
+
+step "summary"
+[[ -f $RESULTS/summary.txt ]] && cat "$RESULTS/summary.txt"
+echo "results in $RESULTS; took $(($(date +%s) - START)) s"
+if ((${#FAILED[@]})); then
+  echo "gpu_check: FAILED: ${FAILED[*]}"
+  exit 1
+fi
+echo "gpu_check: all steps passed"

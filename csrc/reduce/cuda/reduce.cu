@@ -1,0 +1,335 @@
+// CUDA reduction kernels: dst = op(srcs...) for every dtype x op of cpu::reduce, bit for bit.
+// One templated kernel per (storage type, op): 16-byte vector loads/stores over the part where
+// every pointer shares one alignment, scalar code for the few elements around it (or for all of
+// them when the pointers' alignments differ), grid-stride so any size fits one launch.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "core/error.h"
+#include "reduce/cuda_reduce.h"
+
+namespace plexus {
+namespace cuda {
+namespace {
+
+constexpr int kParamSrcs = 64;  // source pointers passed by value; more go through device memory
+constexpr int kChunk = 4;       // sources loaded together, so their loads are in flight at once
+constexpr int kThreads = 256;
+constexpr int kMaxDevices = 64;
+
+struct Half {
+  uint16_t bits;
+};
+struct BF16 {
+  uint16_t bits;
+};
+
+// Storage type -> accumulator type, converting exactly as cpu_kernels.inc does (NaNs included).
+template <typename T>
+struct Acc {
+  using type = T;
+  __device__ static T load(T v) { return v; }
+  __device__ static T store(T v) { return v; }
+};
+template <>
+struct Acc<Half> {
+  using type = float;
+  __device__ static float load(Half h) {
+    // The hardware conversion may canonicalise NaNs; the CPU keeps sign and payload (quieted).
+    uint32_t b = h.bits;
+    if ((b & 0x7C00u) == 0x7C00u && (b & 0x3FFu))
+      return __uint_as_float(((b & 0x8000u) << 16) | 0x7FC00000u | ((b & 0x3FFu) << 13));
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
+  }
+  __device__ static Half store(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u)
+      return Half{static_cast<uint16_t>(((u >> 16) & 0x8000u) | 0x7E00u | ((u >> 13) & 0x3FFu))};
+    return Half{__half_as_ushort(__float2half_rn(f))};
+  }
+};
+template <>
+struct Acc<BF16> {
+  using type = float;
+  __device__ static float load(BF16 v) { return __uint_as_float(static_cast<uint32_t>(v.bits) << 16); }
+  __device__ static BF16 store(float f) {
+    // Round to nearest even; keep NaN a (quiet) NaN: the CPU formula, exactly.
+    uint32_t u = __float_as_uint(f);
+    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    uint32_t nan = (u >> 16) | 0x40u;
+    bool is_nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+    return BF16{static_cast<uint16_t>(is_nan ? nan : rounded)};
+  }
+};
+
+// Signed integers wrap (through unsigned arithmetic: signed overflow is undefined).
+template <typename A>
+__device__ A wrap_add(A a, A b) {
+  if constexpr (std::is_integral_v<A> && std::is_signed_v<A>) {
+    using U = std::make_unsigned_t<A>;
+    return static_cast<A>(static_cast<U>(a) + static_cast<U>(b));
+  } else {
+    return a + b;
+  }
+}
+template <typename A>
+__device__ A wrap_mul(A a, A b) {
+  if constexpr (std::is_integral_v<A> && sizeof(A) < sizeof(unsigned)) {
+    return static_cast<A>(static_cast<unsigned>(a) * static_cast<unsigned>(b));
+  } else if constexpr (std::is_integral_v<A> && std::is_signed_v<A>) {
+    using U = std::make_unsigned_t<A>;
+    return static_cast<A>(static_cast<U>(a) * static_cast<U>(b));
+  } else {
+    return a * b;
+  }
+}
+
+struct OpSum {
+  template <typename A> __device__ static A apply(A a, A b) { return wrap_add(a, b); }
+};
+struct OpProd {
+  template <typename A> __device__ static A apply(A a, A b) { return wrap_mul(a, b); }
+};
+// NaN propagates, as in numpy.minimum (and the CPU kernels).
+struct OpMin {
+  template <typename A> __device__ static A apply(A a, A b) { return (a < b || a != a) ? a : b; }
+};
+struct OpMax {
+  template <typename A> __device__ static A apply(A a, A b) { return (a > b || a != a) ? a : b; }
+};
+struct OpBand {
+  template <typename A> __device__ static A apply(A a, A b) { return a & b; }
+};
+struct OpBor {
+  template <typename A> __device__ static A apply(A a, A b) { return a | b; }
+};
+struct OpBxor {
+  template <typename A> __device__ static A apply(A a, A b) { return a ^ b; }
+};
+
+template <typename T>
+struct Srcs {
+  const T* p[kParamSrcs];
+  const T* const* more;  // all sources, in device memory, when there are more than kParamSrcs
+  __device__ const T* operator[](int j) const { return j < kParamSrcs ? p[j] : more[j]; }
+};
+
+template <typename T>
+union Vec {
+  uint4 raw;
+  T e[16 / sizeof(T)];
+};
+
+// Combines source j's values into acc (the first source initialises it).
+template <typename T, typename Op, int N>
+__device__ void combine(typename Acc<T>::type (&acc)[N], const T (&v)[N], bool first) {
+  if (first) {
+#pragma unroll
+    for (int k = 0; k < N; ++k) acc[k] = Acc<T>::load(v[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) acc[k] = Op::apply(acc[k], Acc<T>::load(v[k]));
+  }
+}
+
+template <typename A, int N>
+__device__ void apply_scale(A (&acc)[N], double post_scale) {
+  if constexpr (std::is_floating_point_v<A>) {
+    if (post_scale != 1.0) {
+      const A s = static_cast<A>(post_scale);
+#pragma unroll
+      for (int k = 0; k < N; ++k) acc[k] *= s;
+    }
+  }
+}
+
+// Vectors [0, nvec) start at element `head`; the scalars are [0, head) and [head + nvec*V, n).
+template <typename T, typename Op>
+__global__ void __launch_bounds__(kThreads)
+    reduce_kernel(T* dst, Srcs<T> srcs, int nsrcs, size_t head, size_t nvec, size_t n, double post_scale) {
+  using A = typename Acc<T>::type;
+  constexpr int V = 16 / sizeof(T);
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  const size_t tid = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+
+  for (size_t v = tid; v < nvec; v += stride) {
+    const size_t off = head + v * V;
+    A acc[V];
+    for (int j0 = 0; j0 < nsrcs; j0 += kChunk) {
+      Vec<T> in[kChunk];
+#pragma unroll
+      for (int c = 0; c < kChunk; ++c)
+        if (j0 + c < nsrcs) in[c].raw = *reinterpret_cast<const uint4*>(srcs[j0 + c] + off);
+#pragma unroll
+      for (int c = 0; c < kChunk; ++c)
+        if (j0 + c < nsrcs) combine<T, Op>(acc, in[c].e, j0 + c == 0);
+    }
+    apply_scale(acc, post_scale);
+    Vec<T> out;
+#pragma unroll
+    for (int k = 0; k < V; ++k) out.e[k] = Acc<T>::store(acc[k]);
+    *reinterpret_cast<uint4*>(dst + off) = out.raw;
+  }
+
+  const size_t tail = head + nvec * V;
+  const size_t nscalar = head + (n - tail);
+  for (size_t i = tid; i < nscalar; i += stride) {
+    const size_t idx = i < head ? i : tail + (i - head);
+    A acc[1];
+    for (int j = 0; j < nsrcs; ++j) {
+      const T v[1] = {srcs[j][idx]};
+      combine<T, Op>(acc, v, j == 0);
+    }
+    apply_scale(acc, post_scale);
+    dst[idx] = Acc<T>::store(acc[0]);
+  }
+}
+
+std::string cuda_error(const char* what, cudaError_t e) {
+  cudaGetLastError();  // clear it, so that it does not show up in a later check
+  return std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+}
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw Error(cuda_error(what, e));
+}
+
+// Blocks that keep every SM busy (the grid-stride loop does the rest).
+template <typename K>
+unsigned max_blocks(K kernel) {
+  static const int per_sm = [&] {
+    int b = 0;
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, 0) == cudaSuccess && b > 0 ? b : 4;
+  }();
+  static std::atomic<int> sms[kMaxDevices];
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cuda::reduce: cudaGetDevice");
+  int n = dev < kMaxDevices ? sms[dev].load(std::memory_order_relaxed) : 0;
+  if (n <= 0) {
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cuda::reduce: SM count");
+    if (dev < kMaxDevices) sms[dev].store(n, std::memory_order_relaxed);
+  }
+  return static_cast<unsigned>(n * per_sm);
+}
+
+template <typename T, typename Op>
+void launch(void* dst_v, const void* const* srcs_v, int nsrcs, size_t n, double post_scale, cudaStream_t stream) {
+  constexpr size_t V = 16 / sizeof(T);
+  T* dst = static_cast<T*>(dst_v);
+  // Vectorise only when every pointer sits at the same offset within 16 bytes.
+  const uintptr_t mis = reinterpret_cast<uintptr_t>(dst) % 16;
+  bool same = true;
+  for (int j = 0; j < nsrcs; ++j) same = same && reinterpret_cast<uintptr_t>(srcs_v[j]) % 16 == mis;
+  size_t head = 0, nvec = 0;
+  if (same) {
+    head = std::min(n, mis ? (16 - mis) / sizeof(T) : size_t{0});
+    nvec = (n - head) / V;
+  }
+  const size_t work = std::max(nvec, n - nvec * V);
+  const size_t want = (work + kThreads - 1) / kThreads;
+  const unsigned grid = static_cast<unsigned>(std::min<size_t>(want, max_blocks(reduce_kernel<T, Op>)));
+
+  Srcs<T> s{};
+  for (int j = 0; j < nsrcs && j < kParamSrcs; ++j) s.p[j] = static_cast<const T*>(srcs_v[j]);
+  void* more = nullptr;
+  if (nsrcs > kParamSrcs) {
+    // Rare (a reduction over more than 64 inputs): the pointer list goes to device memory, freed
+    // in stream order. A pageable source is staged before cudaMemcpyAsync returns.
+    const size_t bytes = sizeof(void*) * static_cast<size_t>(nsrcs);
+    check(cudaMallocAsync(&more, bytes, stream), "cuda::reduce: cudaMallocAsync");
+    check(cudaMemcpyAsync(more, srcs_v, bytes, cudaMemcpyHostToDevice, stream), "cuda::reduce: cudaMemcpyAsync");
+    s.more = static_cast<const T* const*>(more);
+  }
+  reduce_kernel<T, Op><<<grid, kThreads, 0, stream>>>(dst, s, nsrcs, head, nvec, n, post_scale);
+  cudaError_t launched = cudaGetLastError();
+  if (more) cudaFreeAsync(more, stream);
+  check(launched, "cuda::reduce: kernel launch");
+}
+
+template <typename T>
+void dispatch(RedOp op, void* dst, const void* const* srcs, int nsrcs, size_t n, double sc, cudaStream_t st) {
+  switch (op) {
+    case RedOp::kSum: case RedOp::kAvg: case RedOp::kPremulSum:
+      return launch<T, OpSum>(dst, srcs, nsrcs, n, sc, st);
+    case RedOp::kProduct: return launch<T, OpProd>(dst, srcs, nsrcs, n, 1.0, st);
+    case RedOp::kMin: return launch<T, OpMin>(dst, srcs, nsrcs, n, 1.0, st);
+    case RedOp::kMax: return launch<T, OpMax>(dst, srcs, nsrcs, n, 1.0, st);
+    default: throw InvalidArgument(std::string("cuda::reduce: no kernel for op ") + op_name(op));
+  }
+}
+
+// Bitwise ops give the same bytes whatever the integer width: one set of byte kernels serves
+// every integer dtype and bool. bool is stored as 0/1 bytes, so for it SUM and MAX are OR,
+// PRODUCT and MIN are AND (as on the CPU).
+bool dispatch_bytes(RedOp op, DType dtype, void* dst, const void* const* srcs, int nsrcs, size_t n, cudaStream_t st) {
+  if (dtype == DType::kBool) {
+    if (op == RedOp::kSum || op == RedOp::kMax) op = RedOp::kBor;
+    if (op == RedOp::kProduct || op == RedOp::kMin) op = RedOp::kBand;
+  }
+  const size_t bytes = n * dtype_size(dtype);
+  switch (op) {
+    case RedOp::kBand: launch<uint8_t, OpBand>(dst, srcs, nsrcs, bytes, 1.0, st); return true;
+    case RedOp::kBor: launch<uint8_t, OpBor>(dst, srcs, nsrcs, bytes, 1.0, st); return true;
+    case RedOp::kBxor: launch<uint8_t, OpBxor>(dst, srcs, nsrcs, bytes, 1.0, st); return true;
+    default: return false;
+  }
+}
+
+}  // namespace
+
+bool runtime_available(std::string* why) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    if (why) *why = cuda_error("no usable CUDA driver or device", e);
+    return false;
+  }
+  if (n == 0) {
+    if (why) *why = "the CUDA driver reports no device";
+    return false;
+  }
+  return true;
+}
+
+int runtime_version_built() { return CUDART_VERSION; }
+
+void reduce(RedOp op, DType dtype, void* dst, const void* const* srcs, int nsrcs, size_t n,
+            double post_scale, void* stream) {
+  std::string problem = op_dtype_problem(op, dtype);
+  if (!problem.empty()) throw TypeMismatch(problem);
+  if (nsrcs < 1) throw InvalidArgument("cuda::reduce needs at least one source");
+  if (n == 0) return;
+  // A misaligned element access is a sticky error that ruins the CUDA context: refuse it here.
+  const size_t es = dtype_size(dtype);
+  auto aligned = [es](const void* p) { return p && reinterpret_cast<uintptr_t>(p) % es == 0; };
+  if (!aligned(dst)) throw InvalidArgument(std::string("cuda::reduce: dst is null or not aligned to ") + dtype_name(dtype));
+  for (int j = 0; j < nsrcs; ++j)
+    if (!aligned(srcs[j]))
+      throw InvalidArgument("cuda::reduce: source " + std::to_string(j) + " is null or not aligned to " + dtype_name(dtype));
+  std::string why;
+  if (!runtime_available(&why)) throw Error("cuda::reduce: CUDA runtime not available: " + why);
+
+  auto st = static_cast<cudaStream_t>(stream);
+  if (dispatch_bytes(op, dtype, dst, srcs, nsrcs, n, st)) return;
+  switch (dtype) {
+    case DType::kFloat16: return dispatch<Half>(op, dst, srcs, nsrcs, n, post_scale, st);
+    case DType::kBFloat16: return dispatch<BF16>(op, dst, srcs, nsrcs, n, post_scale, st);
+    case DType::kFloat32: return dispatch<float>(op, dst, srcs, nsrcs, n, post_scale, st);
+    case DType::kFloat64: return dispatch<double>(op, dst, srcs, nsrcs, n, post_scale, st);
+    case DType::kInt8: return dispatch<int8_t>(op, dst, srcs, nsrcs, n, post_scale, st);
+    case DType::kUInt8: return dispatch<uint8_t>(op, dst, srcs, nsrcs, n, post_scale, st);
+    case DType::kInt32: return dispatch<int32_t>(op, dst, srcs, nsrcs, n, post_scale, st);
+    case DType::kInt64: return dispatch<int64_t>(op, dst, srcs, nsrcs, n, post_scale, st);
+    default: throw TypeMismatch("cuda::reduce: unsupported dtype");
+  }
+}
+
+}  // namespace cuda
+}  // namespace plexus

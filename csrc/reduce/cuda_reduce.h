@@ -1,0 +1,31 @@
+// Element-wise reduction kernels on NVIDIA GPUs (csrc/reduce/cuda/reduce.cu). Plain C++: callers
+// need no CUDA headers. Only defined when the build has CUDA (PLEXUS_WITH_CUDA).
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "core/types.h"
+
+namespace plexus {
+namespace cuda {
+
+// Same contract as cpu::reduce, on device memory, enqueued on `stream` (a cudaStream_t; nullptr
+// is the legacy default stream) of the calling thread's current device, returning at once:
+// dst[i] = srcs[0][i] (op) ... (op) srcs[nsrcs-1][i], times `post_scale` when it is not 1
+// (floating dtypes). float16/bfloat16 accumulate in float32 and round once, whatever nsrcs is.
+// `dst` may alias a source. Throws TypeMismatch for an op the dtype cannot take,
+// InvalidArgument for no sources or a pointer not aligned to the element size, and Error when
+// the CUDA runtime is missing or the launch fails.
+void reduce(RedOp op, DType dtype, void* dst, const void* const* srcs, int nsrcs, size_t n,
+            double post_scale, void* stream);
+
+// Whether a CUDA driver and at least one device are usable. Never throws, never crashes
+// without a driver; `why` (optional) gets the runtime's reason when not.
+bool runtime_available(std::string* why = nullptr);
+
+// The CUDA runtime version this was built against, e.g. 13000.
+int runtime_version_built();
+
+}  // namespace cuda
+}  // namespace plexus

@@ -1,0 +1,137 @@
+"""What staging needs from each GPU array library: the caller's current stream, pinned host
+memory, copies between a device array and host bytes on that stream, and events.
+
+CupyOps serves cupy arrays (and any other object with __cuda_array_interface__, through cupy);
+TorchOps serves torch CUDA tensors. Host bytes are a _pinned.Block (`host`: numpy uint8 view,
+`keep`: the owning object) and an offset into it. Libraries are imported lazily: plexus never
+imports cupy or torch unless the caller already handed it one of their arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import numpy as np
+
+
+class _Event:
+    __slots__ = ("done",)
+
+    def __init__(self, done):
+        self.done = done  # () -> bool
+
+
+def numpy_mirror(block: Any, off: int, nbytes: int, dtype: Any, shape: tuple) -> np.ndarray:
+    return block.host[off:off + nbytes].view(dtype).reshape(shape)
+
+
+class CupyOps:
+    kind = "cupy"
+
+    def __init__(self) -> None:
+        try:
+            import cupy
+        except ImportError:
+            raise TypeError("staging device arrays other than torch tensors needs cupy; install cupy") from None
+        self.cp = cupy
+
+    def wrap(self, x: Any) -> Any:
+        """A cupy array over any __cuda_array_interface__ object (no copy)."""
+        return x if isinstance(x, self.cp.ndarray) else self.cp.asarray(x)
+
+    def device_of(self, x: Any) -> int:
+        return int(x.device.id)
+
+    def current_stream(self, device: int) -> Any:
+        with self.cp.cuda.Device(device):
+            return self.cp.cuda.get_current_stream()
+
+    def alloc_host(self, nbytes: int) -> Tuple[np.ndarray, Any]:
+        try:
+            mem = self.cp.cuda.alloc_pinned_memory(nbytes)
+            return np.frombuffer(mem, np.uint8, nbytes), mem
+        except Exception:  # noqa: BLE001 - pinning can fail (ulimit -l); pageable still works
+            host = np.empty(nbytes, np.uint8)
+            return host, host
+
+    def to_host(self, block: Any, off: int, x: Any, ptr: int, nbytes: int, stream: Any) -> None:
+        rt = self.cp.cuda.runtime
+        rt.memcpyAsync(block.host.ctypes.data + off, ptr, nbytes, rt.memcpyDeviceToHost, stream.ptr)
+
+    def to_device(self, x: Any, ptr: int, block: Any, off: int, nbytes: int, stream: Any) -> None:
+        rt = self.cp.cuda.runtime
+        rt.memcpyAsync(ptr, block.host.ctypes.data + off, nbytes, rt.memcpyHostToDevice, stream.ptr)
+
+    def synchronize(self, stream: Any) -> None:
+        stream.synchronize()
+
+    def record(self, stream: Any) -> _Event:
+        ev = self.cp.cuda.Event(disable_timing=True)
+        ev.record(stream)
+        return _Event(lambda: ev.done)
+
+    def mirror(self, block: Any, off: int, nbytes: int, x: Any, dtype: str, shape: tuple) -> np.ndarray:
+        return numpy_mirror(block, off, nbytes, x.dtype, shape)
+
+
+class TorchOps:
+    kind = "torch"
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+
+    def wrap(self, t: Any) -> Any:
+        return t
+
+    def device_of(self, t: Any) -> int:
+        return int(t.device.index if t.device.index is not None else self.torch.cuda.current_device())
+
+    def current_stream(self, device: int) -> Any:
+        return self.torch.cuda.current_stream(device)
+
+    def alloc_host(self, nbytes: int) -> Tuple[np.ndarray, Any]:
+        try:
+            t = self.torch.empty(nbytes, dtype=self.torch.uint8, pin_memory=True)
+        except Exception:  # noqa: BLE001
+            t = self.torch.empty(nbytes, dtype=self.torch.uint8)
+        return t.numpy(), t
+
+    def _host(self, block: Any, off: int, nbytes: int) -> Any:
+        return block.keep[off:off + nbytes]  # blocks of torch arrays are torch-allocated
+
+    def _bytes(self, t: Any) -> Any:
+        return t.reshape(-1).view(self.torch.uint8)
+
+    def to_host(self, block: Any, off: int, t: Any, ptr: int, nbytes: int, stream: Any) -> None:
+        with self.torch.cuda.stream(stream):
+            self._host(block, off, nbytes).copy_(self._bytes(t), non_blocking=True)
+
+    def to_device(self, t: Any, ptr: int, block: Any, off: int, nbytes: int, stream: Any) -> None:
+        with self.torch.cuda.stream(stream):
+            self._bytes(t).copy_(self._host(block, off, nbytes), non_blocking=True)
+
+    def synchronize(self, stream: Any) -> None:
+        stream.synchronize()
+
+    def record(self, stream: Any) -> _Event:
+        ev = self.torch.cuda.Event()
+        ev.record(stream)
+        return _Event(ev.query)
+
+    def mirror(self, block: Any, off: int, nbytes: int, t: Any, dtype: str, shape: tuple) -> Any:
+        # A CPU tensor over the pinned bytes: bfloat16 needs no ml_dtypes this way.
+        return self._host(block, off, nbytes).view(t.dtype).reshape(shape)
+
+
+_OPS: dict = {}
+_FACTORIES = {"cupy": CupyOps, "torch": TorchOps}
+
+
+def ops_for(kind: str) -> Any:
+    """The ops of one library ("cupy" or "torch"), created once."""
+    ops = _OPS.get(kind)
+    if ops is None:
+        ops = _OPS[kind] = _FACTORIES[kind]()
+    return ops

@@ -1,0 +1,258 @@
+"""Every collective of the public API on cupy arrays and torch CUDA tensors, on 1, 2 and 4 ranks
+sharing GPU 0, checked against numpy; plus stream order (work the caller queued before a call is
+seen by it, work queued after sees its result) and async_op. Written against plexus.* as it
+routes device arrays (distributed.py through _device.route / staged)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import plexus
+import reference as ref
+from launch import run_ranks
+
+COUNTS = [1, 1000, 65539]
+
+
+class CupyLib:
+    name = "cupy"
+    dtypes = [d for d in ref.DTYPES if d != "bfloat16"]  # cupy has no bfloat16
+
+    def __init__(self):
+        import cupy
+
+        self.cp = cupy
+        cupy.cuda.Device(0).use()
+
+    def dev(self, a):
+        return self.cp.asarray(a)
+
+    def host(self, x):
+        return self.cp.asnumpy(x)  # on the current stream, waited for
+
+    def stream(self):
+        return self.cp.cuda.Stream(non_blocking=True)
+
+    def on(self, s):
+        return s
+
+    def sync(self, s):
+        s.synchronize()
+
+
+class TorchLib:
+    name = "torch"
+    dtypes = ref.DTYPES
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        torch.cuda.set_device(0)
+
+    def dev(self, a):
+        if a.dtype == ref.BFLOAT16:
+            t = self.torch.from_numpy(a.view(np.int16).copy()).view(self.torch.bfloat16)
+        else:
+            t = self.torch.from_numpy(a.copy())
+        return t.to("cuda:0")
+
+    def host(self, t):
+        t = t.cpu()
+        if t.dtype == self.torch.bfloat16:
+            return t.view(self.torch.int16).numpy().view(ref.BFLOAT16)
+        return t.numpy()
+
+    def stream(self):
+        return self.torch.cuda.Stream()
+
+    def on(self, s):
+        return self.torch.cuda.stream(s)
+
+    def sync(self, s):
+        s.synchronize()
+
+
+LIBS = {"cupy": CupyLib, "torch": TorchLib}
+
+
+def check_all_reduce(L, rank, world):
+    n = 0
+    for dtype in L.dtypes:
+        for op in ref.OPS:
+            if not ref.valid(op, dtype):
+                continue
+            for count in COUNTS:
+                case = f"gpu/all_reduce/{dtype}/{op}/{count}"
+                inputs = [ref.make_input(case, r, count, dtype, op) for r in range(world)]
+                want = ref.reduce_ref(inputs, op, dtype)
+                x = L.dev(inputs[rank])
+                plexus.all_reduce(x, op=ref.plexus_op(op))
+                ref.assert_equal(L.host(x), want, op, f"{L.name} in place {case}")
+                x, out = L.dev(inputs[rank]), L.dev(np.zeros_like(inputs[rank]))
+                plexus.all_reduce(x, op=ref.plexus_op(op), out=out)
+                ref.assert_equal(L.host(out), want, op, f"{L.name} out= {case}")
+                ref.assert_equal(L.host(x), inputs[rank], "SUM", f"{L.name} input left alone {case}")
+                n += 2
+    return n
+
+
+def check_gathers(L, rank, world):
+    n = 0
+    for dtype in L.dtypes:
+        for count in COUNTS:
+            case = f"gpu/gather/{dtype}/{count}"
+            inputs = [ref.make_input(case, r, count, dtype) for r in range(world)]
+            zeros = np.zeros(count, ref.np_dtype(dtype))
+            outs = [L.dev(zeros) for _ in range(world)]
+            plexus.all_gather(outs, L.dev(inputs[rank]))
+            for r in range(world):
+                ref.assert_equal(L.host(outs[r]), inputs[r], "SUM", f"{L.name} all_gather {case} block {r}")
+            whole = L.dev(np.zeros(count * world, ref.np_dtype(dtype)))
+            plexus.all_gather_into_tensor(whole, L.dev(inputs[rank]))
+            ref.assert_equal(L.host(whole), np.concatenate(inputs), "SUM", f"{L.name} into tensor {case}")
+            whole = L.dev(np.zeros(count * world, ref.np_dtype(dtype)))
+            mine = whole[rank * count:(rank + 1) * count]
+            mine[...] = L.dev(inputs[rank])
+            plexus.all_gather_into_tensor(whole, mine)  # in place: a view of the output
+            ref.assert_equal(L.host(whole), np.concatenate(inputs), "SUM", f"{L.name} into tensor in place {case}")
+            root = count % world
+            outs = [L.dev(zeros) for _ in range(world)] if rank == root else None
+            plexus.gather(L.dev(inputs[rank]), outs, dst=root)
+            if rank == root:
+                for r in range(world):
+                    ref.assert_equal(L.host(outs[r]), inputs[r], "SUM", f"{L.name} gather {case} block {r}")
+            n += 4
+    return n
+
+
+def check_reduce_scatters(L, rank, world):
+    n = 0
+    for dtype in L.dtypes:
+        for op in ("SUM", "MAX"):
+            count = 1001
+            case = f"gpu/reduce_scatter/{dtype}/{op}"
+            full = [ref.make_input(case, r, count * world, dtype, op) for r in range(world)]
+            want = ref.reduce_ref(full, op, dtype)[rank * count:(rank + 1) * count]
+            out = L.dev(np.zeros(count, ref.np_dtype(dtype)))
+            blocks = [L.dev(full[rank][i * count:(i + 1) * count].copy()) for i in range(world)]
+            plexus.reduce_scatter(out, blocks, op=ref.plexus_op(op))
+            ref.assert_equal(L.host(out), want, op, f"{L.name} list {case}")
+            out = L.dev(np.zeros(count, ref.np_dtype(dtype)))
+            plexus.reduce_scatter_tensor(out, L.dev(full[rank]), op=ref.plexus_op(op))
+            ref.assert_equal(L.host(out), want, op, f"{L.name} tensor {case}")
+            src = L.dev(full[rank])
+            out = src[rank * count:(rank + 1) * count]
+            plexus.reduce_scatter_tensor(out, src, op=ref.plexus_op(op))  # in place
+            ref.assert_equal(L.host(out), want, op, f"{L.name} tensor in place {case}")
+            n += 3
+    return n
+
+
+def check_rooted(L, rank, world):
+    n = 0
+    for i, dtype in enumerate(L.dtypes):
+        root = i % world
+        case = f"gpu/rooted/{dtype}"
+        want = ref.make_input(case, root, 999, dtype)
+        x = L.dev(want if rank == root else ref.make_input(case + "/junk", rank, 999, dtype))
+        plexus.broadcast(x, src=root)
+        ref.assert_equal(L.host(x), want, "SUM", f"{L.name} broadcast {case}")
+        inputs = [ref.make_input(case, r, 999, dtype) for r in range(world)]
+        x = L.dev(inputs[rank])
+        plexus.reduce(x, dst=root)
+        want = ref.reduce_ref(inputs, "SUM", dtype) if rank == root else inputs[rank]
+        ref.assert_equal(L.host(x), want, "SUM", f"{L.name} reduce {case}")
+        out = L.dev(np.zeros(999, ref.np_dtype(dtype)))
+        plexus.scatter(out, [L.dev(b) for b in inputs] if rank == root else None, src=root)
+        ref.assert_equal(L.host(out), inputs[rank], "SUM", f"{L.name} scatter {case}")
+        n += 3
+    plexus.barrier()
+    return n
+
+
+def check_all_to_all(L, rank, world):
+    sent = {(i, j): np.full(3 + i + j, 10 * i + j, np.int32) for i in range(world) for j in range(world)}
+    outs = [L.dev(np.zeros(3 + j + rank, np.int32)) for j in range(world)]
+    plexus.all_to_all(outs, [L.dev(sent[(rank, j)]) for j in range(world)])
+    for j in range(world):
+        ref.assert_equal(L.host(outs[j]), sent[(j, rank)], "SUM", f"{L.name} all_to_all from {j}")
+    src = L.dev(np.arange(world * 4, dtype=np.int64) + 100 * rank)
+    dst = L.dev(np.zeros(world * 4, np.int64))
+    plexus.all_to_all_single(dst, src)
+    want = np.concatenate([np.arange(rank * 4, rank * 4 + 4) + 100 * j for j in range(world)])
+    ref.assert_equal(L.host(dst), want.astype(np.int64), "SUM", f"{L.name} all_to_all_single")
+    return 2
+
+
+def check_p2p(L, rank, world):
+    if world == 1:
+        return 1
+    x = L.dev(np.full(1000, rank, np.float32))
+    got = L.dev(np.zeros(1000, np.float32))
+    if rank % 2 == 0:
+        plexus.send(x, dst=(rank + 1) % world)
+        plexus.recv(got, src=(rank - 1) % world)
+    else:
+        plexus.recv(got, src=(rank - 1) % world)
+        plexus.send(x, dst=(rank + 1) % world)
+    ref.assert_equal(L.host(got), np.full(1000, (rank - 1) % world, np.float32), "SUM", f"{L.name} send/recv")
+    w = [plexus.isend(x, dst=(rank + 1) % world), plexus.irecv(got, src=(rank - 1) % world)]
+    for h in w:
+        h.wait()
+    ref.assert_equal(L.host(got), np.full(1000, (rank - 1) % world, np.float32), "SUM", f"{L.name} isend/irecv")
+    return 2
+
+
+def check_streams_and_async(L, rank, world):
+    total = world * (world + 1) / 2
+    s = L.stream()
+    with L.on(s):
+        x = L.dev(np.zeros(1 << 22, np.float32))
+        x += rank + 1  # queued on s: all_reduce must wait for it
+        plexus.all_reduce(x)
+        y = x * 2  # queued after all_reduce's copy back: sees the sum
+    L.sync(s)
+    ref.assert_equal(L.host(y), np.full(1 << 22, 2 * total, np.float32), "SUM", f"{L.name} stream order")
+    x = L.dev(np.full(4096, rank + 1, np.float32))
+    w = plexus.all_reduce(x, async_op=True)
+    w.wait()
+    assert w.is_completed() and w.is_success()
+    ref.assert_equal(L.host(x), np.full(4096, total, np.float32), "SUM", f"{L.name} async")
+    assert w.result()[0] is x
+    return 2
+
+
+CHECKS = [check_all_reduce, check_gathers, check_reduce_scatters, check_rooted, check_all_to_all, check_p2p,
+          check_streams_and_async]
+
+
+def _run_all(rank, world, lib):
+    L = LIBS[lib]()
+    return {c.__name__: c(L, rank, world) for c in CHECKS}
+
+
+@pytest.mark.cupy
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_cupy_collectives(world):
+    results = run_ranks(world, _run_all, "cupy", timeout=600)
+    assert all(r == results[0] for r in results), results
+
+
+@pytest.mark.torch_cuda
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_torch_cuda_collectives(world):
+    results = run_ranks(world, _run_all, "torch", timeout=600)
+    assert all(r == results[0] for r in results), results
+
+
+ROUTED = ["all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",
+          "broadcast", "reduce", "gather", "scatter", "all_to_all", "all_to_all_single", "send", "recv",
+          "isend", "irecv"]
+
+
+def test_device_routing_is_wired():
+    """The public API takes device arrays: distributed.py wraps its collectives with _device.route."""
+    missing = [n for n in ROUTED if not getattr(getattr(plexus, n), "__plexus_device_routed__", False)]
+    assert not missing, f"not routed through plexus._device.route yet: {missing}"
