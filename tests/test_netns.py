@@ -1,8 +1,9 @@
 """Several "hosts" on one machine: network namespaces joined by veth pairs to a bridge, each
 with one or two ranks, so that per-peer transports (shared memory within a namespace, TCP
 across), hierarchical algorithms and the tuner's multi-host choices run for real. Traffic
-control on the veth links (tbf rate limits; netem delay where the kernel has it) shows the
-tuner following the network. Needs root and iproute2; skipped with the reason otherwise."""
+control on the links (tbf rate limits; delay by netem where the kernel has it, else by
+tests/delay_router.py, a userspace router over TUN interfaces) shows the tuner following the
+network. Needs root and iproute2; skipped with the reason otherwise."""
 
 from __future__ import annotations
 
@@ -161,13 +162,64 @@ def test_rate_limit_moves_the_tuner_from_tree_to_ring(tmp_path):
     assert ring_time < tree_time  # the rate-limited links agree with the tuner
 
 
-@pytest.mark.skipif(not WHY_NOT and not netem_available(), reason="this kernel has no netem qdisc (sch_netem)")
-def test_added_delay_small_all_reduce_beats_ring():
+class DelayedBed(NetnsBed):
+    """`hosts` namespaces joined through tests/delay_router.py: TUN interfaces and a userspace
+    router that holds every packet `delay_ms` (one way). For kernels without netem."""
+
+    def __init__(self, hosts: int, delay_ms: float):
+        super().__init__(hosts)
+        self.net = f"10.214.{os.getpid() % 250}"
+        self.delay_ms = delay_ms
+        self.router = None
+
+    def __enter__(self):
+        try:
+            for ns in self.names:
+                sh("ip", "netns", "add", ns)
+            self.router = subprocess.Popen(
+                [sys.executable, os.path.join(HERE, "delay_router.py"), str(self.delay_ms), self.net, *self.names],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            line = self.router.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"delay router did not start: {self.router.stderr.read()[-2000:]}")
+        except Exception:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        if self.router is not None:
+            self.router.kill()
+            self.router.wait()
+        super().__exit__()
+
+
+def delayed_bed(hosts: int, delay_ms: float):
+    """netem on veth links where the kernel has it, else the userspace delay router."""
+    if netem_available():
+        bed = NetnsBed(hosts)
+        bed.how = "tc netem"
+        bed.__enter__()
+        bed.qdisc(f"netem delay {delay_ms}ms")
+        return bed
+    bed = DelayedBed(hosts, delay_ms)
+    bed.how = "userspace delay router (no sch_netem in this kernel)"
+    return bed.__enter__()
+
+
+def test_added_delay_small_all_reduce_beats_ring(tmp_path):
+    """Four hosts 10 ms apart: the tuner, recalibrated on these links, picks a log-depth
+    algorithm for a 4 KiB all-reduce, and it is faster than the ring (2(N-1) latencies)."""
     hosts = [0, 1, 2, 3]
-    with NetnsBed(4) as bed:
-        bed.qdisc("netem delay 10ms")
-        chosen_time, chosen = timed(bed, hosts, 4096, {"NETNS_ITERS": "5"})
-        ring_time, _ = timed(bed, hosts, 4096, {"PLEXUS_ALGO": "allreduce:@ring", "NETNS_ITERS": "5"})
-    print(f"\n4 KiB all-reduce, 4 hosts, 10 ms delay: {chosen} {chosen_time * 1e3:.1f} ms, ring {ring_time * 1e3:.1f} ms")
+    bed = delayed_bed(4, 10)
+    try:
+        tuned = calibrated(bed, hosts, tmp_path, "delayed.txt")
+        env = {"PLEXUS_TUNER_FILE": tuned, "NETNS_ITERS": "5"}
+        chosen_time, chosen = timed(bed, hosts, 4096, env)
+        ring_time, _ = timed(bed, hosts, 4096, dict(env, PLEXUS_ALGO="allreduce:@ring"))
+    finally:
+        bed.__exit__()
+    print(f"\n4 KiB all-reduce, 4 hosts, 10 ms one-way delay ({bed.how}): tuner's {chosen} "
+          f"{chosen_time * 1e3:.1f} ms, ring {ring_time * 1e3:.1f} ms")
     assert chosen != "ring"
     assert chosen_time < 0.9 * ring_time
