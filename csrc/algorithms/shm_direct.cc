@@ -67,8 +67,11 @@ double shm_oneshot_cost(CollKind, double bytes, const GroupShape& g, const CostM
   return 2 * m.shm.alpha_s + (g.ranks + 1.0) * bytes / m.shm.bytes_per_s;
 }
 
-double shm_twoshot_cost(CollKind, double bytes, const GroupShape&, const CostModel& m) {
-  return 3 * m.shm.alpha_s + 3.0 * bytes / m.shm.bytes_per_s;
+// Per rank: publish the n-1 slices the others reduce, reduce one slice over n inputs, copy the
+// n-1 reduced slices of the others.
+double shm_twoshot_cost(CollKind, double bytes, const GroupShape& g, const CostModel& m) {
+  const double n = g.ranks;
+  return 3 * m.shm.alpha_s + (2.0 * (n - 1) / n + 1.0) * bytes / m.shm.bytes_per_s;
 }
 
 void shm_all_reduce_oneshot(OpContext& ctx, const CollArgs& args) {

@@ -144,6 +144,8 @@ std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr
   CollArgs a;
   a.input_counts = std::move(in_counts);
   a.output_counts = std::move(out_counts);
+  a.inputs.reserve(ins.size());
+  a.outputs.reserve(outs.size());
   for (auto p : ins) a.inputs.push_back(as_ptr(p));
   for (auto p : outs) a.outputs.push_back(as_mut_ptr(p));
   a.count = count;
@@ -154,6 +156,66 @@ std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr
   auto work = submit_collective(c, kind, std::move(a), blocking);
   if (blocking && work->is_completed() && !work->error()) return nullptr;
   return work;
+}
+
+// The DType of a numpy array plexus can use as it is (native byte order), or nullopt.
+// bfloat16 (ml_dtypes) and anything unusual take the checked Python path instead.
+std::optional<DType> plain_numpy_dtype(const py::dtype& dt) {
+  const char order = dt.byteorder();
+  if (order == '>' ) return std::nullopt;
+  switch (dt.kind()) {
+    case 'f': return dt.itemsize() == 4 ? std::optional<DType>(DType::kFloat32)
+                     : dt.itemsize() == 8 ? std::optional<DType>(DType::kFloat64)
+                     : dt.itemsize() == 2 ? std::optional<DType>(DType::kFloat16) : std::nullopt;
+    case 'i': return dt.itemsize() == 4 ? std::optional<DType>(DType::kInt32)
+                     : dt.itemsize() == 8 ? std::optional<DType>(DType::kInt64)
+                     : dt.itemsize() == 1 ? std::optional<DType>(DType::kInt8) : std::nullopt;
+    case 'u': return dt.itemsize() == 1 ? std::optional<DType>(DType::kUInt8) : std::nullopt;
+    case 'b': return dt.itemsize() == 1 ? std::optional<DType>(DType::kBool) : std::nullopt;
+    default: return std::nullopt;
+  }
+}
+
+// A plain numpy array (C-contiguous, native dtype plexus knows) and its DType, or nullopt.
+std::optional<DType> plain_array(const py::handle& obj, bool writable) {
+  if (!py::isinstance<py::array>(obj)) return std::nullopt;
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  const int need = py::array::c_style | (writable ? py::detail::npy_api::NPY_ARRAY_WRITEABLE_ : 0);
+  if ((arr.flags() & need) != need) return std::nullopt;
+  return plain_numpy_dtype(arr.dtype());
+}
+
+// The hot path of a blocking all-reduce of numpy arrays (small messages are all overhead): the
+// checks of distributed.all_reduce done at C++ speed. False (nothing done) when the arrays or
+// the op need the Python path, which checks everything again and names what is wrong.
+bool all_reduce_ndarray(Communicator& c, const py::handle& input, const py::handle& output, int op) {
+  const bool in_place = output.is_none();
+  const auto dtype = plain_array(input, in_place);
+  // PREMUL_SUM needs its factor: the Python path has it (or says it is missing).
+  if (!dtype || op < 0 || op >= static_cast<int>(RedOp::kNone) || op == static_cast<int>(RedOp::kPremulSum) ||
+      !op_dtype_problem(static_cast<RedOp>(op), *dtype).empty())
+    return false;
+  auto in = py::reinterpret_borrow<py::array>(input);
+  void* src = const_cast<void*>(in.data());  // written only in place, where it is writable
+  void* dst = src;
+  const size_t count = static_cast<size_t>(in.size());
+  if (!in_place) {
+    if (plain_array(output, true) != dtype) return false;
+    auto out = py::reinterpret_borrow<py::array>(output);
+    dst = out.mutable_data();
+    const size_t bytes = count * dtype_size(*dtype);
+    const char *a = static_cast<char*>(src), *b = static_cast<char*>(dst);
+    const bool overlap = bytes && a < b + bytes && b < a + bytes;
+    if (static_cast<size_t>(out.size()) != count || (overlap && a != b)) return false;
+  }
+  std::shared_ptr<Work> work;
+  {
+    py::gil_scoped_release nogil;
+    work = submit(c, CollKind::kAllReduce, {reinterpret_cast<uintptr_t>(src)}, {reinterpret_cast<uintptr_t>(dst)},
+                  count, static_cast<int>(*dtype), op, 1.0, -1, true);
+    if (work) work->wait(-1);  // raises the op's error
+  }
+  return true;
 }
 
 }  // namespace
@@ -321,6 +383,9 @@ PYBIND11_MODULE(_C, m) {
            },
            py::arg("input"), py::arg("output"), py::arg("count"), py::arg("dtype"), py::arg("op"),
            py::arg("factor") = 1.0, py::arg("blocking") = false, py::call_guard<py::gil_scoped_release>())
+      .def("all_reduce_ndarray", &all_reduce_ndarray, py::arg("input"), py::arg("output"), py::arg("op"),
+           "Blocking all-reduce of plain numpy arrays (output None: in place); False when it needs "
+           "the checked path.")
       .def("all_gather",
            [](Communicator& c, uintptr_t in, std::vector<uintptr_t> outs, size_t count, int dtype, bool blocking) {
              return submit(c, CollKind::kAllGather, {in}, std::move(outs), count, dtype, -1, 1.0, -1, blocking);

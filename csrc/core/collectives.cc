@@ -28,20 +28,21 @@ bool rooted(CollKind k) {
 std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollArgs args,
                                         bool blocking) {
   const int n = comm.size();
-  const std::string what = std::string(coll_name(kind)) + " on " + comm.name_of(comm.rank());
+  // Built only for an error: this runs on every call.
+  auto what_text = [&] { return std::string(coll_name(kind)) + " on " + comm.name_of(comm.rank()); };
   if (static_cast<size_t>(args.dtype) >= static_cast<size_t>(DType::kCount))
-    throw TypeMismatch(what + ": unsupported dtype");
+    throw TypeMismatch(what_text() + ": unsupported dtype");
   if (reduces(kind)) {
-    std::string problem = op_dtype_problem(args.op, args.dtype);
-    if (!problem.empty()) throw TypeMismatch(what + ": " + problem);
+    if (std::string problem = op_dtype_problem(args.op, args.dtype); !problem.empty())
+      throw TypeMismatch(what_text() + ": " + problem);
     if (args.op == RedOp::kPremulSum && !std::isfinite(args.factor))
-      throw InvalidArgument(what + ": PREMUL_SUM factor must be finite");
+      throw InvalidArgument(what_text() + ": PREMUL_SUM factor must be finite");
   } else {
     args.op = RedOp::kNone;
   }
   if (rooted(kind)) {
     if (args.root < 0 || args.root >= n)
-      throw InvalidArgument(what + ": root " + std::to_string(args.root) +
+      throw InvalidArgument(what_text() + ": root " + std::to_string(args.root) +
                             " is not a rank of this group (size " + std::to_string(n) + ")");
   } else {
     args.root = -1;
@@ -51,13 +52,13 @@ std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollA
     args.dtype = DType::kUInt8;
   } else if (args.inputs.size() != expected_inputs(kind, n) ||
              args.outputs.size() != expected_outputs(kind, n)) {
-    throw InvalidArgument(what + ": wrong number of buffers for a group of " + std::to_string(n));
+    throw InvalidArgument(what_text() + ": wrong number of buffers for a group of " + std::to_string(n));
   }
   if (kind == CollKind::kAllToAll) {
     if (args.input_counts.size() != static_cast<size_t>(n) || args.output_counts.size() != static_cast<size_t>(n))
-      throw InvalidArgument(what + ": all_to_all needs one input and one output count per rank");
+      throw InvalidArgument(what_text() + ": all_to_all needs one input and one output count per rank");
     if (args.input_counts[comm.rank()] != args.output_counts[comm.rank()])
-      throw InvalidArgument(what + ": this rank sends itself " + std::to_string(args.input_counts[comm.rank()]) +
+      throw InvalidArgument(what_text() + ": this rank sends itself " + std::to_string(args.input_counts[comm.rank()]) +
                             " elements but expects " + std::to_string(args.output_counts[comm.rank()]));
     args.count = 0;  // per-peer sizes differ; each frame's size is checked instead
   }
@@ -69,7 +70,7 @@ std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollA
   sig.count = args.count;
   const Algorithm& algo = choose_algorithm(kind, args.count * dtype_size(args.dtype), comm);
   AlgorithmFn run = algo.run;
-  return comm.submit(sig, [run, args](OpContext& ctx) { run(ctx, args); }, blocking);
+  return comm.submit(sig, [run, args = std::move(args)](OpContext& ctx) { run(ctx, args); }, blocking);
 }
 
 }  // namespace plexus

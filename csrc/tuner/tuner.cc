@@ -100,11 +100,14 @@ std::vector<Prediction> predict_all(CollKind kind, double bytes, const GroupShap
 const Algorithm& cheapest(CollKind kind, double bytes, const GroupShape& g, const CostModel& m) {
   const Algorithm* best = nullptr;
   double best_s = 0;
-  for (const auto& p : predict_all(kind, bytes, g, m))
-    if (p.runnable && (!best || p.seconds < best_s)) {
-      best = p.algorithm;
-      best_s = p.seconds;
+  for (const auto& a : algorithm_table()) {  // no allocation: this runs on every call
+    if (a.kind != kind || !a.can_run(g)) continue;
+    const double s = a.cost(kind, bytes, g, m);
+    if (!best || s < best_s) {
+      best = &a;
+      best_s = s;
     }
+  }
   if (!best) throw Error(std::string("no algorithm can run ") + coll_name(kind) + " on this group");
   return *best;
 }

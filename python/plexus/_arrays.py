@@ -65,6 +65,9 @@ def as_buffer(x: Any, what: str, *, writable: bool) -> Buffer:
         name = _NUMPY_DTYPE_NAMES[dtype] = dtype.name
     if name not in DTYPE_CODES:
         raise _unsupported_dtype(what, name)
+    if not dtype.isnative:
+        raise TypeError(f"{what} has non-native byte order ({dtype.str}); convert it with "
+                        "x.astype(x.dtype.newbyteorder('='))")
     flags = x.flags
     if not flags.c_contiguous:
         raise ValueError(f"{what} must be C-contiguous (use numpy.ascontiguousarray)")

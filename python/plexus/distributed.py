@@ -308,6 +308,10 @@ def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op:
     g = _group(group, "all_reduce")
     if g is None:
         return None
+    # Hot path (small messages are all overhead): plain numpy arrays, blocking.
+    if not async_op and type(op) is ReduceOp and op.factor is None and \
+            g.comm.all_reduce_ndarray(tensor, out, op.code):
+        return None
     where = _where("all_reduce", g)
     buf = as_buffer(tensor, f"{where}: tensor", writable=out is None)
     dst = buf
