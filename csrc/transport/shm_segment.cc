@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <sstream>
 #include <thread>
@@ -78,6 +79,7 @@ std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int ran
                                         local_ranks.begin());
   host->my_pid_ns_ = pid_namespace();
   const int n = host->local_size();
+  Backoff::set_local_ranks(n);
   ShmLayout& L = host->layout_;
   L.local_size = n;
   L.ring_bytes = round_up(env_bytes("PLEXUS_SHM_RING_BYTES", 1 << 20), 4096);
@@ -212,13 +214,26 @@ void ShmHost::check_peer(int local) const {
                               ") died: its process is gone");
 }
 
+namespace {
+// Pause instructions before a waiter starts yielding its core. Oversubscribed hosts (more local
+// ranks than CPUs) yield almost at once: spinning there burns the core the awaited rank needs.
+std::atomic<uint64_t> g_spin_limit{2000};
+}  // namespace
+
+void Backoff::set_local_ranks(int local_ranks) {
+  const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
+  const uint64_t fallback = static_cast<unsigned>(local_ranks) > cpus ? 50 : 2000;
+  g_spin_limit.store(env_bytes("PLEXUS_SHM_SPIN", fallback));
+}
+
 void Backoff::pause() {
   ++spins_;
-  if (spins_ < 2000) {
+  const uint64_t spin = g_spin_limit.load(std::memory_order_relaxed);
+  if (spins_ < spin) {
 #if defined(__x86_64__)
     __builtin_ia32_pause();
 #endif
-  } else if (spins_ < 4000) {
+  } else if (spins_ < spin + 2000) {
     sched_yield();
   } else {
     std::this_thread::sleep_for(std::chrono::microseconds(50));
@@ -226,7 +241,7 @@ void Backoff::pause() {
 }
 
 bool Backoff::time_to_check() {
-  if ((spins_ & 255) != 0 && spins_ < 4000) return false;
+  if ((spins_ & 255) != 0 && spins_ < g_spin_limit.load(std::memory_order_relaxed) + 2000) return false;
   auto now = Clock::now();
   if (now - last_check_ < std::chrono::milliseconds(1)) return false;
   last_check_ = now;

@@ -111,6 +111,9 @@ class ShmHost {
 // still fair when there are more ranks than cores.
 class Backoff {
  public:
+  // How long waiters spin before yielding, from the number of ranks sharing this host's CPUs
+  // (PLEXUS_SHM_SPIN overrides it).
+  static void set_local_ranks(int local_ranks);
   void pause();
   // True about every millisecond of waiting: time for the slower checks (liveness, deadline).
   bool time_to_check();
