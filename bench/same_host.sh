@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 host=$(hostname -s)
 for np in 2 4; do
   plexus-bench -np "$np" -b 8 -e 64M -f 4 --sizes 8,32,128,512,2K,8K,32K,64K,128K,512K,1M,2M,8M,32M,64M \
-    -n "${ITERS:-20}" -w 5 -d float32 -o sum --vs mpi --vs gloo --memcpy \
+    -n "${ITERS:-20}" -w 5 --rounds "${ROUNDS:-3}" -d float32 -o sum --vs mpi --vs gloo --memcpy \
     --json "bench/results/same-host-${host}-np${np}.json"
 done

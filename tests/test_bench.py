@@ -271,11 +271,9 @@ def test_np_launcher(tmp_path):
 def test_np_all_collectives_three_ranks(tmp_path):
     out = _bench(BENCH + ["-np", "3", "--collective", "all", "-r", "1", "-d", "bfloat16" if
                           importlib.util.find_spec("ml_dtypes") else "float16"] + SMALL, tmp_path)
-    # all_to_all has no plexus yet: a clear line, and no table without a peer.
-    assert "# all_to_all: not supported by plexus yet; skipped for plexus" in out
-    # nccl-tests sizes: all_gather/reduce_scatter round to a multiple of 3 blocks.
+    # nccl-tests sizes: all_gather/reduce_scatter/all_to_all round to a multiple of 3 blocks.
     tables = _rows(out)
-    assert len(tables) == 5
+    assert len(tables) == 6
     for rows in tables:
         assert len(rows) == len(SMALL_SIZES)
         assert all(r[8] == "0" and r[12] == "0" for r in rows)

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--stepbytes", type=parse_size, default=parse_size("1M"), help="size increment when -f is 1 (default 1M)")
     p.add_argument("--sizes", type=parse_size_list, help="explicit sizes, e.g. 8,64K,1M,64M (overrides -b/-e/-f)")
     p.add_argument("-n", "--iters", type=_positive, default=20, help="timed iterations per size (default 20)")
+    p.add_argument("--rounds", type=_positive, default=1,
+                   help="time each size R times, systems interleaved, and report the median (noisy machines)")
     p.add_argument("-w", "--warmup_iters", type=_non_negative, default=5, help="untimed iterations first (default 5)")
     p.add_argument("-c", "--check", type=_non_negative, default=1, help="check results: 1 (default) or 0")
     p.add_argument("-o", "--op", default="sum", type=str.lower, choices=data.OPS, help="reduction op (default sum)")
@@ -161,7 +163,8 @@ def _header(args, world, where, systems, notes, machine, hosts) -> List[str]:
         steps = f"# minBytes {args.minbytes} maxBytes {args.maxbytes} step: {step}"
     lines = [
         f"# plexus-bench: {colls}  ranks {n}  dtype {data.printed_dtype(args.datatype)}  op {args.op}  root {args.root}",
-        f"{steps} warmup iters: {args.warmup_iters} iters: {args.iters} validation: {1 if args.check else 0}",
+        f"{steps} warmup iters: {args.warmup_iters} iters: {args.iters} validation: {1 if args.check else 0}"
+        + (f" rounds: {args.rounds} (median)" if args.rounds > 1 else ""),
         f"# launcher: {where.description}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         f"# machine: {machine['host']}: {report.machine_line(machine)}; {machine['os']}; python {machine['python']}",
         "# systems: " + ", ".join(f"{s.name} ({s.version})" for s in systems),
@@ -216,7 +219,7 @@ def run_rank(args: argparse.Namespace, where: "launch.Launch") -> int:
         printer.line(line)
 
     settings = sweep.Settings(args.datatype, args.op, args.root, args.iters, args.warmup_iters, bool(args.check),
-                              memcpy=args.memcpy)
+                              memcpy=args.memcpy, rounds=args.rounds)
     all_rows: List[sweep.Row] = []
     for name in args.collectives:
         coll = COLLECTIVES[name]
@@ -253,7 +256,7 @@ def run_rank(args: argparse.Namespace, where: "launch.Launch") -> int:
         if args.json:
             head = {"tool": "plexus-bench", "machine": machine, "ranks": world.size, "launcher": where.description,
                     "settings": {"collectives": args.collectives, "sizes": args.size_list, "dtype": args.datatype,
-                                 "op": args.op, "root": args.root, "iters": args.iters,
+                                 "op": args.op, "root": args.root, "iters": args.iters, "rounds": args.rounds,
                                  "warmup_iters": args.warmup_iters, "check": bool(args.check)},
                     "systems": {s.name: s.version for s in systems}, "notes": notes}
             txt = report.write_json(args.json, report.json_document(all_rows, head, printer.lines))

@@ -35,13 +35,15 @@ def usable_cores() -> int:
 
 
 def machine() -> Dict[str, object]:
-    return {"host": socket.gethostname(), "cpu": cpu_model(), "cores": usable_cores(),
-            "logical_cpus": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__}
+    # "cores": the host's; a launcher (mpirun) may bind each rank to fewer ("rank_cores").
+    return {"host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count() or 1,
+            "rank_cores": usable_cores(), "logical_cpus": os.cpu_count(), "os": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__}
 
 
 def machine_line(m: Dict[str, object]) -> str:
-    return f"{m['cpu']}, {m['cores']} cores"
+    bound = f" (each rank bound to {m['rank_cores']})" if m.get("rank_cores", m["cores"]) < m["cores"] else ""
+    return f"{m['cpu']}, {m['cores']} cores{bound}"
 
 
 # --- table -------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The timing loop: for each size, every system runs out of place then in place, back to back.
+"""The timing loop: for each size, every system runs out of place then in place, back to back
+(`rounds` times over, interleaved, keeping each one's median time).
 
 Per (system, placement): fill the inputs, run `warmup` untimed iterations, barrier, time `iters`
 iterations (time = wall time / iters on this rank; the table shows the slowest rank), then refill
@@ -30,6 +31,7 @@ class Settings:
     warmup: int
     check: bool
     memcpy: bool = False  # also time a one-core memcpy of each size (rank 0)
+    rounds: int = 1  # timed runs per (system, placement), interleaved; the median counts
 
 
 @dataclass
@@ -53,7 +55,8 @@ class Row:
 
 
 def _run_one(system: System, coll: Collective, bufs: Buffers, src: np.ndarray, s: Settings,
-             want_for: Callable[[bool], Optional[np.ndarray]], op: Optional[str], barrier: Callable[[], None]):
+             want_for: Callable[[bool], Optional[np.ndarray]], op: Optional[str], barrier: Callable[[], None],
+             check: bool):
     """(seconds per iteration on this rank, wrong elements or -1)."""
 
     def reset() -> None:
@@ -69,7 +72,7 @@ def _run_one(system: System, coll: Collective, bufs: Buffers, src: np.ndarray, s
     for _ in range(s.iters):
         step()
     seconds = (time.perf_counter() - t0) / s.iters
-    if not s.check:
+    if not check:
         return seconds, -1
     reset()
     step, result = system.prepare(coll, bufs, op, s.root)
@@ -102,12 +105,22 @@ def run(coll: Collective, sizes: List[int], systems: List[System], s: Settings, 
                 wants[in_place] = data.expected(segments, op, n, dtype, recv)
             return wants[in_place]
 
+        # Rounds interleave the systems, so that a burst of noise does not hit one system only.
+        times: Dict[tuple, List[float]] = {}
+        wrong_of: Dict[tuple, float] = {}
+        for rnd in range(s.rounds):
+            for system in systems:
+                for placement, bufs in zip(PLACEMENTS, (oop, ip)):
+                    progress(f"{coll.name} {human_size(coll.nbytes(count, n, dtype.itemsize))} "
+                             f"({index + 1}/{len(sizes)}) {system.name} {PLACEMENT_NAMES[placement]}"
+                             + (f" round {rnd + 1}/{s.rounds}" if s.rounds > 1 else ""))
+                    seconds, wrong = _run_one(system, coll, bufs, src, s, want_for, op, world.barrier,
+                                              check=s.check and rnd == 0)
+                    times.setdefault((system.name, placement), []).append(seconds)
+                    wrong_of.setdefault((system.name, placement), wrong)
         local: List[float] = []
-        for system in systems:
-            for placement, bufs in zip(PLACEMENTS, (oop, ip)):
-                progress(f"{coll.name} {human_size(coll.nbytes(count, n, dtype.itemsize))} "
-                         f"({index + 1}/{len(sizes)}) {system.name} {PLACEMENT_NAMES[placement]}")
-                local += _run_one(system, coll, bufs, src, s, want_for, op, world.barrier)
+        for key, secs in times.items():  # in system, placement order
+            local += [float(np.median(secs)), wrong_of[key]]
         memcpy_gbps = _memcpy_gbps(count, dtype, s) if s.memcpy and rank == 0 else 0.0
         world.barrier()  # the other ranks wait idle: the copy has the core to itself
         everyone = world.gather(local)

@@ -88,8 +88,6 @@ class Plexus(System):
                     "max": plexus.ReduceOp.MAX, "avg": plexus.ReduceOp.AVG}
 
     def unsupported(self, coll, dtype, op):
-        if coll.name == "all_to_all":
-            return "not supported by plexus yet"
         return None
 
     def prepare(self, coll, bufs, op, root):
@@ -108,6 +106,16 @@ class Plexus(System):
             # Out of place, other ranks reduce straight from their (unchanged) input.
             buf = o if (ip or is_root) else i
             step = _copy_then(not ip and is_root, i, o, lambda: px.reduce(buf, root, rop))
+        elif coll.name == "all_to_all":
+            if ip:
+                # Like gloo's: all_to_all_single reads its input while it writes its output.
+                scratch = np.empty_like(i)
+
+                def step() -> None:
+                    np.copyto(scratch, i)
+                    px.all_to_all_single(o, scratch)
+            else:
+                step = lambda: px.all_to_all_single(o, i)  # noqa: E731
         else:
             raise ValueError(coll.name)
         return step, _host_result(coll, bufs, self.rank, root)
