@@ -15,7 +15,7 @@ from typing import Any, List, Optional, Sequence
 
 from . import _C
 from ._arrays import Buffer, as_buffer, same_kind
-from ._device import routed
+from ._device import ROUTES, route, routed
 from ._ops import ReduceOp, resolve_op
 from ._rendezvous import Rendezvous, mpi_rendezvous, rendezvous
 from ._work import Work
@@ -301,17 +301,27 @@ def _list_of_buffers(tensors: Any, argname: str, where: str, n: int, ref: Buffer
     return bufs
 
 
-@routed
 def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False, *, out: Any = None):
     """Reduces `tensor` across the group; every rank gets the result in `tensor` (or in `out`,
     leaving `tensor` as it was, when `out` is given)."""
     g = _group(group, "all_reduce")
     if g is None:
         return None
-    # Hot path (small messages are all overhead): plain numpy arrays, blocking.
+    # Hot path (small messages are all overhead): plain numpy arrays, blocking, checked in C++
+    # and without the device-array wrapper.
     if not async_op and type(op) is ReduceOp and op.factor is None and \
             g.comm.all_reduce_ndarray(tensor, out, op.code):
         return None
+    return _all_reduce_checked(tensor, op, group, async_op, out=out)
+
+
+all_reduce.__plexus_device_routed__ = True  # through _all_reduce_checked
+
+
+@route(*ROUTES["all_reduce"])
+def _all_reduce_checked(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False, *,
+                        out: Any = None):
+    g = _group(group, "all_reduce")
     where = _where("all_reduce", g)
     buf = as_buffer(tensor, f"{where}: tensor", writable=out is None)
     dst = buf
