@@ -60,7 +60,11 @@ def check_all_reduce(rank, world):
     out = np.empty_like(x)
     plexus.all_reduce(x, out=out)
     ref.assert_equal(out, sum(np.arange(7, dtype=np.float32) + r for r in range(world)), "SUM", "read-only input")
-    return checked + 1
+    # Another numpy type number for the same dtype (NPY_LONGLONG beside NPY_LONG for int64).
+    y = np.arange(5, dtype=np.longlong) * (rank + 1)
+    plexus.all_reduce(y)
+    ref.assert_equal(y, np.arange(5, dtype=np.int64) * sum(range(1, world + 1)), "SUM", "longlong")
+    return checked + 2
 
 
 def check_all_gather(rank, world):

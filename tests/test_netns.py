@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -92,16 +93,24 @@ class NetnsBed:
                                   env=dict(base, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for r, h in enumerate(rank_hosts)]
         results = []
-        for r, p in enumerate(procs):
-            try:
-                out, err = p.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                for q in procs:
+        try:
+            for r, p in enumerate(procs):
+                try:
+                    out, err = p.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"rank {r} did not finish within {timeout} s{self.state()}")
+                assert p.returncode == 0, f"rank {r} failed:\n{err[-3000:]}"
+                results.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for q in procs:  # after a failure the others may wait for it: end and reap them
+                if q.poll() is None:
                     q.kill()
-                raise AssertionError(f"rank {r} did not finish within {timeout} s")
-            assert p.returncode == 0, f"rank {r} failed:\n{err[-3000:]}"
-            results.append(json.loads(out.strip().splitlines()[-1]))
+                q.communicate()
         return results
+
+    def state(self) -> str:
+        """What a failure message should add about the bed (nothing here)."""
+        return ""
 
 
 def netem_available() -> bool:
@@ -179,9 +188,11 @@ class DelayedBed(NetnsBed):
             self.router = subprocess.Popen(
                 [sys.executable, os.path.join(HERE, "delay_router.py"), str(self.delay_ms), self.net, *self.names],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            line = self.router.stdout.readline().strip()
+            ready, _, _ = select.select([self.router.stdout], [], [], 60)
+            line = self.router.stdout.readline().strip() if ready else ""
             if line != "ready":
-                raise RuntimeError(f"delay router did not start: {self.router.stderr.read()[-2000:]}")
+                self.router.kill()
+                raise RuntimeError(f"delay router did not start: {self.router.communicate()[1][-2000:]}")
         except Exception:
             self.__exit__()
             raise
@@ -190,8 +201,13 @@ class DelayedBed(NetnsBed):
     def __exit__(self, *exc):
         if self.router is not None:
             self.router.kill()
-            self.router.wait()
+            self.router.communicate()
         super().__exit__()
+
+    def state(self) -> str:
+        if self.router is not None and self.router.poll() is not None:
+            return f" (the delay router had exited with {self.router.returncode})"
+        return ""
 
 
 def delayed_bed(hosts: int, delay_ms: float):
@@ -200,8 +216,14 @@ def delayed_bed(hosts: int, delay_ms: float):
         bed = NetnsBed(hosts)
         bed.how = "tc netem"
         bed.__enter__()
-        bed.qdisc(f"netem delay {delay_ms}ms")
+        try:
+            bed.qdisc(f"netem delay {delay_ms}ms")
+        except Exception:
+            bed.__exit__()
+            raise
         return bed
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("this kernel has neither netem (sch_netem) nor TUN devices to add delay with")
     bed = DelayedBed(hosts, delay_ms)
     bed.how = "userspace delay router (no sch_netem in this kernel)"
     return bed.__enter__()

@@ -158,20 +158,24 @@ std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr
   return work;
 }
 
-// The DType of a numpy array plexus can use as it is (native byte order), or nullopt.
-// bfloat16 (ml_dtypes) and anything unusual take the checked Python path instead.
+// The DType of a numpy array plexus can use as it is (a built-in numpy type in native byte
+// order), or nullopt: bfloat16 (ml_dtypes), user dtypes and the rest take the checked Python path.
 std::optional<DType> plain_numpy_dtype(const py::dtype& dt) {
-  const char order = dt.byteorder();
-  if (order == '>' ) return std::nullopt;
-  switch (dt.kind()) {
-    case 'f': return dt.itemsize() == 4 ? std::optional<DType>(DType::kFloat32)
-                     : dt.itemsize() == 8 ? std::optional<DType>(DType::kFloat64)
-                     : dt.itemsize() == 2 ? std::optional<DType>(DType::kFloat16) : std::nullopt;
-    case 'i': return dt.itemsize() == 4 ? std::optional<DType>(DType::kInt32)
-                     : dt.itemsize() == 8 ? std::optional<DType>(DType::kInt64)
-                     : dt.itemsize() == 1 ? std::optional<DType>(DType::kInt8) : std::nullopt;
-    case 'u': return dt.itemsize() == 1 ? std::optional<DType>(DType::kUInt8) : std::nullopt;
-    case 'b': return dt.itemsize() == 1 ? std::optional<DType>(DType::kBool) : std::nullopt;
+  if (dt.byteorder() != '=' && dt.byteorder() != '|') return std::nullopt;
+  enum { kBool = 0, kByte = 1, kUByte = 2, kInt = 5, kLong = 7, kLongLong = 9, kFloat = 11, kDouble = 12,
+         kHalf = 23 };  // NPY_TYPES numbers
+  switch (dt.num()) {
+    case kBool: return DType::kBool;
+    case kByte: return DType::kInt8;
+    case kUByte: return DType::kUInt8;
+    case kInt:
+    case kLong:
+    case kLongLong:
+      return dt.itemsize() == 4 ? std::optional<DType>(DType::kInt32)
+             : dt.itemsize() == 8 ? std::optional<DType>(DType::kInt64) : std::nullopt;
+    case kFloat: return DType::kFloat32;
+    case kDouble: return DType::kFloat64;
+    case kHalf: return DType::kFloat16;
     default: return std::nullopt;
   }
 }
