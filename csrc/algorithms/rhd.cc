@@ -40,39 +40,83 @@ struct Layout {
   size_t start(int cu) const { return unit_off[own[cu]]; }
 };
 
-// Sends elements [lo, lo + count) of `base` in chunks, after receive `after`.
-void send_range(Exchange& ex, int peer, const char* base, size_t lo, size_t count, size_t es, int after) {
+// Which receive last wrote each element range of the working buffer, so that a chunk waits
+// for the chunks it needs and no more: step k+1 sends a chunk as soon as step k has reduced
+// it (the steps pipeline, as a ring does), instead of after step k's last byte.
+class Writers {
+ public:
+  void set(size_t lo, size_t hi, int id) {
+    if (hi <= lo) return;
+    std::vector<Segment> kept;
+    for (const Segment& g : segs_) {
+      if (g.hi <= lo || g.lo >= hi) {
+        kept.push_back(g);
+        continue;
+      }
+      if (g.lo < lo) kept.push_back({g.lo, lo, g.id});
+      if (g.hi > hi) kept.push_back({hi, g.hi, g.id});
+    }
+    kept.push_back({lo, hi, id});
+    segs_ = std::move(kept);
+  }
+  // The receives that wrote any of [lo, hi).
+  std::vector<int> of(size_t lo, size_t hi) const {
+    std::vector<int> ids;
+    for (const Segment& g : segs_)
+      if (g.lo < hi && lo < g.hi && std::find(ids.begin(), ids.end(), g.id) == ids.end()) ids.push_back(g.id);
+    return ids;
+  }
+  // The latest of them (-1: none): enough where they all came from one peer, in order.
+  int last_of(size_t lo, size_t hi) const {
+    const std::vector<int> ids = of(lo, hi);
+    return ids.empty() ? -1 : *std::max_element(ids.begin(), ids.end());
+  }
+
+ private:
+  struct Segment {
+    size_t lo, hi;
+    int id;
+  };
+  std::vector<Segment> segs_;
+};
+
+// Sends elements [lo, lo + count) of `base` in chunks, each once its elements are written.
+void send_range(Exchange& ex, int peer, const char* base, size_t lo, size_t count, size_t es, const Writers& w) {
   Chunks ch(count, es);
-  for (size_t k = 0; k < ch.n; ++k)
-    ex.send(peer, base + (lo + ch.offset(k)) * es, ch.size(k, count) * es, after);
+  for (size_t k = 0; k < ch.n; ++k) {
+    const size_t a = lo + ch.offset(k), m = ch.size(k, count);
+    ex.send_after(peer, base + a * es, m * es, w.of(a, a + m));
+  }
 }
 
 // Receives elements [lo, lo + count) into `dst` (same offsets); with `red`, each chunk lands in
-// `scratch` and is reduced into `dst` instead. Nothing is read before receive `after` arrived,
-// so reductions of successive steps happen in order (the last one also scales, for AVG).
-// Returns the last receive's id.
+// `scratch` and is reduced into `dst` instead, not before the receive that last wrote those
+// elements (from one peer, the previous step's partner) has arrived: reductions of successive
+// steps happen in order (the last one also scales, for AVG). Without `red`, nothing is read
+// before receive `after`. Records the chunks in `w`; returns the last receive's id.
 int recv_range(Exchange& ex, int peer, char* dst, size_t lo, size_t count, size_t es, DType dtype,
-               const Reduction* red, double scale, char* scratch, int after) {
+               const Reduction* red, double scale, char* scratch, int after, Writers& w) {
   Chunks ch(count, es);
   int last = after;
   for (size_t k = 0; k < ch.n; ++k) {
-    const size_t off = (lo + ch.offset(k)) * es, elems = ch.size(k, count);
+    const size_t a = lo + ch.offset(k), elems = ch.size(k, count), off = a * es;
     if (!red) {
       last = ex.recv(peer, dst + off, elems * es, nullptr, k == 0 ? after : -1);
-      continue;
+    } else {
+      char* land = scratch + off;
+      char* into = dst + off;
+      const RedOp op = red->kernel_op;
+      last = ex.recv(peer, land, elems * es, [=] { cpu::reduce2(op, dtype, into, into, land, elems, scale); },
+                     w.last_of(a, a + elems));
     }
-    char* land = scratch + off;
-    char* into = dst + off;
-    const RedOp op = red->kernel_op;
-    last = ex.recv(peer, land, elems * es, [=] { cpu::reduce2(op, dtype, into, into, land, elems, scale); },
-                   k == 0 ? after : -1);
+    w.set(a, a + elems, last);
   }
   return last;
 }
 
 // Recursive halving over the core ranks; returns the id of the last receive.
 int post_halving(Exchange& ex, const Fold& f, const Layout& L, int c, char* work, char* scratch,
-                 DType dtype, const Reduction& red, int after) {
+                 DType dtype, const Reduction& red, int after, Writers& w) {
   const size_t es = dtype_size(dtype);
   int lo = 0, hi = f.p;
   for (int d = f.p / 2; d >= 1; d /= 2) {
@@ -80,9 +124,9 @@ int post_halving(Exchange& ex, const Fold& f, const Layout& L, int c, char* work
     const bool lower = c < mid;
     const int keep_lo = lower ? lo : mid, keep_hi = lower ? mid : hi;
     const int give_lo = lower ? mid : lo, give_hi = lower ? hi : mid;
-    send_range(ex, partner, work, L.start(give_lo), L.elems(give_lo, give_hi), es, after);
+    send_range(ex, partner, work, L.start(give_lo), L.elems(give_lo, give_hi), es, w);
     after = recv_range(ex, partner, work, L.start(keep_lo), L.elems(keep_lo, keep_hi), es, dtype, &red,
-                       d == 1 ? red.post_scale : 1.0, scratch, after);
+                       d == 1 ? red.post_scale : 1.0, scratch, after, w);
     lo = keep_lo;
     hi = keep_hi;
   }
@@ -90,14 +134,15 @@ int post_halving(Exchange& ex, const Fold& f, const Layout& L, int c, char* work
 }
 
 // Recursive doubling over the core ranks, from each owning its units to all of them.
-int post_doubling(Exchange& ex, const Fold& f, const Layout& L, int c, char* work, size_t es, int after) {
+int post_doubling(Exchange& ex, const Fold& f, const Layout& L, int c, char* work, size_t es, int after,
+                  Writers& w) {
   int lo = c, hi = c + 1;
   for (int d = 1; d < f.p; d *= 2) {
     const int partner = f.rank(c ^ d);
     const int plo = (c ^ d) & ~(d - 1), phi = plo + d;  // the partner's current range
-    send_range(ex, partner, work, L.start(lo), L.elems(lo, hi), es, after);
+    send_range(ex, partner, work, L.start(lo), L.elems(lo, hi), es, w);
     after = recv_range(ex, partner, work, L.start(plo), L.elems(plo, phi), es, DType::kUInt8, nullptr, 1.0,
-                       nullptr, after);
+                       nullptr, after, w);
     lo = std::min(lo, plo);
     hi = std::max(hi, phi);
   }
@@ -139,9 +184,10 @@ void rhd_all_reduce(OpContext& ctx, const CollArgs& args) {
   const Fold f(n);
   const Reduction red = plan_reduction(args, n);
   Exchange ex(ctx);
+  Writers w;
   if (f.sits_out(r)) {
-    send_range(ex, r + 1, work, 0, count, es, -1);
-    recv_range(ex, r + 1, work, 0, count, es, args.dtype, nullptr, 1.0, nullptr, -1);
+    send_range(ex, r + 1, work, 0, count, es, w);
+    recv_range(ex, r + 1, work, 0, count, es, args.dtype, nullptr, 1.0, nullptr, -1, w);
     return ex.run();
   }
   Layout L;
@@ -154,11 +200,11 @@ void rhd_all_reduce(OpContext& ctx, const CollArgs& args) {
   std::vector<char> scratch(count * es), fold_scratch(f.absorbs(r) ? count * es : 0);
   int after = -1;
   if (f.absorbs(r))
-    after = recv_range(ex, r - 1, work, 0, count, es, args.dtype, &red, 1.0, fold_scratch.data(), -1);
+    after = recv_range(ex, r - 1, work, 0, count, es, args.dtype, &red, 1.0, fold_scratch.data(), -1, w);
   const int c = f.core(r);
-  after = post_halving(ex, f, L, c, work, scratch.data(), args.dtype, red, after);
-  after = post_doubling(ex, f, L, c, work, es, after);
-  if (f.absorbs(r)) send_range(ex, r - 1, work, 0, count, es, after);
+  after = post_halving(ex, f, L, c, work, scratch.data(), args.dtype, red, after, w);
+  post_doubling(ex, f, L, c, work, es, after, w);
+  if (f.absorbs(r)) send_range(ex, r - 1, work, 0, count, es, w);
   ex.run();
 }
 
@@ -183,17 +229,18 @@ void rhd_reduce_scatter(OpContext& ctx, const CollArgs& args) {
   const Reduction red = plan_reduction(args, n);
   char* out = static_cast<char*>(args.outputs[0]);
   Exchange ex(ctx);
+  Writers w;
   if (f.sits_out(r)) {
-    send_range(ex, r + 1, work.data(), 0, count * n, es, -1);
-    recv_range(ex, r + 1, out, 0, count, es, args.dtype, nullptr, 1.0, nullptr, -1);
+    send_range(ex, r + 1, work.data(), 0, count * n, es, w);
+    recv_range(ex, r + 1, out, 0, count, es, args.dtype, nullptr, 1.0, nullptr, -1, w);
     return ex.run();
   }
   const Layout L = block_layout(f, count);
   int after = -1;
   if (f.absorbs(r))
-    after = recv_range(ex, r - 1, work.data(), 0, count * n, es, args.dtype, &red, 1.0, fold_scratch.data(), -1);
-  after = post_halving(ex, f, L, f.core(r), work.data(), scratch.data(), args.dtype, red, after);
-  if (f.absorbs(r)) send_range(ex, r - 1, work.data(), (r - 1) * count, count, es, after);
+    after = recv_range(ex, r - 1, work.data(), 0, count * n, es, args.dtype, &red, 1.0, fold_scratch.data(), -1, w);
+  post_halving(ex, f, L, f.core(r), work.data(), scratch.data(), args.dtype, red, after, w);
+  if (f.absorbs(r)) send_range(ex, r - 1, work.data(), (r - 1) * count, count, es, w);
   ex.run();
   if (bytes) std::memcpy(out, work.data() + r * bytes, bytes);
 }
@@ -210,16 +257,18 @@ void rhd_all_gather(OpContext& ctx, const CollArgs& args) {
   if (bytes) std::memcpy(work.data() + r * bytes, args.inputs[0], bytes);
   const Fold f(n);
   Exchange ex(ctx);
+  Writers w;
   if (f.sits_out(r)) {
-    send_range(ex, r + 1, work.data(), r * count, count, es, -1);
-    recv_range(ex, r + 1, work.data(), 0, count * n, es, args.dtype, nullptr, 1.0, nullptr, -1);
+    send_range(ex, r + 1, work.data(), r * count, count, es, w);
+    recv_range(ex, r + 1, work.data(), 0, count * n, es, args.dtype, nullptr, 1.0, nullptr, -1, w);
   } else {
     const Layout L = block_layout(f, count);
     int after = -1;
     if (f.absorbs(r))
-      after = recv_range(ex, r - 1, work.data(), (r - 1) * count, count, es, args.dtype, nullptr, 1.0, nullptr, -1);
-    after = post_doubling(ex, f, L, f.core(r), work.data(), es, after);
-    if (f.absorbs(r)) send_range(ex, r - 1, work.data(), 0, count * n, es, after);
+      after = recv_range(ex, r - 1, work.data(), (r - 1) * count, count, es, args.dtype, nullptr, 1.0, nullptr, -1,
+                         w);
+    post_doubling(ex, f, L, f.core(r), work.data(), es, after, w);
+    if (f.absorbs(r)) send_range(ex, r - 1, work.data(), 0, count * n, es, w);
   }
   ex.run();
   for (int b = 0; b < n; ++b)
