@@ -39,26 +39,18 @@ void P2PEngine::start(std::vector<Endpoint> endpoints, ShmHost* shm) {
 }
 
 std::shared_ptr<Work> P2PEngine::send(int peer, const void* buf, size_t bytes, DType dtype, int tag) {
-  Signature sig;
-  sig.kind = CollKind::kCount;
-  auto r = std::make_shared<Request>(Request{std::make_shared<Work>(sig), true, peer,
-                                             static_cast<char*>(const_cast<void*>(buf)), bytes, dtype, tag,
-                                             Deadline::after_seconds(comm_.timeout_s())});
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!failure_.empty()) throw Error("point-to-point is unusable after an earlier failure: " + failure_);
-    inbox_.push_back(r);
-  }
-  uint64_t one = 1;
-  (void)!::write(wake_fd_, &one, sizeof(one));
-  return r->work;
+  return post(true, peer, static_cast<char*>(const_cast<void*>(buf)), bytes, dtype, tag);
 }
 
 std::shared_ptr<Work> P2PEngine::recv(int peer, void* buf, size_t bytes, DType dtype, int tag) {
+  return post(false, peer, static_cast<char*>(buf), bytes, dtype, tag);
+}
+
+std::shared_ptr<Work> P2PEngine::post(bool is_send, int peer, char* buf, size_t bytes, DType dtype, int tag) {
   Signature sig;
   sig.kind = CollKind::kCount;
-  auto r = std::make_shared<Request>(Request{std::make_shared<Work>(sig), false, peer, static_cast<char*>(buf),
-                                             bytes, dtype, tag, Deadline::after_seconds(comm_.timeout_s())});
+  auto r = std::make_shared<Request>(Request{std::make_shared<Work>(sig), is_send, peer, buf, bytes, dtype, tag,
+                                             Deadline::after_seconds(comm_.timeout_s())});
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!failure_.empty()) throw Error("point-to-point is unusable after an earlier failure: " + failure_);

@@ -49,6 +49,9 @@ class P2PEngine {
   void abort(const std::string& why);
 
  private:
+  // Queues a send or receive for the engine's thread; its Work completes there.
+  std::shared_ptr<Work> post(bool is_send, int peer, char* buf, size_t bytes, DType dtype, int tag);
+
   struct Request {
     std::shared_ptr<Work> work;
     bool is_send;

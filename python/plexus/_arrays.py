@@ -7,7 +7,7 @@ TypeError/ValueError instead of corrupting memory or hanging the other ranks.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -93,3 +93,40 @@ def same_kind(where: str, a: Buffer, b: Buffer, what_b: str, what_a: str) -> Non
     """Raises TypeError when two buffers of one call have different dtypes."""
     if a.dtype != b.dtype:
         raise TypeError(f"{where}: {what_b} has dtype {b.dtype} but {what_a} has dtype {a.dtype}")
+
+
+def rows_of(shape: Sequence[int]) -> Tuple[int, int]:
+    """(rows along dim 0, elements per row), as all_to_all_single splits an array."""
+    if len(shape) == 0:
+        return 1, 1
+    per_row = 1
+    for d in shape[1:]:
+        per_row *= int(d)
+    return int(shape[0]), per_row
+
+
+def split_counts(where: str, name: str, shape: Sequence[int], splits: Optional[Sequence[int]], n: int) -> List[int]:
+    """Element counts per rank from torch's row split sizes (None or []: an even split)."""
+    r, per_row = rows_of(shape)
+    if splits is None or len(splits) == 0:
+        if r % n:
+            raise ValueError(f"{where}: {name} has {r} rows along dim 0, which do not split evenly over {n} "
+                             "ranks; pass split sizes")
+        return [r // n * per_row] * n
+    splits = [int(s) for s in splits]
+    if len(splits) != n or any(s < 0 for s in splits):
+        raise ValueError(f"{where}: {name}_split_sizes must be {n} non-negative numbers, got {splits}")
+    if sum(splits) != r:
+        raise ValueError(f"{where}: {name}_split_sizes add up to {sum(splits)} rows but {name} has {r}")
+    return [s * per_row for s in splits]
+
+
+def check_disjoint(where: str, outs: Sequence[Any], out_name: str, ins: Sequence[Any], in_name: str) -> None:
+    """ValueError when two outputs, or an output and an input, share memory (buffers with overlaps())."""
+    for i, o in enumerate(outs):
+        for j, other in enumerate(outs[i + 1:], i + 1):
+            if o.overlaps(other):
+                raise ValueError(f"{where}: {out_name}[{i}] and {out_name}[{j}] share memory")
+        for j, b in enumerate(ins):
+            if o.overlaps(b):
+                raise ValueError(f"{where}: {out_name}[{i}] shares memory with {in_name}[{j}]")

@@ -14,7 +14,7 @@ import threading
 from typing import Any, List, Optional, Sequence
 
 from . import _C
-from ._arrays import Buffer, as_buffer, same_kind
+from ._arrays import Buffer, as_buffer, check_disjoint, same_kind, split_counts
 from ._device import ROUTES, route, routed
 from ._ops import ReduceOp, resolve_op
 from ._rendezvous import Rendezvous, mpi_rendezvous, rendezvous
@@ -507,7 +507,7 @@ def all_to_all(output_tensor_list: List[Any], input_tensor_list: List[Any], grou
     outs = [as_buffer(t, f"{where}: output_tensor_list[{i}]", writable=True) for i, t in enumerate(output_tensor_list)]
     for i, b in enumerate(ins + outs):
         same_kind(where, ins[0], b, "every entry", "input_tensor_list[0]")
-    _check_disjoint(where, outs, "output_tensor_list", ins, "input_tensor_list")
+    check_disjoint(where, outs, "output_tensor_list", ins, "input_tensor_list")
     w = g.comm.all_to_all([b.ptr for b in ins], [b.count for b in ins], [b.ptr for b in outs], [b.count for b in outs],
                           ins[0].code, not async_op)
     return _finish(g, w, [list(output_tensor_list), list(input_tensor_list)], list(output_tensor_list), async_op)
@@ -529,46 +529,12 @@ def all_to_all_single(output: Any, input: Any, output_split_sizes: Optional[Sequ
     same_kind(where, src, dst, "output", "input")
     if src.overlaps(dst):
         raise ValueError(f"{where}: output and input share memory")
-    in_counts = _split_counts(where, "input", input, src.count, input_split_sizes, n)
-    out_counts = _split_counts(where, "output", output, dst.count, output_split_sizes, n)
+    in_counts = split_counts(where, "input", tuple(input.shape), input_split_sizes, n)
+    out_counts = split_counts(where, "output", tuple(output.shape), output_split_sizes, n)
     in_ptrs = [src.ptr + sum(in_counts[:i]) * src.itemsize for i in range(n)]
     out_ptrs = [dst.ptr + sum(out_counts[:i]) * dst.itemsize for i in range(n)]
     w = g.comm.all_to_all(in_ptrs, in_counts, out_ptrs, out_counts, src.code, not async_op)
     return _finish(g, w, [output, input], [output], async_op)
-
-
-def _rows(x: Any) -> tuple:
-    shape = tuple(x.shape)
-    rows = shape[0] if shape else 1
-    per_row = 1
-    for d in shape[1:]:
-        per_row *= int(d)
-    return rows, per_row
-
-
-def _split_counts(where: str, name: str, x: Any, count: int, splits: Optional[Sequence[int]], n: int) -> List[int]:
-    """Element counts per rank from row split sizes (torch's convention: rows of dim 0)."""
-    rows, per_row = _rows(x)
-    if splits is None or len(splits) == 0:
-        if rows % n:
-            raise ValueError(f"{where}: {name} has {rows} rows, which do not split evenly over {n} ranks; pass split sizes")
-        return [rows // n * per_row] * n
-    splits = [int(s) for s in splits]
-    if len(splits) != n or any(s < 0 for s in splits):
-        raise ValueError(f"{where}: {name}_split_sizes must be {n} non-negative numbers, got {splits}")
-    if sum(splits) != rows:
-        raise ValueError(f"{where}: {name}_split_sizes add up to {sum(splits)} rows but {name} has {rows}")
-    return [s * per_row for s in splits]
-
-
-def _check_disjoint(where: str, outs: List[Buffer], out_name: str, ins: List[Buffer], in_name: str) -> None:
-    for i, o in enumerate(outs):
-        for j, other in enumerate(outs[i + 1:], i + 1):
-            if o.overlaps(other):
-                raise ValueError(f"{where}: {out_name}[{i}] and {out_name}[{j}] share memory")
-        for j, b in enumerate(ins):
-            if o.overlaps(b):
-                raise ValueError(f"{where}: {out_name}[{i}] shares memory with {in_name}[{j}]")
 
 
 # --- point-to-point ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any, List, Tuple
 import torch
 import torch.distributed as dist
 
-from .. import _C
+from .. import _C, _arrays
 
 # Devices whose tensors this backend can move today. "cuda" joins with the GPU issue (#6),
 # through this same code: the core then takes device pointers.
@@ -157,27 +157,6 @@ def check_op_dtype(where: str, code: int, buf: Buffer) -> None:
         raise TypeError(f"{where}: {problem}")
 
 
-def rows(t: torch.Tensor) -> Tuple[int, int]:
-    """(rows along dim 0, elements per row) as all_to_all_single splits a tensor."""
-    if t.dim() == 0:
-        return 1, 1
-    per_row = 1
-    for d in t.shape[1:]:
-        per_row *= int(d)
-    return int(t.shape[0]), per_row
-
-
 def split_counts(where: str, name: str, t: torch.Tensor, splits: Any, n: int) -> List[int]:
     """Element counts per rank from torch's row split sizes ([] or None: even split)."""
-    r, per_row = rows(t)
-    if splits is None or len(splits) == 0:
-        if r % n:
-            raise ValueError(f"{where}: {name} has {r} rows along dim 0, which do not split evenly over {n} "
-                             "ranks; pass split sizes")
-        return [r // n * per_row] * n
-    splits = [int(s) for s in splits]
-    if len(splits) != n or any(s < 0 for s in splits):
-        raise ValueError(f"{where}: {name}_split_sizes must be {n} non-negative numbers, got {splits}")
-    if sum(splits) != r:
-        raise ValueError(f"{where}: {name}_split_sizes add up to {sum(splits)} rows but {name} has {r}")
-    return [s * per_row for s in splits]
+    return _arrays.split_counts(where, name, tuple(t.shape), splits, n)

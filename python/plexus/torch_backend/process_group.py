@@ -23,9 +23,10 @@ import torch
 import torch.distributed as dist
 
 from .. import _C
+from .._arrays import check_disjoint
 from .._stores import TorchStore, generation_prefix, route_address
 from . import ops
-from .ops import Buffer, buffer, buffers, one, reduce_op, same_dtype, split_counts
+from .ops import buffer, buffers, one, reduce_op, same_dtype, split_counts
 from .work import Completer, Work
 
 BACKEND_NAME = "plexus"
@@ -341,7 +342,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         outs = [buffer(t, f"{where}: output_tensor_list[{i}]") for i, t in enumerate(outputs)]
         for i, t in enumerate(list(inputs) + list(outputs)):
             same_dtype(where, inputs[0], t, "every tensor", "input_tensor_list[0]")
-        _check_disjoint(where, outs, ins)
+        check_disjoint(where, outs, "output_tensor_list", ins, "input_tensor_list")
         w = self._comm.all_to_all([b.ptr for b in ins], [b.count for b in ins], [b.ptr for b in outs],
                                   [b.count for b in outs], ins[0].code, not opts.asyncOp)
         return self._work(where, [w], list(outputs), (list(outputs), list(inputs)))
@@ -444,16 +445,6 @@ class PlexusProcessGroup(dist.ProcessGroup):
         self._closed = True
         self._comm.abort("the process group was aborted")
         self._completer.stop()
-
-
-def _check_disjoint(where: str, outs: List[Buffer], ins: List[Buffer]) -> None:
-    for i, o in enumerate(outs):
-        for j, other in enumerate(outs[i + 1:], i + 1):
-            if o.overlaps(other):
-                raise ValueError(f"{where}: output_tensor_list[{i}] and output_tensor_list[{j}] share memory")
-        for j, b in enumerate(ins):
-            if o.overlaps(b):
-                raise ValueError(f"{where}: output_tensor_list[{i}] shares memory with input_tensor_list[{j}]")
 
 
 def create(dist_opts: Any, backend_options: Any = None) -> PlexusProcessGroup:
