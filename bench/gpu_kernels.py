@@ -5,7 +5,8 @@
              256 MiB per buffer, against a device-to-device copy of the same bytes: GB/s counted as
              bytes read + written, and the kernel's % of the copy (target: >= 85% for float32 and
              bfloat16).
-  allreduce  plexus.all_reduce(x, out=y) of float32 cupy arrays on 2 and 4 ranks sharing GPU 0,
+  allreduce  plexus.all_reduce(x, out=y) of float32 cupy arrays on 2 and 4 ranks sharing GPU 0
+             (through CUDA IPC, or staged through host memory: the output line says which),
              against one process doing cupy.add(a, b, out=c) on the same sizes: algbw = bytes of
              one buffer / time, and plexus' % of cupy's (target: >= 70% for 2 ranks at 256 MiB).
 
@@ -127,13 +128,10 @@ def _rank(rank, world, init_method, sizes, iters_for, results):
 
         cp.cuda.Device(0).use()
         import plexus
-        from plexus import _device, distributed
+        from plexus import _cuda_ipc
 
         plexus.init_process_group(init_method=init_method, rank=rank, world_size=world)
         all_reduce = plexus.all_reduce
-        routed = getattr(all_reduce, "__plexus_device_routed__", False)
-        if not routed:  # distributed.py does not take device arrays yet: wrap it as it will be
-            all_reduce = _device.routed(distributed.all_reduce)
         stream = cp.cuda.get_current_stream()
         times = {}
         for size in sizes:
@@ -151,7 +149,7 @@ def _rank(rank, world, init_method, sizes, iters_for, results):
             times[size] = ((time.perf_counter() - t0) / iters, ok)
             plexus.barrier()
         plexus.destroy_process_group()
-        results.put((rank, True, {"routed": routed, "times": times}))
+        results.put((rank, True, {"paths": dict(_cuda_ipc.PATHS), "times": times}))
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         import traceback
 
@@ -199,7 +197,7 @@ def run_world(world: int, sizes, timeout: float) -> dict:
     for size in sizes:
         per_size[size] = {"s": max(got[r][1]["times"][size][0] for r in range(world)),
                           "ok": all(got[r][1]["times"][size][1] for r in range(world))}
-    return {"routed": got[0][1]["routed"], "sizes": per_size}
+    return {"paths": got[0][1]["paths"], "sizes": per_size}
 
 
 def cupy_add(sizes) -> dict:
@@ -229,7 +227,7 @@ def bench_allreduce(args) -> dict:
         if "error" in res:
             lines.append(f"np={world}: FAILED: {res['error']}")
             continue
-        how = "plexus.all_reduce" if res["routed"] else "distributed.all_reduce wrapped by _device.route (not wired yet)"
+        how = "plexus.all_reduce, " + ", ".join(f"{k}: {v} calls" for k, v in res["paths"].items())
         lines.append(f"np={world} ({how})")
         lines.append(f"{'size':>10} {'plexus us':>11} {'algbw GB/s':>10} {'busbw GB/s':>10} {'cupy add us':>11}"
                      f" {'add GB/s':>9} {'% of add':>8} check")
@@ -244,6 +242,26 @@ def bench_allreduce(args) -> dict:
             pct = 100 * base[big] / res["sizes"][big]["s"]
             verdict = "PASS" if pct >= 100 * TARGETS["allreduce"] else "MISS"
             lines.append(f"target 2-rank {_fmt(big)} >= {100 * TARGETS['allreduce']:.0f}% of cupy add: {verdict} ({pct:.1f}%)")
+    staged_sizes = [s for s in sizes if s <= 64 * MiB]
+    left = t_end - time.monotonic()
+    if 2 in args.np and staged_sizes and left > 20:
+        # The same 2-rank sweep staged through host memory: what CUDA IPC saves.
+        os.environ["PLEXUS_CUDA_IPC"] = "0"
+        try:
+            res = run_world(2, staged_sizes, left)
+        finally:
+            del os.environ["PLEXUS_CUDA_IPC"]
+        data["staged_np2"] = res
+        if "error" in res:
+            lines.append(f"np=2 staged: FAILED: {res['error']}")
+        else:
+            ipc = data["worlds"].get(2, {}).get("sizes", {})
+            lines.append("np=2 staged through host memory (PLEXUS_CUDA_IPC=0) vs CUDA IPC")
+            lines.append(f"{'size':>10} {'staged us':>11} {'ipc us':>9} {'ipc speedup':>11}")
+            for size in staged_sizes:
+                st, ip = res["sizes"][size]["s"], ipc.get(size, {}).get("s")
+                lines.append(f"{_fmt(size):>10} {st * 1e6:11.1f} {ip * 1e6 if ip else float('nan'):9.1f}"
+                             f" {st / ip if ip else float('nan'):10.1f}x")
     report(args, "gpu_allreduce", data, lines)
     return data
 

@@ -20,6 +20,15 @@ namespace cuda {
 void reduce(RedOp op, DType dtype, void* dst, const void* const* srcs, int nsrcs, size_t n,
             double post_scale, void* stream);
 
+// The most destinations reduce_to() writes in one pass.
+constexpr int kMaxReduceDsts = 8;
+
+// reduce() that stores the result into each of `ndsts` (1..kMaxReduceDsts) destinations, reading
+// the sources once. Element i of every destination is written after every source's element i is
+// read, so destinations may alias sources (in place) as long as ranges only meet index for index.
+void reduce_to(RedOp op, DType dtype, void* const* dsts, int ndsts, const void* const* srcs, int nsrcs, size_t n,
+               double post_scale, void* stream);
+
 // Whether a CUDA driver and at least one device are usable. Never throws, never crashes
 // without a driver; `why` (optional) gets the runtime's reason when not.
 bool runtime_available(std::string* why = nullptr);

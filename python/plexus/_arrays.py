@@ -6,7 +6,9 @@ TypeError/ValueError instead of corrupting memory or hanging the other ranks.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -16,20 +18,40 @@ from . import _C
 DTYPE_CODES = {name: code for code, name in enumerate(_C.DTYPES)}
 # numpy dtype object -> its name, filled as dtypes are seen (dtype.name is slow to compute).
 _NUMPY_DTYPE_NAMES: dict = {}
+# Set while a collective that runs device arrays in place (CUDA IPC, _cuda_ipc.py) checks its
+# arguments: as_buffer() then turns device arrays into Buffers (with .device set) instead of
+# refusing them with a TypeError (which sends other collectives to host staging).
+_DEVICE_OK = threading.local()
+
+
+def device_buffers_on() -> bool:
+    return getattr(_DEVICE_OK, "on", False)
+
+
+@contextlib.contextmanager
+def device_buffers():
+    """as_buffer() accepts device arrays (cupy, torch CUDA) inside this block, on this thread."""
+    before = getattr(_DEVICE_OK, "on", False)
+    _DEVICE_OK.on = True
+    try:
+        yield
+    finally:
+        _DEVICE_OK.on = before
 
 
 class Buffer:
     """A contiguous array seen as raw memory: address, element count and dtype."""
 
-    __slots__ = ("obj", "ptr", "count", "dtype", "itemsize", "code")
+    __slots__ = ("obj", "ptr", "count", "dtype", "itemsize", "code", "device")
 
-    def __init__(self, obj: Any, ptr: int, count: int, dtype: str, itemsize: int):
+    def __init__(self, obj: Any, ptr: int, count: int, dtype: str, itemsize: int, device: Optional[str] = None):
         self.obj = obj  # the array itself, kept alive while an op uses it
         self.ptr = ptr
         self.count = count
         self.dtype = dtype
         self.itemsize = itemsize
         self.code = DTYPE_CODES[dtype]
+        self.device = device  # None: host memory; "cupy" / "torch": device memory of that library
 
     @property
     def nbytes(self) -> int:
@@ -58,6 +80,8 @@ def as_buffer(x: Any, what: str, *, writable: bool) -> Buffer:
     if _is_torch_tensor(x):
         return _torch_buffer(x, what, writable)
     if not isinstance(x, np.ndarray):
+        if getattr(_DEVICE_OK, "on", False) and _device_kind(x):
+            return _device_buffer(x, what, writable)
         raise TypeError(f"{what} must be a numpy array or a torch tensor, got {type(x).__name__}")
     dtype = x.dtype
     name = _NUMPY_DTYPE_NAMES.get(dtype)
@@ -83,16 +107,36 @@ def _torch_buffer(t: Any, what: str, writable: bool) -> Buffer:
     if t.layout != sys.modules["torch"].strided:
         raise TypeError(f"{what} is not a dense tensor")
     if t.device.type != "cpu":
+        if t.is_cuda and getattr(_DEVICE_OK, "on", False):
+            return _device_buffer(t, what, writable)
         raise TypeError(f"{what} is on device {t.device}; this plexus build handles CPU tensors only")
     if not t.is_contiguous():
         raise ValueError(f"{what} must be contiguous (use tensor.contiguous())")
     return Buffer(t, t.data_ptr(), t.numel(), name, t.element_size())
 
 
+def _device_kind(x: Any) -> Optional[str]:
+    from ._device import device_kind  # device arrays are rare: keep the import off the host path
+
+    return device_kind(x)
+
+
+def _device_buffer(x: Any, what: str, writable: bool) -> Buffer:
+    from ._device import describe
+
+    a = describe(x, what)
+    if writable and a.readonly:
+        raise ValueError(f"{what} is read-only but receives the result")
+    return Buffer(x, a.ptr, a.nbytes // a.itemsize, a.dtype, a.itemsize, a.kind)
+
+
 def same_kind(where: str, a: Buffer, b: Buffer, what_b: str, what_a: str) -> None:
-    """Raises TypeError when two buffers of one call have different dtypes."""
+    """Raises TypeError when two buffers of one call have different dtypes, or one is in device
+    memory and the other is not."""
     if a.dtype != b.dtype:
         raise TypeError(f"{where}: {what_b} has dtype {b.dtype} but {what_a} has dtype {a.dtype}")
+    if a.device != b.device:
+        raise TypeError(f"{where}: {what_b} and {what_a} must both be device arrays or both host arrays")
 
 
 def rows_of(shape: Sequence[int]) -> Tuple[int, int]:

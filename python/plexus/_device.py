@@ -24,6 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _C
+from ._arrays import device_buffers
+from ._cuda_ipc import PATHS, UseStaging
 from ._device_ops import ops_for
 from ._pinned import POOL
 from ._work import Work
@@ -61,11 +63,12 @@ def has_device(values: Any) -> bool:
 class DeviceArray:
     """One device array as staging sees it."""
 
-    __slots__ = ("obj", "kind", "ptr", "nbytes", "dtype", "shape", "readonly", "name")
+    __slots__ = ("obj", "kind", "ptr", "nbytes", "dtype", "shape", "readonly", "name", "itemsize")
 
-    def __init__(self, obj, kind, ptr, nbytes, dtype, shape, readonly, name):
+    def __init__(self, obj, kind, ptr, nbytes, dtype, shape, readonly, name, itemsize):
         self.obj, self.kind, self.ptr, self.nbytes = obj, kind, ptr, nbytes
         self.dtype, self.shape, self.readonly, self.name = dtype, shape, readonly, name
+        self.itemsize = itemsize
 
 
 def _c_contiguous(shape: tuple, strides: Optional[tuple], itemsize: int) -> bool:
@@ -95,7 +98,8 @@ def describe(x: Any, name: str) -> DeviceArray:
             raise TypeError(f"{name} is not a dense tensor")
         if not x.is_contiguous():
             raise ValueError(f"{name} must be contiguous (use tensor.contiguous())")
-        return DeviceArray(x, kind, x.data_ptr(), x.numel() * x.element_size(), dtype, tuple(x.shape), False, name)
+        return DeviceArray(x, kind, x.data_ptr(), x.numel() * x.element_size(), dtype, tuple(x.shape), False, name,
+                           x.element_size())
     if kind is None:
         raise TypeError(f"{name} is not a device array")
     cai = x.__cuda_array_interface__
@@ -112,7 +116,7 @@ def describe(x: Any, name: str) -> DeviceArray:
         raise ValueError(f"{name} must be C-contiguous (use cupy.ascontiguousarray)")
     ptr, readonly = cai["data"]
     return DeviceArray(x, kind, int(ptr), int(np.prod(shape, dtype=np.int64)) * itemsize, dtype, shape,
-                       bool(readonly), name)
+                       bool(readonly), name, itemsize)
 
 
 def plan_regions(spans: Sequence[Tuple[int, int]]) -> Tuple[List[Tuple[int, int]], List[int]]:
@@ -329,6 +333,11 @@ ROUTES = {
 }
 
 
+# Collectives that take device arrays as they are (CUDA IPC between the ranks of one host, see
+# _cuda_ipc.py) and stage them only when the group cannot do that.
+IN_PLACE_ON_DEVICE = {"_all_reduce_checked", "all_gather_into_tensor", "reduce_scatter_tensor"}
+
+
 def routed(fn: Callable) -> Callable:
     """@routed on a collective named in ROUTES: route() with its inputs and outputs."""
     inputs, outputs = ROUTES[fn.__name__]
@@ -356,6 +365,7 @@ def route(inputs: Sequence[str] = (), outputs: Sequence[str] = ()):
             raise TypeError(f"route({fn.__name__}): no parameters {unknown}")
         positional = {p.name: i for i, p in enumerate(sig.parameters.values()) if p.kind is p.POSITIONAL_OR_KEYWORD}
         where = tuple((positional.get(n, 1 << 30), n) for n in names)
+        direct = fn.__name__ in IN_PLACE_ON_DEVICE
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -367,6 +377,14 @@ def route(inputs: Sequence[str] = (), outputs: Sequence[str] = ()):
                 nargs = len(args)
                 if not any(_any_device(args[i] if i < nargs else kwargs.get(n)) for i, n in where):
                     raise
+            if direct:
+                try:
+                    with device_buffers():
+                        result = fn(*args, **kwargs)
+                    PATHS["cuda_ipc"] += 1
+                    return result
+                except UseStaging as e:
+                    PATHS[f"staged: {e}"] += 1
             bound = sig.bind(*args, **kwargs)
             given = {n: v for n, v in bound.arguments.items() if n in names and v is not None}
             written = [next((n for n in alts if n in given), None) for alts in outs]

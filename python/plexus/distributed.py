@@ -13,7 +13,7 @@ import os
 import threading
 from typing import Any, List, Optional, Sequence
 
-from . import _C
+from . import _C, _cuda_ipc
 from ._arrays import Buffer, as_buffer, check_disjoint, same_kind, split_counts
 from ._device import ROUTES, route, routed
 from ._ops import ReduceOp, resolve_op
@@ -179,8 +179,10 @@ def destroy_process_group(group: Optional[ProcessGroup] = None) -> None:
     if group is None or group is _state.world:
         for g in _state.groups:
             g.comm.abort("destroy_process_group() was called")
+            _cuda_ipc.release(g)
         if _state.world is not None:
             _state.world.comm.abort("destroy_process_group() was called")
+            _cuda_ipc.release(_state.world)
         rdv = _state.rendezvous
         if rdv is not None and rdv.file_path:
             try:
@@ -193,6 +195,7 @@ def destroy_process_group(group: Optional[ProcessGroup] = None) -> None:
     if group is GroupMember.NON_GROUP_MEMBER:
         return
     group.comm.abort("destroy_process_group(group) was called")
+    _cuda_ipc.release(group)
     if group in _state.groups:
         _state.groups.remove(group)
 
@@ -333,6 +336,8 @@ def _all_reduce_checked(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, 
         if dst.overlaps(buf) and dst.ptr != buf.ptr:
             raise ValueError(f"{where}: out partly overlaps tensor")
     code, factor = resolve_op(op, where, buf)
+    if buf.device is not None:
+        return _cuda_ipc.run(g, "all_reduce", where, buf, dst, code, factor, async_op)
     w = g.comm.all_reduce(buf.ptr, dst.ptr, buf.count, buf.code, code, factor, not async_op)
     return _finish(g, w, [tensor, out], [dst.obj], async_op)
 
@@ -370,6 +375,8 @@ def all_gather_into_tensor(output_tensor: Any, input_tensor: Any, group: Any = N
     slots = [dst.ptr + i * src.nbytes for i in range(n)]
     if src.overlaps(dst) and src.ptr != slots[r]:
         raise ValueError(f"{where}: input_tensor overlaps output_tensor but is not this rank's slice of it")
+    if src.device is not None:
+        return _cuda_ipc.run(g, "all_gather_into_tensor", where, src, dst, async_op=async_op)
     w = g.comm.all_gather(src.ptr, slots, src.count, src.code, not async_op)
     return _finish(g, w, [output_tensor, input_tensor], [output_tensor], async_op)
 
@@ -409,6 +416,8 @@ def reduce_scatter_tensor(output: Any, input: Any, op: Any = ReduceOp.SUM, group
     if dst.overlaps(src) and dst.ptr != blocks[g.rank()]:
         raise ValueError(f"{where}: output overlaps input but is not this rank's block of it")
     code, factor = resolve_op(op, where, dst)
+    if src.device is not None:
+        return _cuda_ipc.run(g, "reduce_scatter_tensor", where, src, dst, code, factor, async_op)
     w = g.comm.reduce_scatter(blocks, dst.ptr, dst.count, dst.code, code, factor, not async_op)
     return _finish(g, w, [output, input], [output], async_op)
 

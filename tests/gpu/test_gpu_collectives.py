@@ -1,7 +1,8 @@
 """Every collective of the public API on cupy arrays and torch CUDA tensors, on 1, 2 and 4 ranks
 sharing GPU 0, checked against numpy; plus stream order (work the caller queued before a call is
-seen by it, work queued after sees its result) and async_op. Written against plexus.* as it
-routes device arrays (distributed.py through _device.route / staged)."""
+seen by it, work queued after sees its result) and async_op. all_reduce, all_gather_into_tensor
+and reduce_scatter_tensor go through CUDA IPC (_cuda_ipc.py; asserted), the others are staged
+through host memory (_device.py)."""
 
 from __future__ import annotations
 
@@ -228,23 +229,59 @@ CHECKS = [check_all_reduce, check_gathers, check_reduce_scatters, check_rooted, 
           check_streams_and_async]
 
 
+def check_ipc_does_not_block_the_host(L, rank, world):
+    """all_reduce through CUDA IPC enqueues and returns: a long kernel queued before it is still
+    running when it returns (staging would have waited for it)."""
+    from plexus import _C
+
+    if not _C.built_with_cuda:
+        return 0
+    x = L.dev(np.full(1 << 24, rank + 1.0, np.float32))
+    s = L.stream()
+    with L.on(s):
+        busy = L.dev(np.zeros(1 << 26, np.float32))
+        for _ in range(200):
+            busy += 1  # ~ 30 ms of work ahead of the all_reduce on s (an H100 moves 256 MiB x 2 in 0.2 ms)
+        plexus.all_reduce(x)
+        returned_early = not _stream_done(L, s)
+    L.sync(s)
+    ref.assert_equal(L.host(x), np.full(1 << 24, world * (world + 1) / 2, np.float32), "SUM", f"{L.name} ipc order")
+    assert returned_early, "all_reduce waited for the GPU before returning"
+    return 1
+
+
+def _stream_done(L, s):
+    return bool(s.done) if L.name == "cupy" else bool(s.query())
+
+
+CHECKS = CHECKS + [check_ipc_does_not_block_the_host]
+
+
 def _run_all(rank, world, lib):
+    from plexus import _cuda_ipc
+
     L = LIBS[lib]()
-    return {c.__name__: c(L, rank, world) for c in CHECKS}
+    done = {c.__name__: c(L, rank, world) for c in CHECKS}
+    # all_reduce, all_gather_into_tensor and reduce_scatter_tensor ran through CUDA IPC, every time.
+    done["paths"] = sorted(_cuda_ipc.PATHS)
+    return done
+
+
+def _check_results(results):
+    assert all(r == results[0] for r in results), results
+    assert results[0]["paths"] == ["cuda_ipc"], results[0]["paths"]
 
 
 @pytest.mark.cupy
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_cupy_collectives(world):
-    results = run_ranks(world, _run_all, "cupy", timeout=600)
-    assert all(r == results[0] for r in results), results
+    _check_results(run_ranks(world, _run_all, "cupy", timeout=600))
 
 
 @pytest.mark.torch_cuda
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_torch_cuda_collectives(world):
-    results = run_ranks(world, _run_all, "torch", timeout=600)
-    assert all(r == results[0] for r in results), results
+    _check_results(run_ranks(world, _run_all, "torch", timeout=600))
 
 
 ROUTED = ["all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",

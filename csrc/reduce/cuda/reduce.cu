@@ -22,6 +22,7 @@ namespace {
 constexpr int kParamSrcs = 64;  // source pointers passed by value; more go through device memory
 constexpr int kChunk = 4;       // sources loaded together, so their loads are in flight at once
 constexpr int kThreads = 256;
+constexpr int kMaxDsts = kMaxReduceDsts;
 constexpr int kMaxDevices = 64;
 
 struct Half {
@@ -121,6 +122,14 @@ struct Srcs {
   __device__ const T* operator[](int j) const { return j < kParamSrcs ? p[j] : more[j]; }
 };
 
+// Where the result goes: every destination gets the same values (CUDA IPC all-reduce writes
+// each peer's output from one read of the sources).
+template <typename T>
+struct Dsts {
+  T* p[kMaxDsts];
+  int n;
+};
+
 template <typename T>
 union Vec {
   uint4 raw;
@@ -153,7 +162,7 @@ __device__ void apply_scale(A (&acc)[N], double post_scale) {
 // Vectors [0, nvec) start at element `head`; the scalars are [0, head) and [head + nvec*V, n).
 template <typename T, typename Op>
 __global__ void __launch_bounds__(kThreads)
-    reduce_kernel(T* dst, Srcs<T> srcs, int nsrcs, size_t head, size_t nvec, size_t n, double post_scale) {
+    reduce_kernel(Dsts<T> dst, Srcs<T> srcs, int nsrcs, size_t head, size_t nvec, size_t n, double post_scale) {
   using A = typename Acc<T>::type;
   constexpr int V = 16 / sizeof(T);
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
@@ -175,7 +184,7 @@ __global__ void __launch_bounds__(kThreads)
     Vec<T> out;
 #pragma unroll
     for (int k = 0; k < V; ++k) out.e[k] = Acc<T>::store(acc[k]);
-    *reinterpret_cast<uint4*>(dst + off) = out.raw;
+    for (int d = 0; d < dst.n; ++d) *reinterpret_cast<uint4*>(dst.p[d] + off) = out.raw;
   }
 
   const size_t tail = head + nvec * V;
@@ -188,7 +197,8 @@ __global__ void __launch_bounds__(kThreads)
       combine<T, Op>(acc, v, j == 0);
     }
     apply_scale(acc, post_scale);
-    dst[idx] = Acc<T>::store(acc[0]);
+    const T r = Acc<T>::store(acc[0]);
+    for (int d = 0; d < dst.n; ++d) dst.p[d][idx] = r;
   }
 }
 
@@ -220,12 +230,16 @@ unsigned max_blocks(K kernel) {
 }
 
 template <typename T, typename Op>
-void launch(void* dst_v, const void* const* srcs_v, int nsrcs, size_t n, double post_scale, cudaStream_t stream) {
+void launch(void* const* dsts_v, int ndsts, const void* const* srcs_v, int nsrcs, size_t n, double post_scale,
+            cudaStream_t stream) {
   constexpr size_t V = 16 / sizeof(T);
-  T* dst = static_cast<T*>(dst_v);
+  Dsts<T> dst{};
+  dst.n = ndsts;
+  for (int d = 0; d < ndsts; ++d) dst.p[d] = static_cast<T*>(dsts_v[d]);
   // Vectorise only when every pointer sits at the same offset within 16 bytes.
-  const uintptr_t mis = reinterpret_cast<uintptr_t>(dst) % 16;
+  const uintptr_t mis = reinterpret_cast<uintptr_t>(dst.p[0]) % 16;
   bool same = true;
+  for (int d = 1; d < ndsts; ++d) same = same && reinterpret_cast<uintptr_t>(dst.p[d]) % 16 == mis;
   for (int j = 0; j < nsrcs; ++j) same = same && reinterpret_cast<uintptr_t>(srcs_v[j]) % 16 == mis;
   size_t head = 0, nvec = 0;
   if (same) {
@@ -254,13 +268,14 @@ void launch(void* dst_v, const void* const* srcs_v, int nsrcs, size_t n, double 
 }
 
 template <typename T>
-void dispatch(RedOp op, void* dst, const void* const* srcs, int nsrcs, size_t n, double sc, cudaStream_t st) {
+void dispatch(RedOp op, void* const* dst, int nd, const void* const* srcs, int nsrcs, size_t n, double sc,
+              cudaStream_t st) {
   switch (op) {
     case RedOp::kSum: case RedOp::kAvg: case RedOp::kPremulSum:
-      return launch<T, OpSum>(dst, srcs, nsrcs, n, sc, st);
-    case RedOp::kProduct: return launch<T, OpProd>(dst, srcs, nsrcs, n, 1.0, st);
-    case RedOp::kMin: return launch<T, OpMin>(dst, srcs, nsrcs, n, 1.0, st);
-    case RedOp::kMax: return launch<T, OpMax>(dst, srcs, nsrcs, n, 1.0, st);
+      return launch<T, OpSum>(dst, nd, srcs, nsrcs, n, sc, st);
+    case RedOp::kProduct: return launch<T, OpProd>(dst, nd, srcs, nsrcs, n, 1.0, st);
+    case RedOp::kMin: return launch<T, OpMin>(dst, nd, srcs, nsrcs, n, 1.0, st);
+    case RedOp::kMax: return launch<T, OpMax>(dst, nd, srcs, nsrcs, n, 1.0, st);
     default: throw InvalidArgument(std::string("cuda::reduce: no kernel for op ") + op_name(op));
   }
 }
@@ -268,16 +283,17 @@ void dispatch(RedOp op, void* dst, const void* const* srcs, int nsrcs, size_t n,
 // Bitwise ops give the same bytes whatever the integer width: one set of byte kernels serves
 // every integer dtype and bool. bool is stored as 0/1 bytes, so for it SUM and MAX are OR,
 // PRODUCT and MIN are AND (as on the CPU).
-bool dispatch_bytes(RedOp op, DType dtype, void* dst, const void* const* srcs, int nsrcs, size_t n, cudaStream_t st) {
+bool dispatch_bytes(RedOp op, DType dtype, void* const* dst, int nd, const void* const* srcs, int nsrcs, size_t n,
+                    cudaStream_t st) {
   if (dtype == DType::kBool) {
     if (op == RedOp::kSum || op == RedOp::kMax) op = RedOp::kBor;
     if (op == RedOp::kProduct || op == RedOp::kMin) op = RedOp::kBand;
   }
   const size_t bytes = n * dtype_size(dtype);
   switch (op) {
-    case RedOp::kBand: launch<uint8_t, OpBand>(dst, srcs, nsrcs, bytes, 1.0, st); return true;
-    case RedOp::kBor: launch<uint8_t, OpBor>(dst, srcs, nsrcs, bytes, 1.0, st); return true;
-    case RedOp::kBxor: launch<uint8_t, OpBxor>(dst, srcs, nsrcs, bytes, 1.0, st); return true;
+    case RedOp::kBand: launch<uint8_t, OpBand>(dst, nd, srcs, nsrcs, bytes, 1.0, st); return true;
+    case RedOp::kBor: launch<uint8_t, OpBor>(dst, nd, srcs, nsrcs, bytes, 1.0, st); return true;
+    case RedOp::kBxor: launch<uint8_t, OpBxor>(dst, nd, srcs, nsrcs, bytes, 1.0, st); return true;
     default: return false;
   }
 }
@@ -302,14 +318,23 @@ int runtime_version_built() { return CUDART_VERSION; }
 
 void reduce(RedOp op, DType dtype, void* dst, const void* const* srcs, int nsrcs, size_t n,
             double post_scale, void* stream) {
+  reduce_to(op, dtype, &dst, 1, srcs, nsrcs, n, post_scale, stream);
+}
+
+void reduce_to(RedOp op, DType dtype, void* const* dsts, int ndsts, const void* const* srcs, int nsrcs, size_t n,
+               double post_scale, void* stream) {
   std::string problem = op_dtype_problem(op, dtype);
   if (!problem.empty()) throw TypeMismatch(problem);
   if (nsrcs < 1) throw InvalidArgument("cuda::reduce needs at least one source");
+  if (ndsts < 1 || ndsts > kMaxDsts)
+    throw InvalidArgument("cuda::reduce needs 1 to " + std::to_string(kMaxDsts) + " destinations, got " + std::to_string(ndsts));
   if (n == 0) return;
   // A misaligned element access is a sticky error that ruins the CUDA context: refuse it here.
   const size_t es = dtype_size(dtype);
   auto aligned = [es](const void* p) { return p && reinterpret_cast<uintptr_t>(p) % es == 0; };
-  if (!aligned(dst)) throw InvalidArgument(std::string("cuda::reduce: dst is null or not aligned to ") + dtype_name(dtype));
+  for (int d = 0; d < ndsts; ++d)
+    if (!aligned(dsts[d]))
+      throw InvalidArgument("cuda::reduce: destination " + std::to_string(d) + " is null or not aligned to " + dtype_name(dtype));
   for (int j = 0; j < nsrcs; ++j)
     if (!aligned(srcs[j]))
       throw InvalidArgument("cuda::reduce: source " + std::to_string(j) + " is null or not aligned to " + dtype_name(dtype));
@@ -317,16 +342,16 @@ void reduce(RedOp op, DType dtype, void* dst, const void* const* srcs, int nsrcs
   if (!runtime_available(&why)) throw Error("cuda::reduce: CUDA runtime not available: " + why);
 
   auto st = static_cast<cudaStream_t>(stream);
-  if (dispatch_bytes(op, dtype, dst, srcs, nsrcs, n, st)) return;
+  if (dispatch_bytes(op, dtype, dsts, ndsts, srcs, nsrcs, n, st)) return;
   switch (dtype) {
-    case DType::kFloat16: return dispatch<Half>(op, dst, srcs, nsrcs, n, post_scale, st);
-    case DType::kBFloat16: return dispatch<BF16>(op, dst, srcs, nsrcs, n, post_scale, st);
-    case DType::kFloat32: return dispatch<float>(op, dst, srcs, nsrcs, n, post_scale, st);
-    case DType::kFloat64: return dispatch<double>(op, dst, srcs, nsrcs, n, post_scale, st);
-    case DType::kInt8: return dispatch<int8_t>(op, dst, srcs, nsrcs, n, post_scale, st);
-    case DType::kUInt8: return dispatch<uint8_t>(op, dst, srcs, nsrcs, n, post_scale, st);
-    case DType::kInt32: return dispatch<int32_t>(op, dst, srcs, nsrcs, n, post_scale, st);
-    case DType::kInt64: return dispatch<int64_t>(op, dst, srcs, nsrcs, n, post_scale, st);
+    case DType::kFloat16: return dispatch<Half>(op, dsts, ndsts, srcs, nsrcs, n, post_scale, st);
+    case DType::kBFloat16: return dispatch<BF16>(op, dsts, ndsts, srcs, nsrcs, n, post_scale, st);
+    case DType::kFloat32: return dispatch<float>(op, dsts, ndsts, srcs, nsrcs, n, post_scale, st);
+    case DType::kFloat64: return dispatch<double>(op, dsts, ndsts, srcs, nsrcs, n, post_scale, st);
+    case DType::kInt8: return dispatch<int8_t>(op, dsts, ndsts, srcs, nsrcs, n, post_scale, st);
+    case DType::kUInt8: return dispatch<uint8_t>(op, dsts, ndsts, srcs, nsrcs, n, post_scale, st);
+    case DType::kInt32: return dispatch<int32_t>(op, dsts, ndsts, srcs, nsrcs, n, post_scale, st);
+    case DType::kInt64: return dispatch<int64_t>(op, dsts, ndsts, srcs, nsrcs, n, post_scale, st);
     default: throw TypeMismatch("cuda::reduce: unsupported dtype");
   }
 }

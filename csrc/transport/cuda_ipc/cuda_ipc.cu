@@ -1,0 +1,149 @@
+// CUDA IPC primitives (see cuda_ipc.h). The runtime is linked statically, so the one driver call
+// the runtime has no name for (the start of the allocation behind a pointer) is looked up
+// through cudaGetDriverEntryPointByVersion instead of linking libcuda.
+#include "transport/cuda_ipc/cuda_ipc.h"
+
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <mutex>
+
+#include "core/error.h"
+
+namespace plexus {
+namespace cuda_ipc {
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return;
+  cudaGetLastError();  // clear it, so that a later check does not report it again
+  throw Error(std::string("cuda_ipc: ") + what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+}
+
+// CUresult cuMemGetAddressRange_v2(CUdeviceptr* base, size_t* size, CUdeviceptr ptr).
+using AddressRangeFn = int (*)(unsigned long long*, size_t*, unsigned long long);
+
+AddressRangeFn address_range_fn() {
+  static AddressRangeFn fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    cudaError_t e = cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &p, 12000, cudaEnableDefault, &found);
+    return e == cudaSuccess && found == cudaDriverEntryPointSuccess ? reinterpret_cast<AddressRangeFn>(p) : nullptr;
+  }();
+  return fn;
+}
+
+template <typename Handle>
+std::string to_bytes(const Handle& h) {
+  static_assert(sizeof(Handle) == kHandleBytes, "CUDA IPC handles are 64 bytes");
+  return std::string(reinterpret_cast<const char*>(&h), sizeof h);
+}
+
+template <typename Handle>
+Handle from_bytes(const std::string& bytes, const char* what) {
+  if (bytes.size() != sizeof(Handle))
+    throw InvalidArgument(std::string("cuda_ipc: ") + what + " must be " + std::to_string(sizeof(Handle)) +
+                          " bytes, got " + std::to_string(bytes.size()));
+  Handle h;
+  std::memcpy(&h, bytes.data(), sizeof h);
+  return h;
+}
+
+}  // namespace
+
+void use_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+
+Exported export_memory(int device, const void* ptr) {
+  use_device(device);
+  AddressRangeFn range = address_range_fn();
+  if (!range) throw Error("cuda_ipc: the CUDA driver has no cuMemGetAddressRange");
+  unsigned long long base = 0;
+  size_t size = 0;
+  int rc = range(&base, &size, reinterpret_cast<uintptr_t>(ptr));
+  if (rc != 0) throw Error("cuda_ipc: cuMemGetAddressRange failed (CUresult " + std::to_string(rc) + "): not device memory?");
+  cudaIpcMemHandle_t h;
+  check(cudaIpcGetMemHandle(&h, reinterpret_cast<void*>(base)), "cudaIpcGetMemHandle");
+  return Exported{to_bytes(h), static_cast<size_t>(reinterpret_cast<uintptr_t>(ptr) - base)};
+}
+
+void* open_memory(int device, const std::string& handle) {
+  use_device(device);
+  void* p = nullptr;
+  check(cudaIpcOpenMemHandle(&p, from_bytes<cudaIpcMemHandle_t>(handle, "a memory handle"),
+                             cudaIpcMemLazyEnablePeerAccess),
+        "cudaIpcOpenMemHandle");
+  return p;
+}
+
+void close_memory(int device, void* base) {
+  use_device(device);
+  check(cudaIpcCloseMemHandle(base), "cudaIpcCloseMemHandle");
+}
+
+Event create_event(int device, bool interprocess) {
+  use_device(device);
+  Event ev;
+  cudaEvent_t e = nullptr;
+  unsigned flags = cudaEventDisableTiming | (interprocess ? cudaEventInterprocess : 0u);
+  check(cudaEventCreateWithFlags(&e, flags), "cudaEventCreateWithFlags");
+  ev.event = e;
+  if (interprocess) {
+    cudaIpcEventHandle_t h;
+    cudaError_t err = cudaIpcGetEventHandle(&h, e);
+    if (err != cudaSuccess) {
+      cudaEventDestroy(e);
+      check(err, "cudaIpcGetEventHandle");
+    }
+    ev.handle = to_bytes(h);
+  }
+  return ev;
+}
+
+void* open_event(int device, const std::string& handle) {
+  use_device(device);
+  cudaEvent_t e = nullptr;
+  check(cudaIpcOpenEventHandle(&e, from_bytes<cudaIpcEventHandle_t>(handle, "an event handle")),
+        "cudaIpcOpenEventHandle");
+  return e;
+}
+
+void destroy_event(int device, void* event) {
+  use_device(device);
+  check(cudaEventDestroy(static_cast<cudaEvent_t>(event)), "cudaEventDestroy");
+}
+
+void record(int device, void* event, void* stream) {
+  use_device(device);
+  check(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)), "cudaEventRecord");
+}
+
+void stream_wait(int device, void* stream, void* event) {
+  use_device(device);
+  check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event), 0),
+        "cudaStreamWaitEvent");
+}
+
+bool query(int device, void* event) {
+  use_device(device);
+  cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(event));
+  if (e == cudaErrorNotReady) {
+    cudaGetLastError();
+    return false;
+  }
+  check(e, "cudaEventQuery");
+  return true;
+}
+
+void synchronize_event(int device, void* event) {
+  use_device(device);
+  check(cudaEventSynchronize(static_cast<cudaEvent_t>(event)), "cudaEventSynchronize");
+}
+
+void copy(int device, void* dst, const void* src, size_t bytes, void* stream) {
+  if (bytes == 0 || dst == src) return;
+  use_device(device);
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)), "cudaMemcpyAsync");
+}
+
+}  // namespace cuda_ipc
+}  // namespace plexus

@@ -1,0 +1,49 @@
+// CUDA IPC between the processes of one host (csrc/transport/cuda_ipc/cuda_ipc.cu): a rank
+// exports the device allocation behind a pointer and an interprocess event; its peers map the
+// allocation into their address space (NVLink / PCIe peer access, or the same GPU) and wait on
+// the event from their own streams, so kernels read and write peers' memory with no host copy.
+// Plain C++ (callers need no CUDA headers); only built when the build has CUDA.
+// Every function makes `device` current on the calling thread first, and throws plexus::Error
+// with the CUDA error's name when the runtime refuses.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace plexus {
+namespace cuda_ipc {
+
+constexpr size_t kHandleBytes = 64;  // CUDA_IPC_HANDLE_SIZE
+
+struct Exported {
+  std::string handle;  // kHandleBytes bytes: the cudaIpcMemHandle_t of the whole allocation
+  size_t offset = 0;   // of the pointer from the allocation's start
+};
+
+// The allocation that holds `ptr` (cudaMalloc memory; not cudaMallocAsync pools or VMM).
+Exported export_memory(int device, const void* ptr);
+// Maps a peer's allocation here; returns its start. Opening the same handle twice returns the
+// same address (the driver counts references); close_memory() once per open_memory().
+void* open_memory(int device, const std::string& handle);
+void close_memory(int device, void* base);
+
+struct Event {
+  void* event = nullptr;  // cudaEvent_t
+  std::string handle;     // kHandleBytes bytes: cudaIpcEventHandle_t ("" when not interprocess)
+};
+// An event without timing; interprocess ones can be opened by peers.
+Event create_event(int device, bool interprocess);
+void* open_event(int device, const std::string& handle);
+void destroy_event(int device, void* event);
+void record(int device, void* event, void* stream);
+// `stream` waits (on the GPU) for the work before the event's latest record.
+void stream_wait(int device, void* stream, void* event);
+bool query(int device, void* event);  // true once the work before its latest record is done
+void synchronize_event(int device, void* event);
+void copy(int device, void* dst, const void* src, size_t bytes, void* stream);
+// The calling thread's CUDA device becomes `device` (for kernels launched next).
+void use_device(int device);
+
+}  // namespace cuda_ipc
+}  // namespace plexus

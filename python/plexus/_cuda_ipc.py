@@ -1,0 +1,380 @@
+"""all_reduce, all_gather_into_tensor and reduce_scatter_tensor on device arrays of ranks that
+share one host, through CUDA IPC: each rank maps its peers' arrays into its own address space
+(cudaIpcGetMemHandle / cudaIpcOpenMemHandle, csrc/transport/cuda_ipc) and the CUDA reduction
+kernel reads and writes them there, on the caller's current stream. No byte goes through host
+memory, and the call returns once the work is enqueued, as with NCCL. Ranks may share a GPU.
+
+One call on n ranks:
+  1. this rank's `entry` interprocess event is recorded on the caller's stream (the inputs are
+     ready, the outputs free);
+  2. a host all-gather of one small record per rank: the call's signature, its arrays' IPC
+     handles and offsets, its events' handles. A rank that cannot export its arrays (memory not
+     from cudaMalloc, e.g. torch's expandable segments) says so, and every rank then raises
+     UseStaging: the caller stages the call through host memory instead, all ranks alike;
+  3. each rank opens its peers' handles (cached); a one-byte all-gather agrees that all could;
+  4. the stream waits for every peer's entry event, the kernels are enqueued, `done` recorded;
+  5. a host barrier (every done event is recorded), then the stream waits for every peer's done.
+The host never waits for the GPU, only for its peers to reach the same call; steps 2-5 also
+order each event's record before the peers' waits on it, which interprocess events need (a wait
+sees the latest record issued before it).
+
+all_reduce is two-shot: rank r reduces slice r of every rank's input and writes it into slice r
+of every rank's output in one pass (2 x bytes moved per rank, whatever n is). The gather and the
+reduce-scatter pull: a rank reads its peers' inputs and writes only its own output.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import _C
+
+HANDLE = 64  # bytes of a CUDA IPC handle
+MAX_DSTS = 8  # destinations the reduction kernel writes in one pass (cuda::kMaxReduceDsts)
+OPEN_LIMIT = 256  # peer allocations kept mapped per group and device; the oldest are closed
+
+RECORD = np.dtype([("ok", "u1"), ("kind", "u1"), ("dtype", "u1"), ("op", "u1"), ("pad", "u4"),
+                   ("count", "<i8"), ("factor", "<f8"), ("src_off", "<u8"), ("dst_off", "<u8"),
+                   ("src", "u1", (HANDLE,)), ("dst", "u1", (HANDLE,)),
+                   ("entry", "u1", (HANDLE,)), ("done", "u1", (HANDLE,))])
+KINDS = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor")
+_UINT8 = _C.DTYPES.index("uint8")
+# How device-array calls of the IN_PLACE_ON_DEVICE collectives ran in this process: "cuda_ipc",
+# or "staged: <why>" (tests and benchmarks read it; PLEXUS_DEBUG users too).
+PATHS: "collections.Counter[str]" = collections.Counter()
+_AVG, _PREMUL_SUM = (_C.OPS.index(name) for name in ("avg", "premul_sum"))
+
+
+class UseStaging(Exception):
+    """This call cannot run through CUDA IPC on every rank of the group: stage it through host
+    memory instead. Raised on every rank alike (after they agreed), or where the group as a whole
+    cannot use IPC."""
+
+
+class CudaDriver:
+    """The CUDA calls the IPC path makes: plexus._C. Tests put a host-memory fake in its place
+    (set_driver) to run this module's logic across real processes without a GPU."""
+
+    def problem(self) -> Optional[str]:
+        """Why this process cannot use CUDA IPC, or None."""
+        if not _C.built_with_cuda:
+            return "plexus was built without CUDA"
+        status = _C._cuda_runtime_status()
+        return None if status == "ok" else status
+
+    def placement(self, buf: Any) -> Tuple[int, int]:
+        """(device, caller's current stream as an int) of a device Buffer."""
+        from ._device_ops import ops_for
+
+        if buf.device == "torch":
+            torch = sys.modules["torch"]
+            t = buf.obj
+            dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
+            return dev, self.current_stream("torch", dev)
+        ops = ops_for("cupy")
+        dev = ops.device_of(ops.wrap(buf.obj))
+        return dev, self.current_stream("cupy", dev)
+
+    def current_stream(self, kind: str, device: int) -> int:
+        if kind == "torch":
+            return int(sys.modules["torch"].cuda.current_stream(device).cuda_stream)
+        from ._device_ops import ops_for
+
+        return int(ops_for("cupy").current_stream(device).ptr)
+
+    export = staticmethod(lambda device, ptr: _C._cuda_ipc_export(device, ptr))
+    open = staticmethod(lambda device, handle: _C._cuda_ipc_open(device, handle))
+    close = staticmethod(lambda device, base: _C._cuda_ipc_close(device, base))
+    event_create = staticmethod(lambda device, interprocess: _C._cuda_event_create(device, interprocess))
+    event_open = staticmethod(lambda device, handle: _C._cuda_event_open(device, handle))
+    event_destroy = staticmethod(lambda device, ev: _C._cuda_event_destroy(device, ev))
+    record = staticmethod(lambda device, ev, stream: _C._cuda_event_record(device, ev, stream))
+    wait = staticmethod(lambda device, stream, ev: _C._cuda_stream_wait(device, stream, ev))
+    query = staticmethod(lambda device, ev: _C._cuda_event_query(device, ev))
+    synchronize = staticmethod(lambda device, ev: _C._cuda_event_synchronize(device, ev))
+    copy = staticmethod(lambda device, dst, src, nbytes, stream: _C._cuda_memcpy(device, dst, src, nbytes, stream))
+
+    @staticmethod
+    def reduce_to(op: int, dtype: int, dsts: List[int], srcs: List[int], n: int, scale: float, stream: int,
+                  device: int) -> None:
+        _C._cuda_reduce_to(op, dtype, dsts, srcs, n, scale, stream, device)
+
+
+_driver: Any = CudaDriver()
+
+
+def set_driver(driver: Any) -> Any:
+    """Replaces the CUDA calls (tests); returns the previous driver."""
+    global _driver
+    before, _driver = _driver, driver
+    return before
+
+
+def slices(count: int, n: int, itemsize: int) -> List[Tuple[int, int]]:
+    """[lo, hi) element ranges, one per rank, covering [0, count): equal but for the last, each
+    starting on a 16-byte boundary (relative to the array) so the kernel's vector loads line up."""
+    grain = max(1, 16 // itemsize)
+    chunk = -(-count // n) if n else 0
+    chunk = -(-chunk // grain) * grain
+    return [(min(count, r * chunk), min(count, (r + 1) * chunk)) for r in range(n)]
+
+
+class _Peers:
+    """What one group keeps per device: its two interprocess events and the peers' mapped
+    allocations and events (opened once, by handle)."""
+
+    def __init__(self, driver: Any, device: int):
+        self.driver, self.device = driver, device
+        self.entry = driver.event_create(device, True)  # (event, handle)
+        self.done = driver.event_create(device, True)
+        self.fence = driver.event_create(device, False)[0]  # to wait before closing a mapping
+        self.events: Dict[bytes, int] = {}
+        self.memory: "collections.OrderedDict[bytes, int]" = collections.OrderedDict()
+
+    def event(self, handle: bytes) -> int:
+        ev = self.events.get(handle)
+        if ev is None:
+            ev = self.events[handle] = self.driver.event_open(self.device, handle)
+        return ev
+
+    def base(self, handle: bytes, stream: int) -> int:
+        base = self.memory.get(handle)
+        if base is not None:
+            self.memory.move_to_end(handle)
+            return base
+        if len(self.memory) >= OPEN_LIMIT:
+            # Work enqueued earlier may still read the oldest mapping: let it finish first.
+            self.driver.record(self.device, self.fence, stream)
+            self.driver.synchronize(self.device, self.fence)
+            while len(self.memory) >= OPEN_LIMIT // 2:
+                _, old = self.memory.popitem(last=False)
+                self.driver.close(self.device, old)
+        base = self.memory[handle] = self.driver.open(self.device, handle)
+        return base
+
+    def release(self) -> None:
+        d, dev = self.driver, self.device
+        for base in self.memory.values():
+            d.close(dev, base)
+        for ev in list(self.events.values()) + [self.entry[0], self.done[0], self.fence]:
+            d.event_destroy(dev, ev)
+        self.memory.clear()
+        self.events.clear()
+
+
+_lock = threading.Lock()
+
+
+def _peers(g: Any, device: int) -> _Peers:
+    with _lock:
+        table = g.__dict__.setdefault("_cuda_ipc", {})
+        p = table.get(device)
+        if p is None:
+            p = table[device] = _Peers(_driver, device)
+        return p
+
+
+def release(g: Any) -> None:
+    """Closes what a group opened (destroy_process_group). Errors are ignored: the CUDA context
+    may already be gone at exit."""
+    table = g.__dict__.pop("_cuda_ipc", None) or {}
+    for p in table.values():
+        try:
+            p.release()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def group_problem(g: Any) -> Optional[str]:
+    """Why this group cannot use CUDA IPC (the same answer on every rank), or None."""
+    if os.environ.get("PLEXUS_CUDA_IPC", "1") == "0":
+        return "PLEXUS_CUDA_IPC=0"
+    if g.size() > 1 and len(set(g.comm.host_ids)) > 1:
+        return "the group spans several hosts"
+    return _driver.problem()
+
+
+def _host_all_gather(g: Any, mine: np.ndarray) -> np.ndarray:
+    table = np.zeros((g.size(), mine.nbytes), np.uint8)
+    src = mine.view(np.uint8).reshape(-1)
+    slots = [table.ctypes.data + i * mine.nbytes for i in range(g.size())]
+    w = g.comm.all_gather(src.ctypes.data, slots, mine.nbytes, _UINT8, True)
+    if w is not None:
+        w.wait(None)
+    return table
+
+
+def _export(device: int, buf: Any) -> Tuple[bytes, int]:
+    if buf.nbytes == 0:
+        return bytes(HANDLE), 0
+    handle, off = _driver.export(device, buf.ptr)
+    return bytes(handle), int(off)
+
+
+def _describe(row: Any) -> str:
+    name = KINDS[row["kind"]] if row["kind"] < len(KINDS) else f"kind {row['kind']}"
+    return f"{name}(dtype {_C.DTYPES[row['dtype']]}, count {row['count']}, op code {row['op']})"
+
+
+class _DeviceWork:
+    """The core of a Work for an op enqueued on a stream: wait() makes the caller's current
+    stream wait for it (the host does not block), is_completed() asks the GPU."""
+
+    def __init__(self, what: str, kind: str, device: int, stream: int):
+        self.what, self.kind, self.device, self.source = what, kind, device, -1
+        self.event = _driver.event_create(device, False)[0]
+        _driver.record(device, self.event, stream)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        _driver.wait(self.device, _driver.current_stream(self.kind, self.device), self.event)
+        return True
+
+    def is_completed(self) -> bool:
+        return bool(_driver.query(self.device, self.event))
+
+    def host_wait(self, timeout: Optional[float] = None) -> bool:
+        """Blocks this thread until the GPU has done the work (futures, shutdown); False if it
+        has not within `timeout` seconds."""
+        if timeout is None:
+            _driver.synchronize(self.device, self.event)
+            return True
+        deadline, pause = time.monotonic() + timeout, 50e-6
+        while not self.is_completed():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 5e-3)
+        return True
+
+    def failed(self) -> bool:
+        return False
+
+    def rethrow(self) -> None:
+        return None
+
+    def __del__(self) -> None:
+        try:
+            _driver.event_destroy(self.device, self.event)
+        except Exception:  # noqa: BLE001 - at exit the context may be gone
+            pass
+
+
+def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: float = 1.0,
+        async_op: bool = False) -> Any:
+    """One of KINDS on device Buffers `src` and `dst` (checked by the caller, distributed.py),
+    enqueued on the caller's current stream. Returns None, or a Work when async_op. Raises
+    UseStaging (on every rank) when the call cannot go through CUDA IPC."""
+    from ._work import Work
+
+    if src.device is None or dst.device is None:
+        raise TypeError(f"{where}: pass every array of a call on the same device")
+    problem = group_problem(g)
+    if problem:
+        raise UseStaging(problem)
+    device, stream = _driver.placement(dst)
+    if src.nbytes and dst.nbytes and _driver.placement(src)[0] != device:
+        raise ValueError(f"{where}: the arrays of one call are on several GPUs")
+    n, r = g.size(), g.rank()
+    kind = KINDS.index(what)
+    scale = factor if op == _PREMUL_SUM else 1.0 / n if op == _AVG else 1.0
+    if n == 1:
+        _enqueue(kind, r, 1, src, dst, [src.ptr], [dst.ptr], op, scale, device, stream)
+    else:
+        _exchange_and_enqueue(g, kind, where, src, dst, op, factor, scale, device, stream)
+    if not async_op:
+        return None
+    return Work(_DeviceWork(what, dst.device, device, stream), [dst.obj])
+
+
+def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op: int, factor: float,
+                          scale: float, device: int, stream: int) -> None:
+    n, r = g.size(), g.rank()
+    d = _driver
+    mine = np.zeros(1, RECORD)
+    mine["kind"], mine["dtype"], mine["op"], mine["count"], mine["factor"] = kind, dst.code, op, dst.count, factor
+    why = ""
+    try:  # anything failing here is this rank's alone: it says so in its record, and all stage
+        peers = _peers(g, device)
+        d.record(device, peers.entry[0], stream)  # step 1
+        mine["entry"], mine["done"] = np.frombuffer(peers.entry[1], np.uint8), np.frombuffer(peers.done[1], np.uint8)
+        src_handle, src_off = _export(device, src)
+        dst_handle, dst_off = _export(device, dst) if kind == 0 else (bytes(HANDLE), 0)
+        mine["src"], mine["src_off"] = np.frombuffer(src_handle, np.uint8), src_off
+        mine["dst"], mine["dst_off"] = np.frombuffer(dst_handle, np.uint8), dst_off
+        mine["ok"] = 1
+    except Exception as e:  # noqa: BLE001 - this rank cannot export: every rank stages instead
+        why = f"rank {r} cannot export its arrays: {e}"
+    table = _host_all_gather(g, mine).view(RECORD).reshape(-1)  # step 2
+    for p in range(n):
+        if any(table[p][k] != table[r][k] for k in ("kind", "dtype", "op", "count", "factor")):
+            raise _C.PlexusError(f"{where}: rank {g.ranks[p]} called {_describe(table[p])} but rank "
+                                 f"{g.ranks[r]} called {_describe(table[r])}")
+    if not all(table["ok"]):
+        bad = int(np.flatnonzero(table["ok"] == 0)[0])
+        raise UseStaging(why if bad == r else f"rank {g.ranks[bad]} cannot export its arrays")
+    srcs, dsts, opened = [0] * n, [0] * n, np.ones(1, np.uint8)
+    try:  # step 3
+        for p in range(n):
+            if p == r:
+                srcs[p], dsts[p] = src.ptr, dst.ptr
+                continue
+            row = table[p]
+            if src.nbytes:
+                srcs[p] = peers.base(row["src"].tobytes(), stream) + int(row["src_off"])
+            if kind == 0 and dst.nbytes:
+                dsts[p] = peers.base(row["dst"].tobytes(), stream) + int(row["dst_off"])
+            peers.event(row["entry"].tobytes())
+            peers.event(row["done"].tobytes())
+    except Exception as e:  # noqa: BLE001
+        opened[0], why = 0, f"rank {r} cannot map its peers' arrays: {e}"
+    agreed = _host_all_gather(g, opened).reshape(-1)
+    if not agreed.all():
+        bad = int(np.flatnonzero(agreed == 0)[0])
+        raise UseStaging(why if bad == r else f"rank {g.ranks[bad]} cannot map its peers' arrays")
+    for p in range(n):  # step 4
+        if p != r:
+            d.wait(device, stream, peers.event(table[p]["entry"].tobytes()))
+    _enqueue(kind, r, n, src, dst, srcs, dsts, op, scale, device, stream)
+    d.record(device, peers.done[0], stream)
+    w = g.comm.barrier(True)  # step 5
+    if w is not None:
+        w.wait(None)
+    for p in range(n):
+        if p != r:
+            d.wait(device, stream, peers.event(table[p]["done"].tobytes()))
+
+
+def _enqueue(kind: int, r: int, n: int, src: Any, dst: Any, srcs: List[int], dsts: List[int], op: int,
+             scale: float, device: int, stream: int) -> None:
+    """This rank's share of the work, on `stream`: srcs/dsts are every rank's input/output here."""
+    d, es = _driver, dst.itemsize
+    if kind == 0:  # all_reduce: slice r of every input, reduced into slice r of every output
+        lo, hi = slices(dst.count, n, es)[r]
+        if hi == lo:
+            return
+        if n == 1 and scale == 1.0:
+            d.copy(device, dst.ptr, src.ptr, dst.nbytes, stream)
+            return
+        ins = [s + lo * es for s in srcs]
+        outs = [o + lo * es for o in dsts]
+        if n <= MAX_DSTS:
+            d.reduce_to(op, dst.code, outs, ins, hi - lo, scale, stream, device)
+        else:  # more outputs than one pass writes: reduce into ours, copy it to the others
+            d.reduce_to(op, dst.code, [outs[r]], ins, hi - lo, scale, stream, device)
+            for p in range(n):
+                if p != r:
+                    d.copy(device, outs[p], outs[r], (hi - lo) * es, stream)
+    elif kind == 1:  # all_gather_into_tensor: every input into its slot of our output
+        for p in range(n):
+            d.copy(device, dst.ptr + p * src.nbytes, srcs[p], src.nbytes, stream)
+    else:  # reduce_scatter_tensor: block r of every input, reduced into our output
+        if dst.count:
+            ins = [s + r * dst.nbytes for s in srcs]
+            d.reduce_to(op, dst.code, [dst.ptr], ins, dst.count, scale, stream, device)
