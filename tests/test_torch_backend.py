@@ -125,7 +125,7 @@ def test_registered_by_import_torch():
     # The torch.backends entry point (pyproject.toml) ran when torch was imported.
     assert "plexus" in dist.Backend.backend_list
     assert dist.Backend.PLEXUS == "plexus"
-    assert dist.Backend.backend_capability["plexus"] == ["cpu"]
+    assert dist.Backend.backend_capability["plexus"] == ["cpu", "cuda"]
 
 
 def test_single_rank_hash_store_in_process():

@@ -2,9 +2,12 @@
 
 It registers itself (1) when torch is imported, through the ``torch.backends`` entry point
 (:func:`_autoload`), (2) when ``import plexus`` runs after torch was imported, and (3) by an
-explicit :func:`register`. Collectives on CPU tensors run in the plexus core, zero-copy.
+explicit :func:`register`. Collectives on CPU tensors run in the plexus core, zero-copy; on
+CUDA tensors through CUDA IPC (all_reduce, all_gather_into_tensor, reduce_scatter_tensor on one
+host) or pinned host copies (the rest): see ``cuda.py``.
 
-Files: ``process_group.py`` (the dist.ProcessGroup subclass torch gets from the creator),
+Files: ``process_group.py`` (the dist.ProcessGroup subclass torch gets from the creator), ``cuda.py``
+(CUDA tensors),
 ``work.py`` (its Work, and the one thread per group that completes futures), ``ops.py``
 (ReduceOp and tensor -> core buffer translation, with the argument checks).
 
@@ -16,7 +19,6 @@ What torch 2.13 does not let a Python process group do (whatever the backend doe
   group has none of: a silent no-op; the timeout stays the one given at creation.
 - the ``"cpu:plexus,cuda:nccl"`` form: a creator returning a ProcessGroup replaces the group,
   so one group cannot mix plexus with another backend.
-- CUDA tensors: TypeError until the GPU issue (#6); then "cuda" joins ``DEVICES``.
 Also: per-call ``opts.timeout`` is not used (the group's timeout bounds every op), and the
 multi-tensor-per-process form of a collective (deprecated in torch) raises ValueError.
 """
@@ -27,8 +29,9 @@ import sys
 import warnings
 
 BACKEND_NAME = "plexus"
-# Devices the backend is registered for; "cuda" is added with the GPU issue (#6).
-DEVICES = ["cpu"]
+# Devices the backend is registered for (cpu first: torch's default device for barrier() and
+# object collectives when CUDA is absent).
+DEVICES = ["cpu", "cuda"]
 
 _registered = False
 _autoload_warned = False

@@ -1,7 +1,8 @@
 """torch -> plexus translation: reduce ops, and tensors as raw buffers for the core.
 
 A tensor reaches the core zero-copy, as (address, element count, dtype code): it must be a
-dense, contiguous CPU tensor. Every error names the call and the argument, so a bad call fails
+dense, contiguous CPU tensor, or a CUDA tensor inside _arrays.device_buffers() (the CUDA IPC
+path of cuda.py; otherwise CUDA tensors are refused here and staged there). Every error names the call and the argument, so a bad call fails
 on the spot (TypeError/ValueError) on the rank that made it.
 """
 
@@ -14,8 +15,7 @@ import torch.distributed as dist
 
 from .. import _C, _arrays
 
-# Devices whose tensors this backend can move today. "cuda" joins with the GPU issue (#6),
-# through this same code: the core then takes device pointers.
+# Devices whose tensors the core moves zero-copy; CUDA tensors go through cuda.py.
 SUPPORTED_DEVICES = ("cpu",)
 
 _CODE = {name: code for code, name in enumerate(_C.DTYPES)}
@@ -48,7 +48,7 @@ _UINT8 = _CODE["uint8"]
 class Buffer:
     """A tensor seen by the core: address, element count, dtype code (and bytes per element)."""
 
-    __slots__ = ("tensor", "ptr", "count", "code", "itemsize")
+    __slots__ = ("tensor", "ptr", "count", "code", "itemsize", "device")
 
     def __init__(self, tensor: torch.Tensor, ptr: int, count: int, code: int, itemsize: int):
         self.tensor = tensor  # kept alive while the op runs
@@ -56,6 +56,11 @@ class Buffer:
         self.count = count
         self.code = code
         self.itemsize = itemsize
+        self.device = "torch" if tensor.is_cuda else None  # as plexus._arrays.Buffer says it
+
+    @property
+    def obj(self) -> torch.Tensor:
+        return self.tensor
 
     @property
     def nbytes(self) -> int:
@@ -70,11 +75,13 @@ def _check_tensor(t: torch.Tensor, what: str) -> None:
     if t.layout != torch.strided:
         raise TypeError(f"{what} is a {t.layout} tensor; plexus needs dense (strided) tensors")
     if not t.is_cpu and t.device.type not in SUPPORTED_DEVICES:  # is_cpu: the fast test
-        dev = t.device.type
-        if dev == "cuda":
-            raise TypeError(f"{what} is on {t.device}: the plexus torch backend handles CPU tensors only for "
-                            "now; CUDA tensors come with the GPU issue (#6). Move the tensor to the CPU, or use "
-                            "another backend for CUDA tensors")
+        if t.is_cuda:
+            if _arrays.device_buffers_on():
+                if not t.is_contiguous():
+                    raise ValueError(f"{what} must be contiguous (use tensor.contiguous())")
+                return
+            # cuda.on_cuda catches this and stages the call (never seen by users of the group).
+            raise TypeError(f"{what} is on {t.device}: the zero-copy path takes CPU tensors")
         raise TypeError(f"{what} is on {t.device}; the plexus torch backend handles CPU tensors only")
     if not t.is_contiguous():
         raise ValueError(f"{what} must be contiguous (use tensor.contiguous())")

@@ -7,7 +7,7 @@ through PyTorch's trampoline. Method names are the ones torch 2.13 calls, with t
 as aliases. Ranks (roots, peers) are group ranks, as torch hands them.
 
 Every call checks its tensors on the calling rank before anything is sent (TypeError /
-ValueError), then submits zero-copy core ops: synchronous calls (opts.asyncOp False) run on
+ValueError), then submits zero-copy core ops (CUDA tensors: see cuda.py, @on_cuda): synchronous calls (opts.asyncOp False) run on
 the calling thread; errors found while running (size mismatch between ranks, a dead peer, a
 timeout) surface from Work.wait() as plexus.PlexusError, a RuntimeError.
 """
@@ -25,7 +25,8 @@ import torch.distributed as dist
 from .. import _C
 from .._arrays import check_disjoint
 from .._stores import TorchStore, generation_prefix, route_address
-from . import ops
+from . import cuda, ops
+from .cuda import on_cuda
 from .ops import buffer, buffers, one, reduce_op, same_dtype, split_counts
 from .work import Completer, Work
 
@@ -132,6 +133,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         return Work(cores, result, keep, self, what, p2p)
 
     # -- reductions -------------------------------------------------------------------------
+    @on_cuda
     def allreduce(self, tensors: List[torch.Tensor], opts: Any = None) -> Work:
         where = self._where("allreduce")
         self._check_open(where)
@@ -142,6 +144,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         w = self._comm.all_reduce(b.ptr, b.ptr, b.count, b.code, code, factor, not opts.asyncOp)
         return self._work(where, [w], tensors, tensors)
 
+    @on_cuda
     def allreduce_coalesced(self, tensors: List[torch.Tensor], opts: Any = None) -> Work:
         where = self._where("allreduce_coalesced")
         self._check_open(where)
@@ -153,6 +156,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         cores = [self._comm.all_reduce(b.ptr, b.ptr, b.count, b.code, code, factor, False) for b in bufs]
         return self._work(where, cores, list(tensors), list(tensors))
 
+    @on_cuda
     def reduce(self, tensors: List[torch.Tensor], opts: Any) -> Work:
         # Like plexus.reduce: only the root's tensor changes (gloo may scribble on the others'
         # tensors, whose content torch leaves unspecified).
@@ -174,6 +178,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
                 raise ValueError(f"{where}: output overlaps input_list[{i}]")
         return dst, [s.ptr for s in srcs]
 
+    @on_cuda
     def reduce_scatter(self, outputs: List[torch.Tensor], input_lists: List[List[torch.Tensor]], opts: Any) -> Work:
         where = self._where("reduce_scatter")
         self._check_open(where)
@@ -197,6 +202,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
             raise ValueError(f"{where}: output overlaps input but is not this rank's block of it")
         return dst, blocks
 
+    @on_cuda
     def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
         where = self._where("reduce_scatter_tensor")
         self._check_open(where)
@@ -206,6 +212,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         w = self._comm.reduce_scatter(blocks, dst.ptr, dst.count, dst.code, code, factor, not opts.asyncOp)
         return self._work(where, [w], [output], (output, input))
 
+    @on_cuda
     def reduce_scatter_single_coalesced(self, outputs: List[torch.Tensor], inputs: List[torch.Tensor],
                                         opts: Any = None) -> Work:
         where = self._where("reduce_scatter_tensor_coalesced")
@@ -230,6 +237,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
                 raise ValueError(f"{where}: {argname}[{i}] overlaps the input tensor")
         return src, [b.ptr for b in dsts]
 
+    @on_cuda
     def allgather(self, output_lists: List[List[torch.Tensor]], inputs: List[torch.Tensor], opts: Any = None) -> Work:
         where = self._where("allgather")
         self._check_open(where)
@@ -240,6 +248,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         w = self._comm.all_gather(src.ptr, ptrs, src.count, src.code, not opts.asyncOp)
         return self._work(where, [w], output_lists, (output_lists, inputs))
 
+    @on_cuda
     def allgather_coalesced(self, output_lists: List[List[torch.Tensor]], inputs: List[torch.Tensor],
                             opts: Any = None) -> Work:
         """output_lists[r][i] receives rank r's inputs[i] (torch's all_gather_coalesced)."""
@@ -270,6 +279,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
             raise ValueError(f"{where}: input overlaps output but is not this rank's slice of it")
         return src, slots
 
+    @on_cuda
     def all_gather_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
         where = self._where("all_gather_into_tensor")
         self._check_open(where)
@@ -278,6 +288,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         w = self._comm.all_gather(src.ptr, slots, src.count, src.code, not opts.asyncOp)
         return self._work(where, [w], [output], (output, input))
 
+    @on_cuda
     def all_gather_single_coalesced(self, outputs: List[torch.Tensor], inputs: List[torch.Tensor],
                                     opts: Any = None) -> Work:
         where = self._where("all_gather_into_tensor_coalesced")
@@ -288,6 +299,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         cores = [self._comm.all_gather(src.ptr, slots, src.count, src.code, False) for src, slots in plans]
         return self._work(where, cores, list(outputs), (list(outputs), list(inputs)))
 
+    @on_cuda
     def gather(self, output_lists: List[List[torch.Tensor]], inputs: List[torch.Tensor], opts: Any) -> Work:
         where = self._where("gather")
         self._check_open(where)
@@ -303,6 +315,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         w = self._comm.gather(src.ptr, ptrs, src.count, src.code, root, not opts.asyncOp)
         return self._work(where, [w], output_lists, (output_lists, inputs))
 
+    @on_cuda
     def scatter(self, outputs: List[torch.Tensor], input_lists: List[List[torch.Tensor]], opts: Any) -> Work:
         where = self._where("scatter")
         self._check_open(where)
@@ -318,6 +331,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         w = self._comm.scatter(ptrs, dst.ptr, dst.count, dst.code, root, not opts.asyncOp)
         return self._work(where, [w], outputs, (outputs, input_lists))
 
+    @on_cuda
     def broadcast(self, tensors: List[torch.Tensor], opts: Any = None) -> Work:
         where = self._where("broadcast")
         self._check_open(where)
@@ -330,6 +344,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         return self._work(where, [w], tensors, tensors)
 
     # -- all-to-all -------------------------------------------------------------------------
+    @on_cuda
     def alltoall(self, outputs: List[torch.Tensor], inputs: List[torch.Tensor], opts: Any = None) -> Work:
         where = self._where("all_to_all")
         self._check_open(where)
@@ -347,6 +362,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
                                   [b.count for b in outs], ins[0].code, not opts.asyncOp)
         return self._work(where, [w], list(outputs), (list(outputs), list(inputs)))
 
+    @on_cuda
     def all_to_all_single(self, output: torch.Tensor, input: torch.Tensor, output_split_sizes: List[int],
                           input_split_sizes: List[int], opts: Any = None) -> Work:
         where = self._where("all_to_all_single")
@@ -379,6 +395,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         return self._work(where, [self._comm.barrier(blocking)], [], None)
 
     # -- point-to-point (never blocks: batch_isend_irecv posts ops one by one) ---------------
+    @on_cuda
     def send(self, tensors: List[torch.Tensor], dstRank: int, tag: int) -> Work:
         where = self._where("send")
         self._check_open(where)
@@ -387,6 +404,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         w = self._comm.send(b.ptr, b.count, b.code, int(dstRank), int(tag))
         return self._work(where, [w], tensors, tensors, p2p=True)
 
+    @on_cuda
     def recv(self, tensors: List[torch.Tensor], srcRank: int, tag: int) -> Work:
         where = self._where("recv")
         self._check_open(where)
@@ -395,6 +413,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         w = self._comm.recv(b.ptr, b.count, b.code, int(srcRank), int(tag))
         return self._work(where, [w], tensors, tensors, p2p=True)
 
+    @on_cuda
     def recv_anysource(self, tensors: List[torch.Tensor], tag: int) -> Work:
         where = self._where("recv")
         self._check_open(where)
@@ -425,7 +444,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
                 if left <= 0:
                     return
                 try:
-                    c.wait(left)
+                    getattr(c, "host_wait", c.wait)(left)  # host_wait: GPU work, see _cuda_ipc
                 except Exception:  # noqa: BLE001 - a failed op is finished too
                     pass
 
@@ -436,6 +455,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
             return
         self._closed = True
         self._drain(self._timeout)
+        cuda.release(self)
         self._comm.abort("the process group was shut down (destroy_process_group)")
         self._completer.stop()
         self._inflight = []

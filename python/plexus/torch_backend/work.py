@@ -122,7 +122,7 @@ class Work(dist.Work):
         for c in self._cores:
             if c is not None:
                 try:
-                    c.wait(None)
+                    getattr(c, "host_wait", c.wait)(None)  # GPU work: the host waits for the GPU
                 except Exception:  # noqa: BLE001 - the failure is read by _complete
                     pass
 
@@ -232,7 +232,7 @@ class Completer:
         for c in work._cores:
             if c is not None and not c.is_completed():
                 try:
-                    c.wait(seconds)
+                    getattr(c, "host_wait", c.wait)(seconds)  # GPU work: the host waits for the GPU
                 except BaseException:  # noqa: BLE001 - the failure is read by _finish
                     pass
                 return

@@ -1,0 +1,188 @@
+"""CUDA tensors in the plexus process group.
+
+@on_cuda wraps a collective of PlexusProcessGroup written for CPU tensors. A call with CPU
+tensors costs nothing extra (the method runs first; its buffer() refuses CUDA tensors with a
+TypeError, and only then are the arguments looked at). With CUDA tensors:
+
+- allreduce, all_gather_into_tensor (_allgather_base) and reduce_scatter_tensor
+  (_reduce_scatter_base) run through CUDA IPC when the group sits on one host (plexus._cuda_ipc):
+  enqueued on the current stream, zero-copy, Work.wait() makes the current stream wait;
+- everything else, and those when IPC cannot be used (several hosts, memory that cannot be
+  exported, complex dtypes), runs on pinned host copies: the inputs are copied on the current
+  stream and waited for, the CPU op runs to completion, and the outputs (the first argument, as
+  torch orders them) are copied back on the current stream. Correct, not fast: the proxy thread
+  that overlaps copies with the network is not built yet.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict
+
+import torch
+import torch.distributed as dist
+
+from .. import _cuda_ipc
+from .._arrays import device_buffers
+from .ops import buffer, one, reduce_op
+
+
+def _any_cuda(values: Any) -> bool:
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            if v.is_cuda:
+                return True
+        elif isinstance(v, (list, tuple)) and _any_cuda(v):
+            return True
+    return False
+
+
+class _IpcGroup:
+    """What plexus._cuda_ipc needs of a group, over the process group's communicator."""
+
+    def __init__(self, pg: Any):
+        self.comm = pg.comm
+        self.ranks = list(pg._global_ranks) or list(range(pg.size()))
+
+    def size(self) -> int:
+        return self.comm.size
+
+    def rank(self) -> int:
+        return self.comm.rank
+
+
+def ipc_group(pg: Any) -> _IpcGroup:
+    g = pg.__dict__.get("_ipc_group")
+    if g is None:
+        g = pg.__dict__["_ipc_group"] = _IpcGroup(pg)
+    return g
+
+
+def release(pg: Any) -> None:
+    g = pg.__dict__.pop("_ipc_group", None)
+    if g is not None:
+        _cuda_ipc.release(g)
+
+
+def _device_buffer(t: Any, what: str, code: int = -1) -> Any:
+    """buffer() of a CUDA tensor for the IPC path; a dtype IPC cannot reduce stages instead."""
+    with device_buffers():
+        b = buffer(t, what, code)
+    if b.device is None:
+        raise TypeError(f"{what} and the other tensors of the call must all be CUDA tensors")
+    return b
+
+
+def _ipc_allreduce(pg: Any, tensors: Any, opts: Any = None) -> Any:
+    where = pg._where("allreduce")
+    pg._check_open(where)
+    opts = opts if opts is not None else dist.AllreduceOptions()
+    t = one(tensors, where)
+    code, factor = reduce_op(opts.reduceOp, where)
+    b = _device_buffer(t, f"{where}: tensor", code)
+    w = _cuda_ipc.run(ipc_group(pg), "all_reduce", where, b, b, code, factor, async_op=True)
+    return pg._work(where, [w._core], tensors, tensors)
+
+
+def _ipc_all_gather_single(pg: Any, output: Any, input: Any, opts: Any = None) -> Any:
+    where = pg._where("all_gather_into_tensor")
+    pg._check_open(where)
+    with device_buffers():
+        pg._ag_single(where, output, input)  # the checks of the CPU path
+    src, dst = _device_buffer(input, f"{where}: input"), _device_buffer(output, f"{where}: output")
+    w = _cuda_ipc.run(ipc_group(pg), "all_gather_into_tensor", where, src, dst, async_op=True)
+    return pg._work(where, [w._core], [output], (output, input))
+
+
+def _ipc_reduce_scatter_single(pg: Any, output: Any, input: Any, opts: Any = None) -> Any:
+    where = pg._where("reduce_scatter_tensor")
+    pg._check_open(where)
+    opts = opts if opts is not None else dist.ReduceScatterOptions()
+    code, factor = reduce_op(opts.reduceOp, where)
+    with device_buffers():
+        pg._rs_single(where, output, input, code)
+    src, dst = _device_buffer(input, f"{where}: input", code), _device_buffer(output, f"{where}: output", code)
+    w = _cuda_ipc.run(ipc_group(pg), "reduce_scatter_tensor", where, src, dst, code, factor, async_op=True)
+    return pg._work(where, [w._core], [output], (output, input))
+
+
+_IPC: Dict[str, Callable] = {
+    "allreduce": _ipc_allreduce,
+    "all_gather_single": _ipc_all_gather_single,
+    "reduce_scatter_single": _ipc_reduce_scatter_single,
+}
+
+
+def on_cuda(method: Callable) -> Callable:
+    """Decorator for a collective of PlexusProcessGroup (see the module's text)."""
+    ipc = _IPC.get(method.__name__)
+    writes_first = method.__name__ != "send"
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except TypeError:
+            if not (_any_cuda(args) or _any_cuda(kwargs.values())):
+                raise
+        if ipc is not None:
+            try:
+                return ipc(self, *args, **kwargs)
+            except _cuda_ipc.UseStaging as e:
+                _cuda_ipc.PATHS[f"staged: {e}"] += 1
+            except TypeError:
+                pass  # a dtype only the CPU path takes (complex): staged below, or refused there
+        return _staged(self, method, args, kwargs, writes_first)
+
+    return wrapper
+
+
+def _staged(pg: Any, method: Callable, args: tuple, kwargs: dict, writes_first: bool) -> Any:
+    host: Dict[int, torch.Tensor] = {}
+    originals: Dict[int, torch.Tensor] = {}
+
+    def to_host(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.is_cuda:
+            c = host.get(id(v))
+            if c is None:
+                try:
+                    c = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+                except RuntimeError:  # pinning can fail (ulimit -l): pageable still works
+                    c = torch.empty(v.shape, dtype=v.dtype)
+                with torch.cuda.device(v.device):
+                    c.copy_(v, non_blocking=True)  # on v's device's current stream
+                host[id(v)], originals[id(c)] = c, v
+            return c
+        if isinstance(v, (list, tuple)):
+            return type(v)(to_host(x) for x in v)
+        return v
+
+    host_args = [to_host(a) for a in args]
+    host_kwargs = {k: to_host(v) for k, v in kwargs.items()}
+    for dev in {t.device for t in originals.values()}:
+        torch.cuda.current_stream(dev).synchronize()  # the copies, and the caller's work before them
+    work = method(pg, *host_args, **host_kwargs)
+    work.wait()  # raises the op's error; the device tensors are left as they were
+    if writes_first and args:
+        for t in _tensors(args[0]):
+            if t.is_cuda:
+                with torch.cuda.device(t.device):
+                    t.copy_(host[id(t)], non_blocking=True)  # pinned: torch keeps it until copied
+    result = _swap(work._result, originals)
+    return type(work)(work._cores, result, None, pg, work._what, work._p2p)
+
+
+def _tensors(v: Any):
+    if isinstance(v, torch.Tensor):
+        yield v
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            yield from _tensors(x)
+
+
+def _swap(v: Any, back: Dict[int, torch.Tensor]) -> Any:
+    if isinstance(v, torch.Tensor):
+        return back.get(id(v), v)
+    if isinstance(v, (list, tuple)):
+        return type(v)(_swap(x, back) for x in v)
+    return v
