@@ -23,8 +23,8 @@ from plexus import _C
 class FakeDeviceArray:
     """A view of fake device memory seen only through __cuda_array_interface__, like cupy."""
 
-    def __init__(self, host: np.ndarray):
-        self.host = host
+    def __init__(self, host: np.ndarray, device_id: int = 0):
+        self.host, self.device_id = host, device_id
 
     @property
     def __cuda_array_interface__(self):
@@ -36,9 +36,10 @@ class FakeDeviceArray:
 class FakeCuda:
     """The driver interface of plexus._cuda_ipc.CudaDriver, on host memory."""
 
-    def __init__(self, folder: str, rank: int, fail_export: bool = False, fail_open: bool = False):
+    def __init__(self, folder: str, rank: int, fail_export: bool = False, fail_open: bool = False,
+                 fail_reduce: bool = False, problem: Optional[str] = None):
         self.folder, self.rank = folder, rank
-        self.fail_export, self.fail_open = fail_export, fail_open
+        self.fail_export, self.fail_open, self.fail_reduce, self._problem = fail_export, fail_open, fail_reduce, problem
         self.segments: List[tuple] = []  # (start, size, name, memmap)
         self.mapped = {}
         self.calls = collections.Counter()
@@ -58,10 +59,10 @@ class FakeCuda:
 
     # --- the driver -----------------------------------------------------------------------
     def problem(self) -> Optional[str]:
-        return None
+        return self._problem
 
     def placement(self, buf):
-        return 0, 7
+        return buf.obj.device_id, 7
 
     def current_stream(self, kind, device):
         return 7
@@ -114,6 +115,9 @@ class FakeCuda:
     def synchronize(self, device, ev):
         self.calls["synchronize"] += 1
 
+    def synchronize_device(self, device):
+        self.calls["synchronize_device"] += 1
+
     def copy(self, device, dst, src, nbytes, stream):
         self.calls["copy"] += 1
         if nbytes and dst != src:
@@ -121,6 +125,8 @@ class FakeCuda:
 
     def reduce_to(self, op, dtype, dsts, srcs, n, scale, stream, device):
         self.calls["reduce"] += 1
+        if self.fail_reduce:
+            raise RuntimeError("fake: kernel launch failed")
         assert 1 <= len(dsts) <= 8
         _C._reduce(op, dtype, dsts[0], srcs, n, scale)
         itemsize = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int32": 4,

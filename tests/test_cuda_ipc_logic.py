@@ -184,8 +184,84 @@ def _disabled(rank, world, folder):
 
 
 def test_plexus_cuda_ipc_0_stages(tmp_path):
-    for paths in run_ranks(2, _disabled, str(tmp_path), env={"PLEXUS_CUDA_IPC": "0"}):
-        assert paths == {"staged: PLEXUS_CUDA_IPC=0": 1}
+    paths = run_ranks(2, _disabled, str(tmp_path), env={"PLEXUS_CUDA_IPC": "0"})
+    assert paths == [{"staged: PLEXUS_CUDA_IPC=0": 1}, {"staged: rank 0 has PLEXUS_CUDA_IPC=0": 1}]
+
+
+def _enqueue_failure(rank, world, folder):
+    fake = _fake(folder, rank, fail_reduce=(rank == 1))
+    x = fake.array(np.ones(64, np.float32))
+    with pytest.raises(Exception) as e:
+        plexus.all_reduce(x)
+    if rank == 1:
+        assert "fake: kernel launch failed" in str(e.value)
+    else:
+        assert isinstance(e.value, plexus.PlexusError) and "rank 1 failed to enqueue" in str(e.value), e.value
+    assert fake.calls["wait"] == 2 * (world - 1)  # the peers' done events are waited for all the same
+    y = fake.array(np.ones(8, np.float32))  # the group goes on working
+    if rank != 1:
+        plexus.all_reduce(y, op=plexus.ReduceOp.MAX)
+    else:
+        fake.fail_reduce = False
+        plexus.all_reduce(y, op=plexus.ReduceOp.MAX)
+    np.testing.assert_array_equal(y.host, np.ones(8))
+    return True
+
+
+def test_a_rank_that_fails_to_enqueue_fails_every_rank(tmp_path):
+    assert run_ranks(3, _enqueue_failure, str(tmp_path)) == [True] * 3
+
+
+def _local_problem(rank, world, folder):
+    fake = _fake(folder, rank, problem="fake: no driver" if rank == 1 else None)
+    from test_device_logic import FakeOps
+
+    _device_ops._OPS["cupy"] = FakeOps()
+    x = fake.array(np.full(5, rank + 1.0, np.float32))
+    plexus.all_reduce(x)
+    np.testing.assert_array_equal(x.host, np.full(5, 3.0))
+    return dict(_cuda_ipc.PATHS)
+
+
+def test_a_rank_without_cuda_sends_every_rank_to_staging(tmp_path):
+    paths = run_ranks(2, _local_problem, str(tmp_path))
+    assert paths == [{"staged: rank 1 cannot use CUDA": 1}, {"staged: fake: no driver": 1}]
+
+
+def _several_gpus(rank, world, folder):
+    fake = _fake(folder, rank)
+    from fake_cuda import FakeDeviceArray
+
+    x = fake.array(np.ones(4, np.float32))
+    out = FakeDeviceArray(fake.array(np.ones(4, np.float32)).host, device_id=1 if rank == 0 else 0)
+    with pytest.raises(ValueError, match="several GPUs"):
+        plexus.all_reduce(x, out=out)
+    return True
+
+
+def test_arrays_on_several_gpus_fail_every_rank(tmp_path):
+    assert run_ranks(2, _several_gpus, str(tmp_path)) == [True, True]
+
+
+def _stale_mappings(rank, world, folder):
+    fake = _fake(folder, rank)
+    _cuda_ipc.STALE_CALLS = 4
+    keep = fake.array(np.ones(16, np.float32))
+    for i in range(12):
+        plexus.all_reduce(keep)  # used by every call: never closed
+        plexus.all_reduce(fake.array(np.ones(16, np.float32)))  # a new allocation each time
+    peers = plexus.distributed._state.world.__dict__["_cuda_ipc"][0]
+    assert fake.calls["close"] > 0 and fake.calls["synchronize_device"] > 0, fake.calls
+    assert len(peers.memory) <= 2 * _cuda_ipc.STALE_CALLS + 1, len(peers.memory)
+    np.testing.assert_array_equal(keep.host, np.full(16, 2.0 ** 12))
+    plexus.barrier()
+    _cuda_ipc.release(plexus.distributed._state.world)
+    assert fake.calls["open"] == fake.calls["close"], fake.calls  # release closes the rest
+    return True
+
+
+def test_stale_mappings_are_closed(tmp_path):
+    assert run_ranks(2, _stale_mappings, str(tmp_path)) == [True, True]
 
 
 def _argument_errors(rank, world, folder):

@@ -61,7 +61,7 @@ void cuda_reduce_to(int op, int dtype, const std::vector<uintptr_t>& dsts, const
   std::vector<void*> q;
   for (auto x : dsts) q.push_back(reinterpret_cast<void*>(x));
   py::gil_scoped_release nogil;
-  if (device >= 0) cuda_ipc::use_device(device);
+  cuda_ipc::DeviceGuard on(device);
   cuda::reduce_to(o, d, q.data(), static_cast<int>(q.size()), p.data(), static_cast<int>(p.size()), n, post_scale,
                   reinterpret_cast<void*>(stream));
 #else
@@ -103,12 +103,14 @@ void bind_ipc(py::module_& m) {
   m.def("_cuda_memcpy", [](int dev, uintptr_t dst, uintptr_t src, size_t n, uintptr_t s) {
     copy(dev, as_ptr(dst), as_ptr(src), n, as_ptr(s));
   }, nogil);
+  m.def("_cuda_device_synchronize", [](int dev) { synchronize_device(dev); }, nogil);
 }
 #else
 void bind_ipc(py::module_& m) {
   for (const char* name : {"_cuda_ipc_export", "_cuda_ipc_open", "_cuda_ipc_close", "_cuda_event_create",
                            "_cuda_event_open", "_cuda_event_destroy", "_cuda_event_record", "_cuda_stream_wait",
-                           "_cuda_event_query", "_cuda_event_synchronize", "_cuda_memcpy"}) {
+                           "_cuda_event_query", "_cuda_event_synchronize", "_cuda_memcpy",
+                           "_cuda_device_synchronize"}) {
     std::string n = name;
     m.def(name, [n](py::args, py::kwargs) { no_cuda(n.c_str()); });
   }

@@ -8,12 +8,14 @@ One call on n ranks:
   1. this rank's `entry` interprocess event is recorded on the caller's stream (the inputs are
      ready, the outputs free);
   2. a host all-gather of one small record per rank: the call's signature, its arrays' IPC
-     handles and offsets, its events' handles. A rank that cannot export its arrays (memory not
-     from cudaMalloc, e.g. torch's expandable segments) says so, and every rank then raises
-     UseStaging: the caller stages the call through host memory instead, all ranks alike;
+     handles and offsets, its events' handles. A rank that cannot take part (PLEXUS_CUDA_IPC=0,
+     no CUDA, memory not from cudaMalloc such as torch's expandable segments) says so, and every
+     rank then raises UseStaging: the caller stages the call through host memory instead, all
+     ranks alike;
   3. each rank opens its peers' handles (cached); a one-byte all-gather agrees that all could;
   4. the stream waits for every peer's entry event, the kernels are enqueued, `done` recorded;
-  5. a host barrier (every done event is recorded), then the stream waits for every peer's done.
+  5. a one-byte all-gather (every done event is recorded; did every rank enqueue its part?),
+     then the stream waits for every peer's done.
 The host never waits for the GPU, only for its peers to reach the same call; steps 2-5 also
 order each event's record before the peers' waits on it, which interprocess events need (a wait
 sees the latest record issued before it).
@@ -26,6 +28,7 @@ reduce-scatter pull: a rank reads its peers' inputs and writes only its own outp
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import sys
 import threading
@@ -38,7 +41,8 @@ from . import _C
 
 HANDLE = 64  # bytes of a CUDA IPC handle
 MAX_DSTS = 8  # destinations the reduction kernel writes in one pass (cuda::kMaxReduceDsts)
-OPEN_LIMIT = 256  # peer allocations kept mapped per group and device; the oldest are closed
+OPEN_LIMIT = 256  # peer allocations mapped per group and device before unused ones are closed
+STALE_CALLS = 64  # a mapping no call used for this many calls is closed
 
 RECORD = np.dtype([("ok", "u1"), ("kind", "u1"), ("dtype", "u1"), ("op", "u1"), ("pad", "u4"),
                    ("count", "<i8"), ("factor", "<f8"), ("src_off", "<u8"), ("dst_off", "<u8"),
@@ -62,12 +66,13 @@ class CudaDriver:
     """The CUDA calls the IPC path makes: plexus._C. Tests put a host-memory fake in its place
     (set_driver) to run this module's logic across real processes without a GPU."""
 
+    @functools.lru_cache(maxsize=None)
     def problem(self) -> Optional[str]:
         """Why this process cannot use CUDA IPC, or None."""
         if not _C.built_with_cuda:
             return "plexus was built without CUDA"
         status = _C._cuda_runtime_status()
-        return None if status == "ok" else status
+        return None if status == "ok" else f"CUDA runtime: {status}"
 
     def placement(self, buf: Any) -> Tuple[int, int]:
         """(device, caller's current stream as an int) of a device Buffer."""
@@ -99,6 +104,7 @@ class CudaDriver:
     wait = staticmethod(lambda device, stream, ev: _C._cuda_stream_wait(device, stream, ev))
     query = staticmethod(lambda device, ev: _C._cuda_event_query(device, ev))
     synchronize = staticmethod(lambda device, ev: _C._cuda_event_synchronize(device, ev))
+    synchronize_device = staticmethod(lambda device: _C._cuda_device_synchronize(device))
     copy = staticmethod(lambda device, dst, src, nbytes, stream: _C._cuda_memcpy(device, dst, src, nbytes, stream))
 
     @staticmethod
@@ -128,15 +134,20 @@ def slices(count: int, n: int, itemsize: int) -> List[Tuple[int, int]]:
 
 class _Peers:
     """What one group keeps per device: its two interprocess events and the peers' mapped
-    allocations and events (opened once, by handle)."""
+    allocations and events (opened once, by handle).
+
+    A mapping stays open while calls keep using it (training reuses its buffers). One that no
+    call has used for STALE_CALLS calls is closed (after the device has finished everything this
+    process queued, since any stream may still read it): a peer's allocator may have freed that
+    memory, and the driver keeps it alive until every mapping of it is closed."""
 
     def __init__(self, driver: Any, device: int):
         self.driver, self.device = driver, device
         self.entry = driver.event_create(device, True)  # (event, handle)
         self.done = driver.event_create(device, True)
-        self.fence = driver.event_create(device, False)[0]  # to wait before closing a mapping
         self.events: Dict[bytes, int] = {}
-        self.memory: "collections.OrderedDict[bytes, int]" = collections.OrderedDict()
+        self.memory: Dict[bytes, List[int]] = {}  # handle -> [base, last call that used it]
+        self.calls = 0
 
     def event(self, handle: bytes) -> int:
         ev = self.events.get(handle)
@@ -144,26 +155,31 @@ class _Peers:
             ev = self.events[handle] = self.driver.event_open(self.device, handle)
         return ev
 
-    def base(self, handle: bytes, stream: int) -> int:
-        base = self.memory.get(handle)
-        if base is not None:
-            self.memory.move_to_end(handle)
-            return base
-        if len(self.memory) >= OPEN_LIMIT:
-            # Work enqueued earlier may still read the oldest mapping: let it finish first.
-            self.driver.record(self.device, self.fence, stream)
-            self.driver.synchronize(self.device, self.fence)
-            while len(self.memory) >= OPEN_LIMIT // 2:
-                _, old = self.memory.popitem(last=False)
-                self.driver.close(self.device, old)
-        base = self.memory[handle] = self.driver.open(self.device, handle)
-        return base
+    def base(self, handle: bytes) -> int:
+        entry = self.memory.get(handle)
+        if entry is None:
+            entry = self.memory[handle] = [self.driver.open(self.device, handle), self.calls]
+        entry[1] = self.calls
+        return entry[0]
+
+    def end_call(self) -> None:
+        """After a call's work is enqueued: closes mappings gone stale (never this call's)."""
+        self.calls += 1
+        if self.calls % STALE_CALLS and len(self.memory) <= OPEN_LIMIT:
+            return
+        stale = [h for h, (_, last) in self.memory.items() if self.calls - 1 - last >= STALE_CALLS or
+                 (len(self.memory) > OPEN_LIMIT and last < self.calls - 1)]
+        if stale:
+            self.driver.synchronize_device(self.device)
+            for h in stale:
+                self.driver.close(self.device, self.memory.pop(h)[0])
 
     def release(self) -> None:
         d, dev = self.driver, self.device
-        for base in self.memory.values():
+        d.synchronize_device(dev)  # no kernel of ours reads a mapping or waits on an event any more
+        for base, _ in self.memory.values():
             d.close(dev, base)
-        for ev in list(self.events.values()) + [self.entry[0], self.done[0], self.fence]:
+        for ev in list(self.events.values()) + [self.entry[0], self.done[0]]:
             d.event_destroy(dev, ev)
         self.memory.clear()
         self.events.clear()
@@ -182,8 +198,9 @@ def _peers(g: Any, device: int) -> _Peers:
 
 
 def release(g: Any) -> None:
-    """Closes what a group opened (destroy_process_group). Errors are ignored: the CUDA context
-    may already be gone at exit."""
+    """Closes what a group opened; call it while the group's peers may still be running
+    (destroy_process_group, before the communicator goes). Errors are ignored: at exit the CUDA
+    context may be gone already."""
     table = g.__dict__.pop("_cuda_ipc", None) or {}
     for p in table.values():
         try:
@@ -192,12 +209,11 @@ def release(g: Any) -> None:
             pass
 
 
-def group_problem(g: Any) -> Optional[str]:
-    """Why this group cannot use CUDA IPC (the same answer on every rank), or None."""
+def local_problem() -> Optional[str]:
+    """Why this process cannot take part in CUDA IPC, or None. It may differ between ranks, so
+    it travels in the record of each call and every rank decides on all of them."""
     if os.environ.get("PLEXUS_CUDA_IPC", "1") == "0":
         return "PLEXUS_CUDA_IPC=0"
-    if g.size() > 1 and len(set(g.comm.host_ids)) > 1:
-        return "the group spans several hosts"
     return _driver.problem()
 
 
@@ -266,60 +282,87 @@ class _DeviceWork:
             pass
 
 
+# Why a rank's record says it cannot take part (RECORD "ok" != 1).
+_OK, _DISABLED, _NO_CUDA, _NO_EXPORT, _NO_MAP, _SEVERAL_GPUS = 1, 2, 3, 4, 5, 6
+_REASONS = {_DISABLED: "has PLEXUS_CUDA_IPC=0", _NO_CUDA: "cannot use CUDA", _NO_EXPORT: "cannot export its arrays",
+            _NO_MAP: "cannot map its peers' arrays", _SEVERAL_GPUS: "has the arrays of one call on several GPUs"}
+
+
 def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: float = 1.0,
         async_op: bool = False) -> Any:
     """One of KINDS on device Buffers `src` and `dst` (checked by the caller, distributed.py),
     enqueued on the caller's current stream. Returns None, or a Work when async_op. Raises
-    UseStaging (on every rank) when the call cannot go through CUDA IPC."""
+    UseStaging, on every rank alike, when the call cannot go through CUDA IPC."""
     from ._work import Work
 
     if src.device is None or dst.device is None:
         raise TypeError(f"{where}: pass every array of a call on the same device")
-    problem = group_problem(g)
-    if problem:
-        raise UseStaging(problem)
-    device, stream = _driver.placement(dst)
-    if src.nbytes and dst.nbytes and _driver.placement(src)[0] != device:
-        raise ValueError(f"{where}: the arrays of one call are on several GPUs")
     n, r = g.size(), g.rank()
+    if n > 1 and len(set(g.comm.host_ids)) > 1:  # the same answer on every rank
+        raise UseStaging("the group spans several hosts")
     kind = KINDS.index(what)
     scale = factor if op == _PREMUL_SUM else 1.0 / n if op == _AVG else 1.0
+    problem, code, device, stream = local_problem(), _OK, 0, 0
+    if problem:
+        code = _DISABLED if problem.startswith("PLEXUS_CUDA_IPC") else _NO_CUDA
+    else:
+        device, stream = _driver.placement(dst)
+        if src.nbytes and dst.nbytes and _driver.placement(src)[0] != device:
+            code, problem = _SEVERAL_GPUS, f"{where}: the arrays of one call are on several GPUs"
     if n == 1:
+        if code == _SEVERAL_GPUS:
+            raise ValueError(problem)
+        if problem:
+            raise UseStaging(problem)
         _enqueue(kind, r, 1, src, dst, [src.ptr], [dst.ptr], op, scale, device, stream)
     else:
-        _exchange_and_enqueue(g, kind, where, src, dst, op, factor, scale, device, stream)
+        _exchange_and_enqueue(g, kind, where, src, dst, op, factor, scale, device, stream, code, problem or "")
     if not async_op:
         return None
     return Work(_DeviceWork(what, dst.device, device, stream), [dst.obj])
 
 
+def _agree(g: Any, where: str, codes: np.ndarray, mine: int, why: str) -> None:
+    """Raises on every rank alike unless every rank's code is _OK: ValueError for arrays on
+    several GPUs (a bad call), else UseStaging."""
+    if (codes == _OK).all():
+        return
+    bad = int(np.flatnonzero(codes != _OK)[0])
+    code = int(codes[bad])
+    text = why if bad == g.rank() and why else f"rank {g.ranks[bad]} {_REASONS.get(code, 'cannot use CUDA IPC')}"
+    if code == _SEVERAL_GPUS:
+        raise ValueError(text if bad == g.rank() else f"{where}: {text}")
+    raise UseStaging(text)
+
+
 def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op: int, factor: float,
-                          scale: float, device: int, stream: int) -> None:
+                          scale: float, device: int, stream: int, code: int, why: str) -> None:
     n, r = g.size(), g.rank()
     d = _driver
     mine = np.zeros(1, RECORD)
     mine["kind"], mine["dtype"], mine["op"], mine["count"], mine["factor"] = kind, dst.code, op, dst.count, factor
-    why = ""
-    try:  # anything failing here is this rank's alone: it says so in its record, and all stage
-        peers = _peers(g, device)
-        d.record(device, peers.entry[0], stream)  # step 1
-        mine["entry"], mine["done"] = np.frombuffer(peers.entry[1], np.uint8), np.frombuffer(peers.done[1], np.uint8)
-        src_handle, src_off = _export(device, src)
-        dst_handle, dst_off = _export(device, dst) if kind == 0 else (bytes(HANDLE), 0)
-        mine["src"], mine["src_off"] = np.frombuffer(src_handle, np.uint8), src_off
-        mine["dst"], mine["dst_off"] = np.frombuffer(dst_handle, np.uint8), dst_off
-        mine["ok"] = 1
-    except Exception as e:  # noqa: BLE001 - this rank cannot export: every rank stages instead
-        why = f"rank {r} cannot export its arrays: {e}"
+    if code == _OK:
+        try:  # anything failing here is this rank's alone: it says so in its record, and all stage
+            peers = _peers(g, device)
+            d.record(device, peers.entry[0], stream)  # step 1
+            mine["entry"], mine["done"] = (np.frombuffer(peers.entry[1], np.uint8),
+                                           np.frombuffer(peers.done[1], np.uint8))
+            src_handle, src_off = _export(device, src)
+            dst_handle, dst_off = _export(device, dst) if kind == 0 else (bytes(HANDLE), 0)
+            mine["src"], mine["src_off"] = np.frombuffer(src_handle, np.uint8), src_off
+            mine["dst"], mine["dst_off"] = np.frombuffer(dst_handle, np.uint8), dst_off
+        except Exception as e:  # noqa: BLE001
+            code, why = _NO_EXPORT, f"rank {g.ranks[r]} cannot export its arrays: {e}"
+    mine["ok"] = code
     table = _host_all_gather(g, mine).view(RECORD).reshape(-1)  # step 2
+    sig = np.stack([table[k].astype("<f8").view("<u8") if k == "factor" else table[k].astype("<u8")
+                    for k in ("kind", "dtype", "op", "count", "factor")], axis=1)  # factor bitwise: NaN too
     for p in range(n):
-        if any(table[p][k] != table[r][k] for k in ("kind", "dtype", "op", "count", "factor")):
+        if (sig[p] != sig[r]).any():
             raise _C.PlexusError(f"{where}: rank {g.ranks[p]} called {_describe(table[p])} but rank "
                                  f"{g.ranks[r]} called {_describe(table[r])}")
-    if not all(table["ok"]):
-        bad = int(np.flatnonzero(table["ok"] == 0)[0])
-        raise UseStaging(why if bad == r else f"rank {g.ranks[bad]} cannot export its arrays")
-    srcs, dsts, opened = [0] * n, [0] * n, np.ones(1, np.uint8)
+    _agree(g, where, table["ok"], code, why)
+    srcs, dsts = [0] * n, [0] * n
     try:  # step 3
         for p in range(n):
             if p == r:
@@ -327,28 +370,37 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
                 continue
             row = table[p]
             if src.nbytes:
-                srcs[p] = peers.base(row["src"].tobytes(), stream) + int(row["src_off"])
+                srcs[p] = peers.base(row["src"].tobytes()) + int(row["src_off"])
             if kind == 0 and dst.nbytes:
-                dsts[p] = peers.base(row["dst"].tobytes(), stream) + int(row["dst_off"])
+                dsts[p] = peers.base(row["dst"].tobytes()) + int(row["dst_off"])
             peers.event(row["entry"].tobytes())
             peers.event(row["done"].tobytes())
     except Exception as e:  # noqa: BLE001
-        opened[0], why = 0, f"rank {r} cannot map its peers' arrays: {e}"
-    agreed = _host_all_gather(g, opened).reshape(-1)
-    if not agreed.all():
-        bad = int(np.flatnonzero(agreed == 0)[0])
-        raise UseStaging(why if bad == r else f"rank {g.ranks[bad]} cannot map its peers' arrays")
-    for p in range(n):  # step 4
-        if p != r:
-            d.wait(device, stream, peers.event(table[p]["entry"].tobytes()))
-    _enqueue(kind, r, n, src, dst, srcs, dsts, op, scale, device, stream)
-    d.record(device, peers.done[0], stream)
-    w = g.comm.barrier(True)  # step 5
-    if w is not None:
-        w.wait(None)
+        code, why = _NO_MAP, f"rank {g.ranks[r]} cannot map its peers' arrays: {e}"
+    _agree(g, where, _host_all_gather(g, np.array([code], np.uint8)).reshape(-1), code, why)
+    failure = None
+    try:  # step 4
+        for p in range(n):
+            if p != r:
+                d.wait(device, stream, peers.event(table[p]["entry"].tobytes()))
+        _enqueue(kind, r, n, src, dst, srcs, dsts, op, scale, device, stream)
+    except Exception as e:  # noqa: BLE001 - every rank must still reach step 5
+        failure = e
+    try:
+        d.record(device, peers.done[0], stream)
+    except Exception as e:  # noqa: BLE001
+        failure = failure or e
+    # Step 5: every done event is recorded, and every rank learns whether all enqueued their part.
+    status = _host_all_gather(g, np.array([failure is not None], np.uint8)).reshape(-1)
     for p in range(n):
         if p != r:
             d.wait(device, stream, peers.event(table[p]["done"].tobytes()))
+    peers.end_call()
+    if failure is not None:
+        raise failure
+    if status.any():
+        bad = g.ranks[int(np.flatnonzero(status)[0])]
+        raise _C.PlexusError(f"{where}: rank {bad} failed to enqueue its part of the call (its error says why)")
 
 
 def _enqueue(kind: int, r: int, n: int, src: Any, dst: Any, srcs: List[int], dsts: List[int], op: int,

@@ -178,11 +178,11 @@ def destroy_process_group(group: Optional[ProcessGroup] = None) -> None:
     in flight fail with an error."""
     if group is None or group is _state.world:
         for g in _state.groups:
+            _cuda_ipc.release(g)  # first: it waits for the GPU work that still reads peers' memory
             g.comm.abort("destroy_process_group() was called")
-            _cuda_ipc.release(g)
         if _state.world is not None:
-            _state.world.comm.abort("destroy_process_group() was called")
             _cuda_ipc.release(_state.world)
+            _state.world.comm.abort("destroy_process_group() was called")
         rdv = _state.rendezvous
         if rdv is not None and rdv.file_path:
             try:
@@ -194,8 +194,8 @@ def destroy_process_group(group: Optional[ProcessGroup] = None) -> None:
         return
     if group is GroupMember.NON_GROUP_MEMBER:
         return
-    group.comm.abort("destroy_process_group(group) was called")
     _cuda_ipc.release(group)
+    group.comm.abort("destroy_process_group(group) was called")
     if group in _state.groups:
         _state.groups.remove(group)
 

@@ -26,9 +26,19 @@ using AddressRangeFn = int (*)(unsigned long long*, size_t*, unsigned long long)
 AddressRangeFn address_range_fn() {
   static AddressRangeFn fn = [] {
     void* p = nullptr;
+#if CUDART_VERSION >= 12050
     cudaDriverEntryPointQueryResult found{};
     cudaError_t e = cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &p, 12000, cudaEnableDefault, &found);
-    return e == cudaSuccess && found == cudaDriverEntryPointSuccess ? reinterpret_cast<AddressRangeFn>(p) : nullptr;
+    bool ok = e == cudaSuccess && found == cudaDriverEntryPointSuccess;
+#elif CUDART_VERSION >= 12000
+    cudaDriverEntryPointQueryResult found{};
+    cudaError_t e = cudaGetDriverEntryPoint("cuMemGetAddressRange", &p, cudaEnableDefault, &found);
+    bool ok = e == cudaSuccess && found == cudaDriverEntryPointSuccess;
+#else
+    bool ok = cudaGetDriverEntryPoint("cuMemGetAddressRange", &p, cudaEnableDefault) == cudaSuccess;
+#endif
+    if (!ok) cudaGetLastError();
+    return ok ? reinterpret_cast<AddressRangeFn>(p) : nullptr;
   }();
   return fn;
 }
@@ -51,10 +61,27 @@ Handle from_bytes(const std::string& bytes, const char* what) {
 
 }  // namespace
 
-void use_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+DeviceGuard::DeviceGuard(int device) {
+  if (device < 0) return;
+  int current = -1;
+  check(cudaGetDevice(&current), "cudaGetDevice");
+  if (current != device) {
+    check(cudaSetDevice(device), "cudaSetDevice");
+    previous_ = current;
+  }
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
+}
+
+void synchronize_device(int device) {
+  DeviceGuard g(device);
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
 
 Exported export_memory(int device, const void* ptr) {
-  use_device(device);
+  DeviceGuard g(device);
   AddressRangeFn range = address_range_fn();
   if (!range) throw Error("cuda_ipc: the CUDA driver has no cuMemGetAddressRange");
   unsigned long long base = 0;
@@ -67,7 +94,7 @@ Exported export_memory(int device, const void* ptr) {
 }
 
 void* open_memory(int device, const std::string& handle) {
-  use_device(device);
+  DeviceGuard g(device);
   void* p = nullptr;
   check(cudaIpcOpenMemHandle(&p, from_bytes<cudaIpcMemHandle_t>(handle, "a memory handle"),
                              cudaIpcMemLazyEnablePeerAccess),
@@ -76,15 +103,15 @@ void* open_memory(int device, const std::string& handle) {
 }
 
 void close_memory(int device, void* base) {
-  use_device(device);
+  DeviceGuard g(device);
   check(cudaIpcCloseMemHandle(base), "cudaIpcCloseMemHandle");
 }
 
 Event create_event(int device, bool interprocess) {
-  use_device(device);
+  DeviceGuard g(device);
   Event ev;
   cudaEvent_t e = nullptr;
-  unsigned flags = cudaEventDisableTiming | (interprocess ? cudaEventInterprocess : 0u);
+  unsigned flags = cudaEventDisableTiming | (interprocess ? cudaEventInterprocess : cudaEventBlockingSync);
   check(cudaEventCreateWithFlags(&e, flags), "cudaEventCreateWithFlags");
   ev.event = e;
   if (interprocess) {
@@ -100,7 +127,7 @@ Event create_event(int device, bool interprocess) {
 }
 
 void* open_event(int device, const std::string& handle) {
-  use_device(device);
+  DeviceGuard g(device);
   cudaEvent_t e = nullptr;
   check(cudaIpcOpenEventHandle(&e, from_bytes<cudaIpcEventHandle_t>(handle, "an event handle")),
         "cudaIpcOpenEventHandle");
@@ -108,23 +135,23 @@ void* open_event(int device, const std::string& handle) {
 }
 
 void destroy_event(int device, void* event) {
-  use_device(device);
+  DeviceGuard g(device);
   check(cudaEventDestroy(static_cast<cudaEvent_t>(event)), "cudaEventDestroy");
 }
 
 void record(int device, void* event, void* stream) {
-  use_device(device);
+  DeviceGuard g(device);
   check(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)), "cudaEventRecord");
 }
 
 void stream_wait(int device, void* stream, void* event) {
-  use_device(device);
+  DeviceGuard g(device);
   check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event), 0),
         "cudaStreamWaitEvent");
 }
 
 bool query(int device, void* event) {
-  use_device(device);
+  DeviceGuard g(device);
   cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(event));
   if (e == cudaErrorNotReady) {
     cudaGetLastError();
@@ -135,13 +162,13 @@ bool query(int device, void* event) {
 }
 
 void synchronize_event(int device, void* event) {
-  use_device(device);
+  DeviceGuard g(device);
   check(cudaEventSynchronize(static_cast<cudaEvent_t>(event)), "cudaEventSynchronize");
 }
 
 void copy(int device, void* dst, const void* src, size_t bytes, void* stream) {
   if (bytes == 0 || dst == src) return;
-  use_device(device);
+  DeviceGuard g(device);
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)), "cudaMemcpyAsync");
 }
 

@@ -3,8 +3,9 @@
 // allocation into their address space (NVLink / PCIe peer access, or the same GPU) and wait on
 // the event from their own streams, so kernels read and write peers' memory with no host copy.
 // Plain C++ (callers need no CUDA headers); only built when the build has CUDA.
-// Every function makes `device` current on the calling thread first, and throws plexus::Error
-// with the CUDA error's name when the runtime refuses.
+// Every function runs with `device` current on the calling thread and puts the caller's device
+// back afterwards (torch and cupy read it from the same driver context), and throws
+// plexus::Error with the CUDA error's name when the runtime refuses.
 #pragma once
 
 #include <cstddef>
@@ -32,7 +33,8 @@ struct Event {
   void* event = nullptr;  // cudaEvent_t
   std::string handle;     // kHandleBytes bytes: cudaIpcEventHandle_t ("" when not interprocess)
 };
-// An event without timing; interprocess ones can be opened by peers.
+// An event without timing; interprocess ones can be opened by peers, the others block the
+// host thread that synchronizes on them instead of spinning a core.
 Event create_event(int device, bool interprocess);
 void* open_event(int device, const std::string& handle);
 void destroy_event(int device, void* event);
@@ -42,8 +44,20 @@ void stream_wait(int device, void* stream, void* event);
 bool query(int device, void* event);  // true once the work before its latest record is done
 void synchronize_event(int device, void* event);
 void copy(int device, void* dst, const void* src, size_t bytes, void* stream);
-// The calling thread's CUDA device becomes `device` (for kernels launched next).
-void use_device(int device);
+// Waits until everything queued on the device by this process is done (before closing mappings).
+void synchronize_device(int device);
+
+// Makes `device` current for its lifetime, then puts back the one that was (-1: keep the current).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
 
 }  // namespace cuda_ipc
 }  // namespace plexus

@@ -10,13 +10,15 @@ TypeError, and only then are the arguments looked at). With CUDA tensors:
 - everything else, and those when IPC cannot be used (several hosts, memory that cannot be
   exported, complex dtypes), runs on pinned host copies: the inputs are copied on the current
   stream and waited for, the CPU op runs to completion, and the outputs (the first argument, as
-  torch orders them) are copied back on the current stream. Correct, not fast: the proxy thread
-  that overlaps copies with the network is not built yet.
+  torch orders them) are copied back on the current stream. Point-to-point calls do not block:
+  a staged receive copies its bytes to the device when it completes. Correct, not fast: the
+  proxy thread that overlaps copies with the network is not built yet.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, Callable, Dict
 
 import torch
@@ -24,6 +26,7 @@ import torch.distributed as dist
 
 from .. import _cuda_ipc
 from .._arrays import device_buffers
+from . import ops
 from .ops import buffer, one, reduce_op
 
 
@@ -80,6 +83,7 @@ def _ipc_allreduce(pg: Any, tensors: Any, opts: Any = None) -> Any:
     t = one(tensors, where)
     code, factor = reduce_op(opts.reduceOp, where)
     b = _device_buffer(t, f"{where}: tensor", code)
+    ops.check_op_dtype(where, code, b)  # here, not in the kernel of only some ranks
     w = _cuda_ipc.run(ipc_group(pg), "all_reduce", where, b, b, code, factor, async_op=True)
     return pg._work(where, [w._core], tensors, tensors)
 
@@ -102,6 +106,7 @@ def _ipc_reduce_scatter_single(pg: Any, output: Any, input: Any, opts: Any = Non
     with device_buffers():
         pg._rs_single(where, output, input, code)
     src, dst = _device_buffer(input, f"{where}: input", code), _device_buffer(output, f"{where}: output", code)
+    ops.check_op_dtype(where, code, dst)
     w = _cuda_ipc.run(ipc_group(pg), "reduce_scatter_tensor", where, src, dst, code, factor, async_op=True)
     return pg._work(where, [w._core], [output], (output, input))
 
@@ -162,14 +167,57 @@ def _staged(pg: Any, method: Callable, args: tuple, kwargs: dict, writes_first: 
     for dev in {t.device for t in originals.values()}:
         torch.cuda.current_stream(dev).synchronize()  # the copies, and the caller's work before them
     work = method(pg, *host_args, **host_kwargs)
-    work.wait()  # raises the op's error; the device tensors are left as they were
-    if writes_first and args:
-        for t in _tensors(args[0]):
-            if t.is_cuda:
-                with torch.cuda.device(t.device):
-                    t.copy_(host[id(t)], non_blocking=True)  # pinned: torch keeps it until copied
+    outs = [(t, host[id(t)]) for t in _tensors(args[0]) if t.is_cuda] if writes_first and args else []
     result = _swap(work._result, originals)
+    if work._p2p:
+        # Point-to-point never blocks (batch_isend_irecv posts both sides before waiting): the
+        # received bytes go to the device once the receive is done.
+        cores = [_CopyBack(c, outs) if c is not None else None for c in work._cores]
+        return type(work)(cores, result, host_args, pg, work._what, True)
+    work.wait()  # raises the op's error; the device tensors are left as they were
+    _copy_back(outs, synchronize=False)
     return type(work)(work._cores, result, None, pg, work._what, work._p2p)
+
+
+def _copy_back(outs: list, synchronize: bool) -> None:
+    for t, h in outs:
+        with torch.cuda.device(t.device):
+            t.copy_(h, non_blocking=True)  # on the current stream; pinned: torch keeps h until copied
+            if synchronize:
+                torch.cuda.current_stream(t.device).synchronize()
+
+
+class _CopyBack:
+    """A core work of a staged receive: once the host op is done, its output is copied to the
+    device (and waited for, since whichever thread sees it done may not be the caller's)."""
+
+    def __init__(self, core: Any, outs: list):
+        self.core, self.outs, self.copied = core, outs, False
+        self.lock = threading.Lock()
+
+    def _finish(self) -> None:
+        with self.lock:
+            if not self.copied:
+                self.copied = True
+                _copy_back(self.outs, synchronize=True)
+
+    def is_completed(self) -> bool:
+        if self.copied:
+            return True
+        if not self.core.is_completed():
+            return False
+        if not self.core.failed():
+            self._finish()
+        return True
+
+    def wait(self, timeout: Any = None) -> bool:
+        if not self.core.wait(timeout):  # raises the op's error
+            return False
+        self._finish()
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
 
 
 def _tensors(v: Any):
