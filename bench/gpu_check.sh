@@ -4,8 +4,10 @@
 # registry:
 #   1. builds plexus in place (pip install --no-build-isolation --no-index -e .), with CUDA;
 #   2. benchmarks the CUDA reduction kernel against a device-to-device copy (bench/gpu_kernels.py);
-#   3. runs the 2- and 4-rank same-GPU all-reduce sweep against cupy a + b;
-#   4. runs tests/gpu (+ the CPU-side CUDA build and staging tests).
+#   3. runs the 2- and 4-rank same-GPU all-reduce sweep against cupy a + b (through CUDA IPC; then
+#      the 2-rank sweep staged through host memory, PLEXUS_CUDA_IPC=0, to show what IPC saves);
+#   4. runs tests/gpu (every collective on cupy and torch CUDA arrays, the torch backend on CUDA
+#      tensors, DDP) + the CPU-side CUDA build, staging and IPC-logic tests.
 # Benchmarks run before the tests so the figures exist even if the tests run long. Everything
 # ends within GPU_CHECK_SECONDS (default 440: with kill grace, under 8 minutes). Results: $OUT if set, else
 # bench/results/gpu-check-<time>/ (gpu_check.log, summary.txt, *.json, tests_gpu.xml).
@@ -79,9 +81,9 @@ step "same-GPU all-reduce sweep (2 and 4 ranks) vs cupy a + b"
 SWEEP=$(budget 150 100)
 run allreduce $((SWEEP + 15)) "$PY" bench/gpu_kernels.py allreduce --np 2 4 --timeout "$SWEEP" --out "$RESULTS"
 
-step "tests: tests/gpu, tests/test_cuda_build.py, tests/test_device_logic.py"
+step "tests: tests/gpu, tests/test_cuda_build.py, tests/test_device_logic.py, tests/test_cuda_ipc_logic.py"
 run tests "$(budget 400 5)" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$RESULTS/tests_gpu.xml" \
-  tests/gpu tests/test_cuda_build.py tests/test_device_logic.py
+  tests/gpu tests/test_cuda_build.py tests/test_device_logic.py tests/test_cuda_ipc_logic.py
 
 step "summary"
 [[ -f $RESULTS/summary.txt ]] && cat "$RESULTS/summary.txt"

@@ -37,9 +37,10 @@ class FakeCuda:
     """The driver interface of plexus._cuda_ipc.CudaDriver, on host memory."""
 
     def __init__(self, folder: str, rank: int, fail_export: bool = False, fail_open: bool = False,
-                 fail_reduce: bool = False, problem: Optional[str] = None):
+                 fail_reduce: bool = False, problem: Optional[str] = None, fail_placement: bool = False):
         self.folder, self.rank = folder, rank
         self.fail_export, self.fail_open, self.fail_reduce, self._problem = fail_export, fail_open, fail_reduce, problem
+        self.fail_placement = fail_placement
         self.segments: List[tuple] = []  # (start, size, name, memmap)
         self.mapped = {}
         self.calls = collections.Counter()
@@ -62,6 +63,8 @@ class FakeCuda:
         return self._problem
 
     def placement(self, buf):
+        if self.fail_placement:
+            raise TypeError("fake: staging device arrays other than torch tensors needs cupy")
         return buf.obj.device_id, 7
 
     def current_stream(self, kind, device):

@@ -94,12 +94,31 @@ def test_without_a_driver_cuda_says_so():
     assert isinstance(e.value, plexus.PlexusError) and "built without CUDA" not in str(e.value)
 
 
+@needs_cuda_build
+@no_driver
+def test_without_a_driver_cuda_ipc_says_so():
+    for call in (lambda: _C._cuda_ipc_export(0, 4096), lambda: _C._cuda_event_create(0, True),
+                 lambda: _C._cuda_ipc_open(0, bytes(64)), lambda: _C._cuda_device_synchronize(0)):
+        with pytest.raises(plexus.PlexusError, match=r"cuda_ipc: cuda\w+: cudaError"):
+            call()
+    # The collectives then stage device arrays through host memory, every rank alike.
+    from plexus import _cuda_ipc
+
+    assert "CUDA runtime" in _cuda_ipc.local_problem()
+
+
 @pytest.mark.skipif(WITH_CUDA, reason="this plexus was built with CUDA")
 def test_without_cuda_the_functions_exist_and_say_so():
     assert _C.cuda_runtime_available() is False
     assert "built without CUDA" in _C._cuda_runtime_status()
     with pytest.raises(RuntimeError, match="built without CUDA"):
         _C._cuda_reduce(0, 2, 4096, [8192], 10)
+    for name in ("_cuda_ipc_export", "_cuda_ipc_open", "_cuda_event_create", "_cuda_memcpy", "_cuda_reduce_to"):
+        with pytest.raises(RuntimeError, match="built without CUDA"):
+            getattr(_C, name)(0, 0, [0], [0], 0, 1.0, 0, 0) if name == "_cuda_reduce_to" else getattr(_C, name)(0, 0)
+    from plexus import _cuda_ipc
+
+    assert _cuda_ipc.local_problem() == "plexus was built without CUDA"
 
 
 @needs_cuda_build
@@ -121,6 +140,12 @@ def test_bad_arguments_fail_before_touching_the_gpu():
     with pytest.raises(ValueError, match="source 1 is null"):
         _C._cuda_reduce(op["SUM"], dt["float64"], 4096, [4096, 0], 1)
     _C._cuda_reduce(op["SUM"], dt["float32"], 0, [0], 0)  # nothing to do: no GPU needed
+    with pytest.raises(ValueError, match="1 to 8 destinations"):
+        _C._cuda_reduce_to(op["SUM"], dt["float32"], [4096] * 9, [4096], 1, 1.0, 0, -1)
+    with pytest.raises(ValueError, match="1 to 8 destinations"):
+        _C._cuda_reduce_to(op["SUM"], dt["float32"], [], [4096], 1, 1.0, 0, -1)
+    with pytest.raises(ValueError, match="destination 1 is null"):
+        _C._cuda_reduce_to(op["SUM"], dt["float32"], [4096, 0], [4096], 1, 1.0, 0, -1)
 
 
 def test_asking_about_cuda_never_crashes_the_process():

@@ -212,8 +212,9 @@ def test_a_rank_that_fails_to_enqueue_fails_every_rank(tmp_path):
     assert run_ranks(3, _enqueue_failure, str(tmp_path)) == [True] * 3
 
 
-def _local_problem(rank, world, folder):
-    fake = _fake(folder, rank, problem="fake: no driver" if rank == 1 else None)
+def _local_problem(rank, world, folder, how="driver"):
+    fake = _fake(folder, rank, problem="fake: no driver" if rank == 1 and how == "driver" else None,
+                 fail_placement=rank == 1 and how == "placement")
     from test_device_logic import FakeOps
 
     _device_ops._OPS["cupy"] = FakeOps()
@@ -226,6 +227,10 @@ def _local_problem(rank, world, folder):
 def test_a_rank_without_cuda_sends_every_rank_to_staging(tmp_path):
     paths = run_ranks(2, _local_problem, str(tmp_path))
     assert paths == [{"staged: rank 1 cannot use CUDA": 1}, {"staged: fake: no driver": 1}]
+    paths = run_ranks(2, _local_problem, str(tmp_path), "placement")
+    assert paths[0] == {"staged: rank 1 cannot use CUDA": 1}
+    assert list(paths[1]) == ["staged: cannot tell the device and stream of all_reduce on rank 1's arrays: "
+                              "fake: staging device arrays other than torch tensors needs cupy"]
 
 
 def _several_gpus(rank, world, folder):

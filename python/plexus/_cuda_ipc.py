@@ -306,9 +306,14 @@ def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: 
     if problem:
         code = _DISABLED if problem.startswith("PLEXUS_CUDA_IPC") else _NO_CUDA
     else:
-        device, stream = _driver.placement(dst)
-        if src.nbytes and dst.nbytes and _driver.placement(src)[0] != device:
-            code, problem = _SEVERAL_GPUS, f"{where}: the arrays of one call are on several GPUs"
+        try:
+            device, stream = _driver.placement(dst)
+            src_device = _driver.placement(src)[0] if src.nbytes and dst.nbytes else device
+        except Exception as e:  # noqa: BLE001 - e.g. a foreign __cuda_array_interface__ object without cupy
+            code, problem = _NO_CUDA, f"cannot tell the device and stream of {where}'s arrays: {e}"
+        else:
+            if src_device != device:
+                code, problem = _SEVERAL_GPUS, f"{where}: the arrays of one call are on several GPUs"
     if n == 1:
         if code == _SEVERAL_GPUS:
             raise ValueError(problem)
