@@ -37,6 +37,9 @@ class FakeEvent:
     def done(self):
         return self.ops.events_done
 
+    def wait(self):
+        self.ops.log.append(("wait",))
+
 
 class FakeOps:
     """cupy's part of staging, on host memory; logs what it did."""

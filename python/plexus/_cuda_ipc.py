@@ -50,8 +50,8 @@ RECORD = np.dtype([("ok", "u1"), ("kind", "u1"), ("dtype", "u1"), ("op", "u1"), 
                    ("entry", "u1", (HANDLE,)), ("done", "u1", (HANDLE,))])
 KINDS = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor")
 _UINT8 = _C.DTYPES.index("uint8")
-# How device-array calls of the IN_PLACE_ON_DEVICE collectives ran in this process: "cuda_ipc",
-# or "staged: <why>" (tests and benchmarks read it; PLEXUS_DEBUG users too).
+# How device-array calls of these collectives ran in this process (numpy API and torch backend):
+# "cuda_ipc", or "staged: <why>" (tests and benchmarks read it).
 PATHS: "collections.Counter[str]" = collections.Counter()
 _AVG, _PREMUL_SUM = (_C.OPS.index(name) for name in ("avg", "premul_sum"))
 
@@ -236,7 +236,8 @@ def _export(device: int, buf: Any) -> Tuple[bytes, int]:
 
 def _describe(row: Any) -> str:
     name = KINDS[row["kind"]] if row["kind"] < len(KINDS) else f"kind {row['kind']}"
-    return f"{name}(dtype {_C.DTYPES[row['dtype']]}, count {row['count']}, op code {row['op']})"
+    op = _C.OPS[row["op"]] if row["op"] < len(_C.OPS) else f"code {row['op']}"
+    return f"{name}(dtype {_C.DTYPES[row['dtype']]}, count {row['count']}, op {op})"
 
 
 class _DeviceWork:
@@ -322,6 +323,7 @@ def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: 
         _enqueue(kind, r, 1, src, dst, [src.ptr], [dst.ptr], op, scale, device, stream)
     else:
         _exchange_and_enqueue(g, kind, where, src, dst, op, factor, scale, device, stream, code, problem or "")
+    PATHS["cuda_ipc"] += 1
     if not async_op:
         return None
     return Work(_DeviceWork(what, dst.device, device, stream), [dst.obj])

@@ -380,9 +380,7 @@ def route(inputs: Sequence[str] = (), outputs: Sequence[str] = ()):
             if direct:
                 try:
                     with device_buffers():
-                        result = fn(*args, **kwargs)
-                    PATHS["cuda_ipc"] += 1
-                    return result
+                        return fn(*args, **kwargs)
                 except UseStaging as e:
                     PATHS[f"staged: {e}"] += 1
             bound = sig.bind(*args, **kwargs)

@@ -15,10 +15,11 @@ import numpy as np
 
 
 class _Event:
-    __slots__ = ("done",)
+    __slots__ = ("done", "wait")
 
-    def __init__(self, done):
+    def __init__(self, done, wait):
         self.done = done  # () -> bool
+        self.wait = wait  # () -> None: blocks the host until the work before the record is done
 
 
 def numpy_mirror(block: Any, off: int, nbytes: int, dtype: Any, shape: tuple) -> np.ndarray:
@@ -68,7 +69,7 @@ class CupyOps:
     def record(self, stream: Any) -> _Event:
         ev = self.cp.cuda.Event(disable_timing=True)
         ev.record(stream)
-        return _Event(lambda: ev.done)
+        return _Event(lambda: ev.done, ev.synchronize)
 
     def mirror(self, block: Any, off: int, nbytes: int, x: Any, dtype: str, shape: tuple) -> np.ndarray:
         return numpy_mirror(block, off, nbytes, x.dtype, shape)
@@ -118,7 +119,7 @@ class TorchOps:
     def record(self, stream: Any) -> _Event:
         ev = self.torch.cuda.Event()
         ev.record(stream)
-        return _Event(ev.query)
+        return _Event(ev.query, ev.synchronize)
 
     def mirror(self, block: Any, off: int, nbytes: int, t: Any, dtype: str, shape: tuple) -> Any:
         # A CPU tensor over the pinned bytes: bfloat16 needs no ml_dtypes this way.

@@ -13,7 +13,7 @@ import os
 import threading
 from typing import Any, List, Optional, Sequence
 
-from . import _C, _cuda_ipc
+from . import _C, _cuda_ipc, _device_pipeline
 from ._arrays import Buffer, as_buffer, check_disjoint, same_kind, split_counts
 from ._device import ROUTES, route, routed
 from ._ops import ReduceOp, resolve_op
@@ -337,7 +337,11 @@ def _all_reduce_checked(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, 
             raise ValueError(f"{where}: out partly overlaps tensor")
     code, factor = resolve_op(op, where, buf)
     if buf.device is not None:
-        return _cuda_ipc.run(g, "all_reduce", where, buf, dst, code, factor, async_op)
+        try:
+            return _cuda_ipc.run(g, "all_reduce", where, buf, dst, code, factor, async_op)
+        except _cuda_ipc.UseStaging as e:  # through host memory, copies overlapping the network
+            w = _device_pipeline.all_reduce(g, where, buf, dst, code, factor, str(e))
+            return Work(w, [dst.obj]) if async_op else None
     w = g.comm.all_reduce(buf.ptr, dst.ptr, buf.count, buf.code, code, factor, not async_op)
     return _finish(g, w, [tensor, out], [dst.obj], async_op)
 

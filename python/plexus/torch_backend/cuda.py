@@ -7,6 +7,7 @@ TypeError, and only then are the arguments looked at). With CUDA tensors:
 - allreduce, all_gather_into_tensor (_allgather_base) and reduce_scatter_tensor
   (_reduce_scatter_base) run through CUDA IPC when the group sits on one host (plexus._cuda_ipc):
   enqueued on the current stream, zero-copy, Work.wait() makes the current stream wait;
+  allreduce elsewhere is staged in chunks whose copies overlap the network (_device_pipeline);
 - everything else, and those when IPC cannot be used (several hosts, memory that cannot be
   exported, complex dtypes), runs on pinned host copies: the inputs are copied on the current
   stream and waited for, the CPU op runs to completion, and the outputs (the first argument, as
@@ -24,7 +25,7 @@ from typing import Any, Callable, Dict
 import torch
 import torch.distributed as dist
 
-from .. import _cuda_ipc
+from .. import _cuda_ipc, _device_pipeline
 from .._arrays import device_buffers
 from . import ops
 from .ops import buffer, one, reduce_op
@@ -84,8 +85,11 @@ def _ipc_allreduce(pg: Any, tensors: Any, opts: Any = None) -> Any:
     code, factor = reduce_op(opts.reduceOp, where)
     b = _device_buffer(t, f"{where}: tensor", code)
     ops.check_op_dtype(where, code, b)  # here, not in the kernel of only some ranks
-    w = _cuda_ipc.run(ipc_group(pg), "all_reduce", where, b, b, code, factor, async_op=True)
-    return pg._work(where, [w._core], tensors, tensors)
+    try:
+        core = _cuda_ipc.run(ipc_group(pg), "all_reduce", where, b, b, code, factor, async_op=True)._core
+    except _cuda_ipc.UseStaging as e:  # through host memory, copies overlapping the network
+        core = _device_pipeline.all_reduce(ipc_group(pg), where, b, b, code, factor, str(e))
+    return pg._work(where, [core], tensors, tensors)
 
 
 def _ipc_all_gather_single(pg: Any, output: Any, input: Any, opts: Any = None) -> Any:
