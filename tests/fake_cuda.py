@@ -44,6 +44,7 @@ class FakeCuda:
         self.segments: List[tuple] = []  # (start, size, name, memmap)
         self.mapped = {}
         self.calls = collections.Counter()
+        self.opened = collections.Counter()  # segment name -> times mapped
         self.events = 0
 
     # --- memory the tests allocate --------------------------------------------------------
@@ -84,6 +85,7 @@ class FakeCuda:
         if self.fail_open:
             raise RuntimeError("fake: cudaIpcOpenMemHandle refused")
         name = handle.rstrip(b"\0").decode()
+        self.opened[name] += 1
         m = np.memmap(os.path.join(self.folder, name), np.uint8, "r+")
         self.mapped[m.ctypes.data] = m
         return m.ctypes.data

@@ -257,6 +257,7 @@ def _stale_mappings(rank, world, folder):
         plexus.all_reduce(fake.array(np.ones(16, np.float32)))  # a new allocation each time
     peers = plexus.distributed._state.world.__dict__["_cuda_ipc"][0]
     assert fake.calls["close"] > 0 and fake.calls["synchronize_device"] > 0, fake.calls
+    assert fake.opened[f"r{1 - rank}-0"] == 1, fake.opened  # the peer's `keep`: mapped once, never closed
     assert len(peers.memory) <= 2 * _cuda_ipc.STALE_CALLS + 1, len(peers.memory)
     np.testing.assert_array_equal(keep.host, np.full(16, 2.0 ** 12))
     plexus.barrier()

@@ -40,6 +40,9 @@ class FakeEvent:
     def wait(self):
         self.ops.log.append(("wait",))
 
+    def stream_wait(self, stream):
+        self.ops.log.append(("stream_wait", stream))
+
 
 class FakeOps:
     """cupy's part of staging, on host memory; logs what it did."""
@@ -501,4 +504,5 @@ def test_torch_host_mirrors_view_the_staging_block():
     assert m.data_ptr() == host.ctypes.data + 8
     m.fill_(1.0)
     assert host[8:10].view(np.uint16)[0] == 0x3F80  # bfloat16 1.0, seen through the numpy view
-    assert ops._bytes(torch.zeros((), dtype=torch.int64)).shape == (8,)
+    z = torch.zeros((), dtype=torch.int64)
+    assert ops._bytes(z, z.data_ptr(), 8).shape == (8,)

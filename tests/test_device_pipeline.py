@@ -5,6 +5,8 @@ call is many chunks."""
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,104 @@ def test_chunk_setting_is_checked(monkeypatch):
         _device_pipeline.chunk_bytes()
     monkeypatch.setenv("PLEXUS_STAGE_CHUNK_BYTES", "1e6")
     assert _device_pipeline.chunk_bytes() == 1000000
+
+
+class DeferredOps(FakeOps):
+    """A stream that runs late: copies happen only when an event recorded after them is waited
+    for (or at flush(), the caller's stream synchronize), so a chunk reduced before its copy to
+    the host was waited for would hold stale bytes."""
+
+    def __init__(self, fail_wait=None):
+        super().__init__()
+        self.queued, self.ran, self.waits, self.fail_wait = [], 0, 0, fail_wait
+
+    def to_host(self, block, off, x, ptr, nbytes, stream):
+        self.log.append(("d2h", ptr, nbytes))
+        self.queued.append(lambda: ctypes.memmove(block.host.ctypes.data + off, ptr, nbytes))
+
+    def to_device(self, x, ptr, block, off, nbytes, stream):
+        self.log.append(("h2d", ptr, nbytes))
+        self.queued.append(lambda: ctypes.memmove(ptr, block.host.ctypes.data + off, nbytes))
+
+    def _run_to(self, n):
+        while self.ran < n:
+            self.queued[self.ran]()
+            self.ran += 1
+
+    def flush(self):
+        self._run_to(len(self.queued))
+
+    def record(self, stream):
+        ops, n = self, len(self.queued)
+
+        class Event:
+            def done(self):
+                return ops.ran >= n
+
+            def wait(self):
+                ops.waits += 1
+                if ops.waits == ops.fail_wait:
+                    raise RuntimeError("fake: cudaEventSynchronize failed")
+                ops._run_to(n)
+
+            def stream_wait(self, stream):
+                pass
+
+        return Event()
+
+
+def _late_stream(rank, world):
+    ops = _device_ops._OPS["cupy"] = DeferredOps()
+    for count in (1, 300, 1000):
+        x = FakeDeviceArray(np.arange(count, dtype=np.float64) * (rank + 1))
+        plexus.all_reduce(x)
+        ops.flush()
+        np.testing.assert_array_equal(x.host, np.arange(count) * world * (world + 1) / 2)
+    assert ops.waits > 3
+    return True
+
+
+def test_chunks_wait_for_their_copy_to_the_host():
+    assert run_ranks(2, _late_stream, env={"PLEXUS_STAGE_CHUNK_BYTES": "256"}) == [True, True]
+
+
+def _failures(rank, world, where):
+    from plexus import _device_pipeline
+
+    ops = _device_ops._OPS["cupy"] = DeferredOps(fail_wait=3 if rank == 1 and where == "loop" else None)
+    if rank == 1 and where == "setup":
+        _device_pipeline.ops_for = lambda kind: (_ for _ in ()).throw(TypeError("fake: needs cupy"))
+    x = FakeDeviceArray(np.ones(1000, np.float32))
+    with pytest.raises(Exception) as e:
+        plexus.all_reduce(x)
+    if rank == 1:
+        assert "fake: " in str(e.value), e.value
+    else:
+        assert isinstance(e.value, plexus.PlexusError) and "rank 1 " in str(e.value), e.value
+    _device_pipeline.ops_for = _device_ops.ops_for
+    ops.fail_wait = None
+    y = FakeDeviceArray(np.ones(700, np.float32))  # the group goes on
+    plexus.all_reduce(y)
+    ops.flush()
+    np.testing.assert_array_equal(y.host, np.full(700, 2.0))
+    return True
+
+
+@pytest.mark.parametrize("where", ["setup", "loop"])
+def test_a_rank_that_fails_fails_every_rank(where):
+    assert run_ranks(2, _failures, where, env={"PLEXUS_STAGE_CHUNK_BYTES": "256"}, timeout=120) == [True, True]
+
+
+def test_torch_copies_take_the_chunk_they_are_given(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import contextlib
+
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    ops = _device_ops.TorchOps()
+    t = torch.arange(16, dtype=torch.float32)
+    block = plexus._pinned.Block("torch", 64, *ops.alloc_host(64))
+    ops.to_host(block, 8, t, t.data_ptr() + 16, 32, None)  # elements 4..11 into bytes 8..40
+    np.testing.assert_array_equal(block.host[8:40].view(np.float32), np.arange(4, 12))
+    block.host[8:40].view(np.float32)[:] = -1
+    ops.to_device(t, t.data_ptr() + 16, block, 8, 32, None)
+    np.testing.assert_array_equal(t.numpy(), np.r_[np.arange(4), -np.ones(8), np.arange(12, 16)])

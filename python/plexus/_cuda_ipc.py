@@ -42,7 +42,7 @@ from . import _C
 HANDLE = 64  # bytes of a CUDA IPC handle
 MAX_DSTS = 8  # destinations the reduction kernel writes in one pass (cuda::kMaxReduceDsts)
 OPEN_LIMIT = 256  # peer allocations mapped per group and device before unused ones are closed
-STALE_CALLS = 64  # a mapping no call used for this many calls is closed
+STALE_CALLS = 256  # a mapping no call used for this many calls is closed (after a device sync)
 
 RECORD = np.dtype([("ok", "u1"), ("kind", "u1"), ("dtype", "u1"), ("op", "u1"), ("pad", "u4"),
                    ("count", "<i8"), ("factor", "<f8"), ("src_off", "<u8"), ("dst_off", "<u8"),
@@ -334,7 +334,8 @@ def _agree(g: Any, where: str, codes: np.ndarray, mine: int, why: str) -> None:
     several GPUs (a bad call), else UseStaging."""
     if (codes == _OK).all():
         return
-    bad = int(np.flatnonzero(codes != _OK)[0])
+    several = np.flatnonzero(codes == _SEVERAL_GPUS)  # a bad call: an error, whatever else is said
+    bad = int(several[0]) if several.size else int(np.flatnonzero(codes != _OK)[0])
     code = int(codes[bad])
     text = why if bad == g.rank() and why else f"rank {g.ranks[bad]} {_REASONS.get(code, 'cannot use CUDA IPC')}"
     if code == _SEVERAL_GPUS:

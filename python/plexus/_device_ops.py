@@ -15,11 +15,12 @@ import numpy as np
 
 
 class _Event:
-    __slots__ = ("done", "wait")
+    __slots__ = ("done", "wait", "stream_wait")
 
-    def __init__(self, done, wait):
+    def __init__(self, done, wait, stream_wait):
         self.done = done  # () -> bool
         self.wait = wait  # () -> None: blocks the host until the work before the record is done
+        self.stream_wait = stream_wait  # (stream) -> None: that stream waits for it, on the GPU
 
 
 def numpy_mirror(block: Any, off: int, nbytes: int, dtype: Any, shape: tuple) -> np.ndarray:
@@ -67,9 +68,9 @@ class CupyOps:
         stream.synchronize()
 
     def record(self, stream: Any) -> _Event:
-        ev = self.cp.cuda.Event(disable_timing=True)
+        ev = self.cp.cuda.Event(block=True, disable_timing=True)
         ev.record(stream)
-        return _Event(lambda: ev.done, ev.synchronize)
+        return _Event(lambda: ev.done, ev.synchronize, lambda s: s.wait_event(ev))
 
     def mirror(self, block: Any, off: int, nbytes: int, x: Any, dtype: str, shape: tuple) -> np.ndarray:
         return numpy_mirror(block, off, nbytes, x.dtype, shape)
@@ -102,24 +103,26 @@ class TorchOps:
     def _host(self, block: Any, off: int, nbytes: int) -> Any:
         return block.keep[off:off + nbytes]  # blocks of torch arrays are torch-allocated
 
-    def _bytes(self, t: Any) -> Any:
-        return t.reshape(-1).view(self.torch.uint8)
+    def _bytes(self, t: Any, ptr: int, nbytes: int) -> Any:
+        """The `nbytes` bytes of tensor `t` from address `ptr` (a chunk of it, or all of it)."""
+        start = ptr - t.data_ptr()
+        return t.reshape(-1).view(self.torch.uint8)[start:start + nbytes]
 
     def to_host(self, block: Any, off: int, t: Any, ptr: int, nbytes: int, stream: Any) -> None:
         with self.torch.cuda.stream(stream):
-            self._host(block, off, nbytes).copy_(self._bytes(t), non_blocking=True)
+            self._host(block, off, nbytes).copy_(self._bytes(t, ptr, nbytes), non_blocking=True)
 
     def to_device(self, t: Any, ptr: int, block: Any, off: int, nbytes: int, stream: Any) -> None:
         with self.torch.cuda.stream(stream):
-            self._bytes(t).copy_(self._host(block, off, nbytes), non_blocking=True)
+            self._bytes(t, ptr, nbytes).copy_(self._host(block, off, nbytes), non_blocking=True)
 
     def synchronize(self, stream: Any) -> None:
         stream.synchronize()
 
     def record(self, stream: Any) -> _Event:
-        ev = self.torch.cuda.Event()
+        ev = self.torch.cuda.Event(blocking=True)
         ev.record(stream)
-        return _Event(ev.query, ev.synchronize)
+        return _Event(ev.query, ev.synchronize, lambda s: s.wait_event(ev))
 
     def mirror(self, block: Any, off: int, nbytes: int, t: Any, dtype: str, shape: tuple) -> Any:
         # A CPU tensor over the pinned bytes: bfloat16 needs no ml_dtypes this way.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -39,13 +40,19 @@ def chunk_bytes() -> int:
     return max(1, n)
 
 
-def _check_calls(g: Any, where: str, count: int, dtype: int, op: int, chunk: int) -> None:
-    """Ranks that disagree on the call fail now, on every rank, instead of in a later chunk."""
-    mine = np.array([count, dtype, op, chunk], np.int64)
-    table = np.zeros((g.size(), 4), np.int64)
-    w = g.comm.all_gather(mine.ctypes.data, [table[i].ctypes.data for i in range(g.size())], 4, _INT64, True)
+def _check_calls(g: Any, where: str, count: int, dtype: int, op: int, chunk: int, local: Any) -> None:
+    """Ranks that disagree on the call, or could not set it up (`local`: this rank's exception
+    or None), fail now, every one of them, instead of some waiting in a later chunk."""
+    mine = np.array([count, dtype, op, chunk, local is not None], np.int64)
+    table = np.zeros((g.size(), mine.size), np.int64)
+    w = g.comm.all_gather(mine.ctypes.data, [table[i].ctypes.data for i in range(g.size())], mine.size, _INT64, True)
     if w is not None:
         w.wait(None)
+    if local is not None:
+        raise local
+    if table[:, 4].any():
+        bad = g.ranks[int(np.flatnonzero(table[:, 4])[0])]
+        raise _C.PlexusError(f"{where}: rank {bad} could not stage its arrays through host memory (its error says why)")
     for p in range(g.size()):
         if (table[p] != mine).any():
             raise _C.PlexusError(
@@ -54,52 +61,115 @@ def _check_calls(g: Any, where: str, count: int, dtype: int, op: int, chunk: int
                 f"all_reduce(count {count}, dtype {_C.DTYPES[dtype]}, op {_C.OPS[op]}, chunk {chunk} B)")
 
 
-def all_reduce(g: Any, where: str, src: Any, dst: Any, op: int, factor: float, why: str) -> Any:
-    """all_reduce of device Buffer `src` into `dst` (may be the same) through host memory.
-    Returns the core work of the last chunk (done)."""
-    PATHS[f"staged: {why}"] += 1
-    ops = ops_for(dst.device)
-    h_src, h_dst = ops.wrap(src.obj), ops.wrap(dst.obj)
-    stream = ops.current_stream(ops.device_of(h_dst))
-    es, count = dst.itemsize, dst.count
-    per = max(1, chunk_bytes() // es)
-    _check_calls(g, where, count, dst.code, op, per * es)
-    bounds = [(lo, min(count, lo + per)) for lo in range(0, count, per)] or [(0, 0)]
-    block = POOL.acquire(dst.device, max(1, dst.nbytes), ops.alloc_host)
-    host = block.host.ctypes.data
-    events = []
-    for lo, hi in bounds:  # all at once: the copy engine runs ahead of the network
-        if hi > lo:
-            ops.to_host(block, lo * es, h_src, src.ptr + lo * es, (hi - lo) * es, stream)
-        events.append(ops.record(stream))
-    pending: "collections.deque" = collections.deque()
+class StreamWork:
+    """The core of a Work whose last step is enqueued on a stream: done when the GPU has done
+    it; wait() makes the caller's current stream wait (the host does not)."""
 
-    def copy_back(all_of_them: bool) -> Any:
-        last = None
+    source = -1
+
+    def __init__(self, what: str, ops: Any, device: int, event: Any):
+        self.what, self.ops, self.device, self.event = what, ops, device, event
+
+    def wait(self, timeout: Any = None) -> bool:
+        self.event.stream_wait(self.ops.current_stream(self.device))
+        return True
+
+    def host_wait(self, timeout: Any = None) -> bool:
+        if timeout is None:
+            self.event.wait()
+            return True
+        deadline = time.monotonic() + timeout
+        while not self.event.done():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.0005)
+        return True
+
+    def is_completed(self) -> bool:
+        return bool(self.event.done())
+
+    def failed(self) -> bool:
+        return False
+
+    def rethrow(self) -> None:
+        return None
+
+
+def all_reduce(g: Any, where: str, src: Any, dst: Any, op: int, factor: float, why: str) -> StreamWork:
+    """all_reduce of device Buffer `src` into `dst` (may be the same) through host memory, on
+    the caller's current stream. Returns the core of its Work."""
+    PATHS[f"staged: {why}"] += 1
+    es, count = dst.itemsize, dst.count
+    local, per, block = None, 1, None
+    try:  # what can fail on this rank alone: every rank hears of it in _check_calls
+        per = max(1, chunk_bytes() // es)
+        ops = ops_for(dst.device)
+        h_src, h_dst = ops.wrap(src.obj), ops.wrap(dst.obj)
+        device = ops.device_of(h_dst)
+        if src.nbytes and ops.device_of(h_src) != device:
+            raise ValueError(f"{where}: the arrays of one call are on several GPUs")
+        stream = ops.current_stream(device)
+        block = POOL.acquire(dst.device, max(1, dst.nbytes), ops.alloc_host)
+    except Exception as e:  # noqa: BLE001
+        local = e
+    _check_calls(g, where, count, dst.code, op, per * es, local)
+    bounds = [(lo, min(count, lo + per)) for lo in range(0, count, per)] or [(0, 0)]
+    host = block.host.ctypes.data
+    pending: "collections.deque" = collections.deque()
+    failure = None
+    events = []
+    try:
+        for lo, hi in bounds:  # all at once: the copy engine runs ahead of the network
+            if hi > lo:
+                ops.to_host(block, lo * es, h_src, src.ptr + lo * es, (hi - lo) * es, stream)
+            events.append(ops.record(stream))
+    except Exception as e:  # noqa: BLE001
+        failure = e
+
+    def copy_back(all_of_them: bool) -> None:
+        nonlocal failure
         while pending and (all_of_them or pending[0][2].is_completed()):
             lo, hi, w = pending.popleft()
-            w.wait(None)  # raises the chunk's error
-            if hi > lo:
-                ops.to_device(h_dst, dst.ptr + lo * es, block, lo * es, (hi - lo) * es, stream)
-            last = w
-        return last
+            w.wait(None)  # raises the chunk's error (the communicator's: every rank sees one)
+            if hi > lo and failure is None:
+                try:
+                    ops.to_device(h_dst, dst.ptr + lo * es, block, lo * es, (hi - lo) * es, stream)
+                except Exception as e:  # noqa: BLE001
+                    failure = e
 
     try:
-        last = None
-        for (lo, hi), ev in zip(bounds, events):
-            ev.wait()  # this chunk is on the host
+        for i, (lo, hi) in enumerate(bounds):
+            if failure is None:
+                try:
+                    events[i].wait()  # this chunk is on the host
+                except Exception as e:  # noqa: BLE001
+                    failure = e
+            # Chunks go on after a local failure, so that the peers are not left waiting.
             ptr = host + lo * es
             pending.append((lo, hi, g.comm.all_reduce(ptr, ptr, hi - lo, dst.code, op, factor, False)))
-            last = copy_back(False) or last
-        last = copy_back(True) or last
-    except BaseException:
-        # Chunks still in flight write the block: let them end (fail, or finish) before it goes.
-        # Copies back already enqueued stay: the output may hold part of the result.
-        for _, _, w in pending:
+            copy_back(False)
+        copy_back(True)
+    finally:
+        for _, _, w in pending:  # after an error: let the chunks in flight end before the block goes
             try:
                 w.wait(None)
             except BaseException:  # noqa: BLE001 - the first error is the one raised
                 pass
-        raise
-    POOL.release(block, ops.record(stream))
-    return last
+        try:
+            done = ops.record(stream)
+            POOL.release(block, done)  # reused once the copies that read it are done
+        except Exception as e:  # noqa: BLE001 - a broken stream: the block is dropped, not reused
+            done, failure = None, failure or e
+    status = np.array([failure is not None], np.uint8)
+    everyone = np.zeros(g.size(), np.uint8)
+    w = g.comm.all_gather(status.ctypes.data, [everyone[i:].ctypes.data for i in range(g.size())], 1,
+                          _C.DTYPES.index("uint8"), True)
+    if w is not None:
+        w.wait(None)
+    if failure is not None:
+        raise failure
+    if everyone.any():
+        bad = g.ranks[int(np.flatnonzero(everyone)[0])]
+        raise _C.PlexusError(f"{where}: rank {bad} failed while staging its arrays (its error says why); "
+                             "the device output may hold part of the result")
+    return StreamWork("all_reduce", ops, device, done)

@@ -340,8 +340,8 @@ def _all_reduce_checked(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, 
         try:
             return _cuda_ipc.run(g, "all_reduce", where, buf, dst, code, factor, async_op)
         except _cuda_ipc.UseStaging as e:  # through host memory, copies overlapping the network
-            w = _device_pipeline.all_reduce(g, where, buf, dst, code, factor, str(e))
-            return Work(w, [dst.obj]) if async_op else None
+            core = _device_pipeline.all_reduce(g, where, buf, dst, code, factor, str(e))
+            return Work(core, [dst.obj]) if async_op else None
     w = g.comm.all_reduce(buf.ptr, dst.ptr, buf.count, buf.code, code, factor, not async_op)
     return _finish(g, w, [tensor, out], [dst.obj], async_op)
 

@@ -254,7 +254,8 @@ def _stream_done(L, s):
     return bool(s.done) if L.name == "cupy" else bool(s.query())
 
 
-CHECKS = CHECKS + [check_ipc_does_not_block_the_host]
+# First, while few peer mappings exist: closing stale ones (every STALE_CALLS calls) syncs the device.
+CHECKS = [check_ipc_does_not_block_the_host] + CHECKS
 
 
 def _run_all(rank, world, lib):
@@ -282,6 +283,24 @@ def test_cupy_collectives(world):
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_torch_cuda_collectives(world):
     _check_results(run_ranks(world, _run_all, "torch", timeout=600))
+
+
+def _across_hosts(rank, world, lib):
+    from plexus import _cuda_ipc
+
+    L = LIBS[lib]()
+    n = check_all_reduce(L, rank, world) + check_streams_and_async(L, rank, world)
+    return n, sorted(_cuda_ipc.PATHS)
+
+
+@pytest.mark.parametrize("lib", [pytest.param("cupy", marks=pytest.mark.cupy),
+                                 pytest.param("torch", marks=pytest.mark.torch_cuda)])
+def test_all_reduce_staged_in_chunks_across_hosts(lib):
+    """Two pretend hosts: no CUDA IPC, all_reduce goes through host memory in 64 KiB chunks."""
+    env = {"PLEXUS_HOST_ID_BY_RANK": "a,b", "PLEXUS_STAGE_CHUNK_BYTES": "65536"}
+    results = run_ranks(2, _across_hosts, lib, env=env, timeout=600)
+    assert results[0] == results[1], results
+    assert results[0][1] == ["staged: the group spans several hosts"], results[0][1]
 
 
 ROUTED = ["all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",

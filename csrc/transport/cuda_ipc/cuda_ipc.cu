@@ -20,26 +20,32 @@ void check(cudaError_t e, const char* what) {
   throw Error(std::string("cuda_ipc: ") + what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
 }
 
+// A driver API function, looked up through the runtime (nullptr when the driver lacks it).
+void* driver_symbol(const char* name) {
+  void* p = nullptr;
+#if CUDART_VERSION >= 12050
+  cudaDriverEntryPointQueryResult found{};
+  bool ok = cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &found) == cudaSuccess &&
+            found == cudaDriverEntryPointSuccess;
+#elif CUDART_VERSION >= 12000
+  cudaDriverEntryPointQueryResult found{};
+  bool ok = cudaGetDriverEntryPoint(name, &p, cudaEnableDefault, &found) == cudaSuccess &&
+            found == cudaDriverEntryPointSuccess;
+#else
+  bool ok = cudaGetDriverEntryPoint(name, &p, cudaEnableDefault) == cudaSuccess;
+#endif
+  if (!ok) cudaGetLastError();
+  return ok ? p : nullptr;
+}
+
 // CUresult cuMemGetAddressRange_v2(CUdeviceptr* base, size_t* size, CUdeviceptr ptr).
 using AddressRangeFn = int (*)(unsigned long long*, size_t*, unsigned long long);
+// CUresult cuCtxGetCurrent(CUcontext*), cuCtxSetCurrent(CUcontext).
+using CtxGetFn = int (*)(void**);
+using CtxSetFn = int (*)(void*);
 
 AddressRangeFn address_range_fn() {
-  static AddressRangeFn fn = [] {
-    void* p = nullptr;
-#if CUDART_VERSION >= 12050
-    cudaDriverEntryPointQueryResult found{};
-    cudaError_t e = cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &p, 12000, cudaEnableDefault, &found);
-    bool ok = e == cudaSuccess && found == cudaDriverEntryPointSuccess;
-#elif CUDART_VERSION >= 12000
-    cudaDriverEntryPointQueryResult found{};
-    cudaError_t e = cudaGetDriverEntryPoint("cuMemGetAddressRange", &p, cudaEnableDefault, &found);
-    bool ok = e == cudaSuccess && found == cudaDriverEntryPointSuccess;
-#else
-    bool ok = cudaGetDriverEntryPoint("cuMemGetAddressRange", &p, cudaEnableDefault) == cudaSuccess;
-#endif
-    if (!ok) cudaGetLastError();
-    return ok ? reinterpret_cast<AddressRangeFn>(p) : nullptr;
-  }();
+  static AddressRangeFn fn = reinterpret_cast<AddressRangeFn>(driver_symbol("cuMemGetAddressRange"));
   return fn;
 }
 
@@ -61,18 +67,26 @@ Handle from_bytes(const std::string& bytes, const char* what) {
 
 }  // namespace
 
+// The caller's driver context is saved and put back as it was, rather than "its device": on a
+// thread that never used CUDA, setting device 0 back would create a context on GPU 0.
 DeviceGuard::DeviceGuard(int device) {
   if (device < 0) return;
+  static CtxGetFn get = reinterpret_cast<CtxGetFn>(driver_symbol("cuCtxGetCurrent"));
   int current = -1;
   check(cudaGetDevice(&current), "cudaGetDevice");
-  if (current != device) {
-    check(cudaSetDevice(device), "cudaSetDevice");
-    previous_ = current;
+  void* ctx = nullptr;
+  const bool known = get && get(&ctx) == 0;
+  if (current == device && known && ctx) return;  // already there
+  check(cudaSetDevice(device), "cudaSetDevice");
+  if (known) {
+    previous_ = 1;
+    context_ = ctx;
   }
 }
 
 DeviceGuard::~DeviceGuard() {
-  if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
+  static CtxSetFn set = reinterpret_cast<CtxSetFn>(driver_symbol("cuCtxSetCurrent"));
+  if (previous_ >= 0 && set) set(context_);
 }
 
 void synchronize_device(int device) {

@@ -47,7 +47,8 @@ void copy(int device, void* dst, const void* src, size_t bytes, void* stream);
 // Waits until everything queued on the device by this process is done (before closing mappings).
 void synchronize_device(int device);
 
-// Makes `device` current for its lifetime, then puts back the one that was (-1: keep the current).
+// Makes `device` current for its lifetime, then puts back the driver context that was current
+// (none, on a thread that had none: no context is created on another GPU). -1: keep the current.
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device);
@@ -56,7 +57,8 @@ class DeviceGuard {
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 
  private:
-  int previous_ = -1;
+  int previous_ = -1;       // 1 when context_ is to be put back
+  void* context_ = nullptr;  // CUcontext
 };
 
 }  // namespace cuda_ipc

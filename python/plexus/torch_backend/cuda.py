@@ -69,7 +69,8 @@ def release(pg: Any) -> None:
 
 
 def _device_buffer(t: Any, what: str, code: int = -1) -> Any:
-    """buffer() of a CUDA tensor for the IPC path; a dtype IPC cannot reduce stages instead."""
+    """buffer() of a CUDA tensor for the IPC path, with the CPU path's checks (their TypeError /
+    ValueError is the caller's mistake, raised as the CPU path raises it)."""
     with device_buffers():
         b = buffer(t, what, code)
     if b.device is None:
@@ -137,10 +138,8 @@ def on_cuda(method: Callable) -> Callable:
         if ipc is not None:
             try:
                 return ipc(self, *args, **kwargs)
-            except _cuda_ipc.UseStaging as e:
+            except _cuda_ipc.UseStaging as e:  # every rank alike
                 _cuda_ipc.PATHS[f"staged: {e}"] += 1
-            except TypeError:
-                pass  # a dtype only the CPU path takes (complex): staged below, or refused there
         return _staged(self, method, args, kwargs, writes_first)
 
     return wrapper
