@@ -28,8 +28,10 @@ reduce-scatter pull: a rank reads its peers' inputs and writes only its own outp
 from __future__ import annotations
 
 import collections
+import ctypes
 import functools
 import os
+import struct
 import sys
 import threading
 import time
@@ -44,10 +46,12 @@ MAX_DSTS = 8  # destinations the reduction kernel writes in one pass (cuda::kMax
 OPEN_LIMIT = 256  # peer allocations mapped per group and device before unused ones are closed
 STALE_CALLS = 256  # a mapping no call used for this many calls is closed (after a device sync)
 
-RECORD = np.dtype([("ok", "u1"), ("kind", "u1"), ("dtype", "u1"), ("op", "u1"), ("pad", "u4"),
-                   ("count", "<i8"), ("factor", "<f8"), ("src_off", "<u8"), ("dst_off", "<u8"),
-                   ("src", "u1", (HANDLE,)), ("dst", "u1", (HANDLE,)),
-                   ("entry", "u1", (HANDLE,)), ("done", "u1", (HANDLE,))])
+# One rank's record of a call: ok code, kind, dtype, op, (pad), count, factor, src/dst offsets,
+# then the 64-byte handles of src, dst and the entry/done events. Bytes [1:4] and [8:24] are the
+# call's signature (compared as bytes: a NaN factor too).
+_HEAD = struct.Struct("<BBBBIqdQQ")
+_SRC, _DST, _ENTRY, _DONE = (_HEAD.size + i * HANDLE for i in range(4))
+RECORD_BYTES = _HEAD.size + 4 * HANDLE
 KINDS = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor")
 _UINT8 = _C.DTYPES.index("uint8")
 # How device-array calls of these collectives ran in this process (numpy API and torch backend):
@@ -217,14 +221,21 @@ def local_problem() -> Optional[str]:
     return _driver.problem()
 
 
-def _host_all_gather(g: Any, mine: np.ndarray) -> np.ndarray:
-    table = np.zeros((g.size(), mine.nbytes), np.uint8)
-    src = mine.view(np.uint8).reshape(-1)
-    slots = [table.ctypes.data + i * mine.nbytes for i in range(g.size())]
-    w = g.comm.all_gather(src.ctypes.data, slots, mine.nbytes, _UINT8, True)
+def _host_all_gather(g: Any, mine: bytes) -> List[bytes]:
+    """Every rank's `mine` (same length on all), in rank order, through the host communicator.
+    The buffers are kept per group and length: the hot path allocates nothing but the result."""
+    cache = g.__dict__.setdefault("_cuda_ipc_gather", {})
+    bufs = cache.get(len(mine))
+    if bufs is None:
+        src, table = np.zeros(len(mine), np.uint8), np.zeros((g.size(), len(mine)), np.uint8)
+        bufs = cache[len(mine)] = (src, table, src.ctypes.data, [table[i].ctypes.data for i in range(g.size())])
+    src, table, src_ptr, slots = bufs
+    ctypes.memmove(src_ptr, mine, len(mine))
+    w = g.comm.all_gather(src_ptr, slots, len(mine), _UINT8, True)
     if w is not None:
         w.wait(None)
-    return table
+    data = table.tobytes()
+    return [data[i * len(mine):(i + 1) * len(mine)] for i in range(g.size())]
 
 
 def _export(device: int, buf: Any) -> Tuple[bytes, int]:
@@ -234,10 +245,15 @@ def _export(device: int, buf: Any) -> Tuple[bytes, int]:
     return bytes(handle), int(off)
 
 
-def _describe(row: Any) -> str:
-    name = KINDS[row["kind"]] if row["kind"] < len(KINDS) else f"kind {row['kind']}"
-    op = _C.OPS[row["op"]] if row["op"] < len(_C.OPS) else f"code {row['op']}"
-    return f"{name}(dtype {_C.DTYPES[row['dtype']]}, count {row['count']}, op {op})"
+def _describe(row: bytes) -> str:
+    _, kind, dtype, op, _, count, _, _, _ = _HEAD.unpack_from(row)
+    name = KINDS[kind] if kind < len(KINDS) else f"kind {kind}"
+    op_name = _C.OPS[op] if op < len(_C.OPS) else f"code {op}"
+    return f"{name}(dtype {_C.DTYPES[dtype] if dtype < len(_C.DTYPES) else dtype}, count {count}, op {op_name})"
+
+
+def _handle(row: bytes, at: int) -> bytes:
+    return row[at:at + HANDLE]
 
 
 class _DeviceWork:
@@ -283,7 +299,7 @@ class _DeviceWork:
             pass
 
 
-# Why a rank's record says it cannot take part (RECORD "ok" != 1).
+# Why a rank's record says it cannot take part (its first byte, when not _OK).
 _OK, _DISABLED, _NO_CUDA, _NO_EXPORT, _NO_MAP, _SEVERAL_GPUS = 1, 2, 3, 4, 5, 6
 _REASONS = {_DISABLED: "has PLEXUS_CUDA_IPC=0", _NO_CUDA: "cannot use CUDA", _NO_EXPORT: "cannot export its arrays",
             _NO_MAP: "cannot map its peers' arrays", _SEVERAL_GPUS: "has the arrays of one call on several GPUs"}
@@ -329,14 +345,15 @@ def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: 
     return Work(_DeviceWork(what, dst.device, device, stream), [dst.obj])
 
 
-def _agree(g: Any, where: str, codes: np.ndarray, mine: int, why: str) -> None:
+def _agree(g: Any, where: str, codes: bytes, why: str) -> None:
     """Raises on every rank alike unless every rank's code is _OK: ValueError for arrays on
     several GPUs (a bad call), else UseStaging."""
-    if (codes == _OK).all():
+    if codes.count(_OK) == len(codes):
         return
-    several = np.flatnonzero(codes == _SEVERAL_GPUS)  # a bad call: an error, whatever else is said
-    bad = int(several[0]) if several.size else int(np.flatnonzero(codes != _OK)[0])
-    code = int(codes[bad])
+    bad = codes.find(_SEVERAL_GPUS)  # a bad call: an error, whatever else is said
+    if bad < 0:
+        bad = next(i for i, c in enumerate(codes) if c != _OK)
+    code = codes[bad]
     text = why if bad == g.rank() and why else f"rank {g.ranks[bad]} {_REASONS.get(code, 'cannot use CUDA IPC')}"
     if code == _SEVERAL_GPUS:
         raise ValueError(text if bad == g.rank() else f"{where}: {text}")
@@ -347,50 +364,47 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
                           scale: float, device: int, stream: int, code: int, why: str) -> None:
     n, r = g.size(), g.rank()
     d = _driver
-    mine = np.zeros(1, RECORD)
-    mine["kind"], mine["dtype"], mine["op"], mine["count"], mine["factor"] = kind, dst.code, op, dst.count, factor
+    src_off = dst_off = 0
+    handles = [bytes(HANDLE)] * 4
     if code == _OK:
         try:  # anything failing here is this rank's alone: it says so in its record, and all stage
             peers = _peers(g, device)
             d.record(device, peers.entry[0], stream)  # step 1
-            mine["entry"], mine["done"] = (np.frombuffer(peers.entry[1], np.uint8),
-                                           np.frombuffer(peers.done[1], np.uint8))
             src_handle, src_off = _export(device, src)
             dst_handle, dst_off = _export(device, dst) if kind == 0 else (bytes(HANDLE), 0)
-            mine["src"], mine["src_off"] = np.frombuffer(src_handle, np.uint8), src_off
-            mine["dst"], mine["dst_off"] = np.frombuffer(dst_handle, np.uint8), dst_off
+            handles = [src_handle, dst_handle, peers.entry[1], peers.done[1]]
         except Exception as e:  # noqa: BLE001
             code, why = _NO_EXPORT, f"rank {g.ranks[r]} cannot export its arrays: {e}"
-    mine["ok"] = code
-    table = _host_all_gather(g, mine).view(RECORD).reshape(-1)  # step 2
-    sig = np.stack([table[k].astype("<f8").view("<u8") if k == "factor" else table[k].astype("<u8")
-                    for k in ("kind", "dtype", "op", "count", "factor")], axis=1)  # factor bitwise: NaN too
+    mine = _HEAD.pack(code, kind, dst.code, op, 0, dst.count, factor, src_off, dst_off) + b"".join(handles)
+    rows = _host_all_gather(g, mine)  # step 2
+    sig = mine[1:4] + mine[8:24]
     for p in range(n):
-        if (sig[p] != sig[r]).any():
-            raise _C.PlexusError(f"{where}: rank {g.ranks[p]} called {_describe(table[p])} but rank "
-                                 f"{g.ranks[r]} called {_describe(table[r])}")
-    _agree(g, where, table["ok"], code, why)
+        if rows[p][1:4] + rows[p][8:24] != sig:
+            raise _C.PlexusError(f"{where}: rank {g.ranks[p]} called {_describe(rows[p])} but rank "
+                                 f"{g.ranks[r]} called {_describe(mine)}")
+    _agree(g, where, bytes(row[0] for row in rows), why)
     srcs, dsts = [0] * n, [0] * n
     try:  # step 3
         for p in range(n):
             if p == r:
                 srcs[p], dsts[p] = src.ptr, dst.ptr
                 continue
-            row = table[p]
+            row = rows[p]
+            _, _, _, _, _, _, _, p_src_off, p_dst_off = _HEAD.unpack_from(row)
             if src.nbytes:
-                srcs[p] = peers.base(row["src"].tobytes()) + int(row["src_off"])
+                srcs[p] = peers.base(_handle(row, _SRC)) + p_src_off
             if kind == 0 and dst.nbytes:
-                dsts[p] = peers.base(row["dst"].tobytes()) + int(row["dst_off"])
-            peers.event(row["entry"].tobytes())
-            peers.event(row["done"].tobytes())
+                dsts[p] = peers.base(_handle(row, _DST)) + p_dst_off
+            peers.event(_handle(row, _ENTRY))
+            peers.event(_handle(row, _DONE))
     except Exception as e:  # noqa: BLE001
         code, why = _NO_MAP, f"rank {g.ranks[r]} cannot map its peers' arrays: {e}"
-    _agree(g, where, _host_all_gather(g, np.array([code], np.uint8)).reshape(-1), code, why)
+    _agree(g, where, b"".join(_host_all_gather(g, bytes([code]))), why)
     failure = None
     try:  # step 4
         for p in range(n):
             if p != r:
-                d.wait(device, stream, peers.event(table[p]["entry"].tobytes()))
+                d.wait(device, stream, peers.event(_handle(rows[p], _ENTRY)))
         _enqueue(kind, r, n, src, dst, srcs, dsts, op, scale, device, stream)
     except Exception as e:  # noqa: BLE001 - every rank must still reach step 5
         failure = e
@@ -399,15 +413,15 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
     except Exception as e:  # noqa: BLE001
         failure = failure or e
     # Step 5: every done event is recorded, and every rank learns whether all enqueued their part.
-    status = _host_all_gather(g, np.array([failure is not None], np.uint8)).reshape(-1)
+    status = b"".join(_host_all_gather(g, bytes([failure is not None])))
     for p in range(n):
         if p != r:
-            d.wait(device, stream, peers.event(table[p]["done"].tobytes()))
+            d.wait(device, stream, peers.event(_handle(rows[p], _DONE)))
     peers.end_call()
     if failure is not None:
         raise failure
-    if status.any():
-        bad = g.ranks[int(np.flatnonzero(status)[0])]
+    if any(status):
+        bad = g.ranks[next(i for i, failed in enumerate(status) if failed)]
         raise _C.PlexusError(f"{where}: rank {bad} failed to enqueue its part of the call (its error says why)")
 
 

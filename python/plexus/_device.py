@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -115,7 +116,7 @@ def describe(x: Any, name: str) -> DeviceArray:
     if not _c_contiguous(shape, None if strides is None else tuple(strides), itemsize):
         raise ValueError(f"{name} must be C-contiguous (use cupy.ascontiguousarray)")
     ptr, readonly = cai["data"]
-    return DeviceArray(x, kind, int(ptr), int(np.prod(shape, dtype=np.int64)) * itemsize, dtype, shape,
+    return DeviceArray(x, kind, int(ptr), math.prod(shape) * itemsize, dtype, shape,
                        bool(readonly), name, itemsize)
 
 
