@@ -128,6 +128,12 @@ def test_plexus_info_on_a_described_machine():
     for coll in tuning.COLLECTIVES:
         assert f"{coll}:" in out.stdout
     assert "hierarchical" in out.stdout and "NV6" in out.stdout
+    # This process's device-array path: without a GPU here, staging, and why.
+    line = next(x for x in out.stdout.splitlines() if x.startswith("device arrays: "))
+    from plexus import _cuda_ipc
+
+    problem = _cuda_ipc.local_problem()
+    assert ("CUDA IPC within a host" in line) if problem is None else (f"no CUDA IPC: {problem}" in line), line
 
 
 def test_plexus_info_rejects_a_missing_file():
