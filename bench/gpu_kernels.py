@@ -205,7 +205,7 @@ def cupy_add(sizes) -> dict:
     out = {}
     for size in sizes:
         a, b, c = (cp.ones(size // 4, cp.float32) for _ in range(3))
-        out[size] = time_ms(cp, lambda: cp.add(a, b, out=c), _iters_for(size)) / 1e3
+        out[size] = time_ms(cp, lambda a=a, b=b, c=c: cp.add(a, b, out=c), _iters_for(size)) / 1e3
         del a, b, c
     return out
 
