@@ -73,6 +73,21 @@ def _collectives(rank, world, folder):
             plexus.all_gather_into_tensor(out, mine)
             ref.assert_equal(out.host, np.concatenate(inputs), "SUM", f"all_gather_into_tensor in place {case}")
             checked += 2
+    for i, (dtype, op) in enumerate(_cases()):
+        root = i % world
+        for count in (0, 1, 999):
+            case = f"ipc-rooted/{dtype}/{op}/{count}"
+            inputs = [ref.make_input(case, r, count, dtype, op) for r in range(world)]
+            x = fake.array(inputs[rank], offset=8)
+            plexus.broadcast(x, src=root)
+            ref.assert_equal(x.host, inputs[root], "SUM", f"broadcast {case} from {root}")
+            x = fake.array(inputs[rank])
+            plexus.reduce(x, dst=root, op=ref.plexus_op(op))
+            want = ref.reduce_ref(inputs, op, dtype) if rank == root else inputs[rank]
+            ref.assert_equal(x.host, want, op if rank == root else "SUM", f"reduce {case} to {root}")
+            checked += 2
+    with pytest.raises(ValueError, match=f"rank {world} is not a member"):
+        plexus.broadcast(fake.array(np.ones(3, np.float32)), src=world)
     assert set(_cuda_ipc.PATHS) == {"cuda_ipc"}, _cuda_ipc.PATHS  # nothing was staged
     if world > 1:
         # Each peer's allocation is mapped once per array, its events once per group.
@@ -164,6 +179,8 @@ def _mismatch(rank, world, folder):
     with pytest.raises(plexus.PlexusError, match=r"rank [01] called all_reduce\(dtype float32, count [56].* but "
                                                  r"rank [01] called all_reduce\(dtype float32, count [56]"):
         plexus.all_reduce(x)
+    with pytest.raises(plexus.PlexusError, match=r"called broadcast\(dtype float32, count 4, op sum, root [01]\)"):
+        plexus.broadcast(fake.array(np.zeros(4, np.float32)), src=rank)  # each rank names itself the root
     return True
 
 

@@ -1,5 +1,5 @@
-"""all_reduce, all_gather_into_tensor and reduce_scatter_tensor on device arrays of ranks that
-share one host, through CUDA IPC: each rank maps its peers' arrays into its own address space
+"""all_reduce, all_gather_into_tensor, reduce_scatter_tensor, broadcast and reduce on device
+arrays of ranks that share one host, through CUDA IPC: each rank maps its peers' arrays into its own address space
 (cudaIpcGetMemHandle / cudaIpcOpenMemHandle, csrc/transport/cuda_ipc) and the CUDA reduction
 kernel reads and writes them there, on the caller's current stream. No byte goes through host
 memory, and the call returns once the work is enqueued, as with NCCL. Ranks may share a GPU.
@@ -22,7 +22,8 @@ sees the latest record issued before it).
 
 all_reduce is two-shot: rank r reduces slice r of every rank's input and writes it into slice r
 of every rank's output in one pass (2 x bytes moved per rank, whatever n is). The gather and the
-reduce-scatter pull: a rank reads its peers' inputs and writes only its own output.
+reduce-scatter pull: a rank reads its peers' inputs and writes only its own output; so do
+broadcast (from the root) and reduce (into the root).
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ MAX_DSTS = 8  # destinations the reduction kernel writes in one pass (cuda::kMax
 OPEN_LIMIT = 256  # peer allocations mapped per group and device before unused ones are closed
 STALE_CALLS = 256  # a mapping no call used for this many calls is closed (after a device sync)
 
-# One rank's record of a call: ok code, kind, dtype, op, (pad), count, factor, src/dst offsets,
-# then the 64-byte handles of src, dst and the entry/done events. Bytes [1:4] and [8:24] are the
-# call's signature (compared as bytes: a NaN factor too).
+# One rank's record of a call: ok code, kind, dtype, op, root (rooted kinds; else 2**32-1),
+# count, factor, src/dst offsets, then the 64-byte handles of src, dst and the entry/done events.
+# Bytes [1:24] are the call's signature (compared as bytes: a NaN factor too).
 _HEAD = struct.Struct("<BBBBIqdQQ")
 _SRC, _DST, _ENTRY, _DONE = (_HEAD.size + i * HANDLE for i in range(4))
 RECORD_BYTES = _HEAD.size + 4 * HANDLE
-KINDS = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor")
+KINDS = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce")
+_ROOTED = (3, 4)
 _UINT8 = _C.DTYPES.index("uint8")
 # How device-array calls of these collectives ran in this process (numpy API and torch backend):
 # "cuda_ipc", or "staged: <why>" (tests and benchmarks read it).
@@ -246,10 +248,11 @@ def _export(device: int, buf: Any) -> Tuple[bytes, int]:
 
 
 def _describe(row: bytes) -> str:
-    _, kind, dtype, op, _, count, _, _, _ = _HEAD.unpack_from(row)
+    _, kind, dtype, op, root, count, _, _, _ = _HEAD.unpack_from(row)
     name = KINDS[kind] if kind < len(KINDS) else f"kind {kind}"
     op_name = _C.OPS[op] if op < len(_C.OPS) else f"code {op}"
-    return f"{name}(dtype {_C.DTYPES[dtype] if dtype < len(_C.DTYPES) else dtype}, count {count}, op {op_name})"
+    rooted = f", root {root}" if kind in _ROOTED else ""
+    return f"{name}(dtype {_C.DTYPES[dtype] if dtype < len(_C.DTYPES) else dtype}, count {count}, op {op_name}{rooted})"
 
 
 def _handle(row: bytes, at: int) -> bytes:
@@ -306,7 +309,7 @@ _REASONS = {_DISABLED: "has PLEXUS_CUDA_IPC=0", _NO_CUDA: "cannot use CUDA", _NO
 
 
 def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: float = 1.0,
-        async_op: bool = False) -> Any:
+        async_op: bool = False, root: int = -1) -> Any:
     """One of KINDS on device Buffers `src` and `dst` (checked by the caller, distributed.py),
     enqueued on the caller's current stream. Returns None, or a Work when async_op. Raises
     UseStaging, on every rank alike, when the call cannot go through CUDA IPC."""
@@ -318,6 +321,8 @@ def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: 
     if n > 1 and len(set(g.comm.host_ids)) > 1:  # the same answer on every rank
         raise UseStaging("the group spans several hosts")
     kind = KINDS.index(what)
+    if kind in _ROOTED and not 0 <= root < n:
+        raise ValueError(f"{where}: root {root} is out of range for a group of {n} ranks")
     scale = factor if op == _PREMUL_SUM else 1.0 / n if op == _AVG else 1.0
     problem, code, device, stream = local_problem(), _OK, 0, 0
     if problem:
@@ -336,9 +341,9 @@ def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: 
             raise ValueError(problem)
         if problem:
             raise UseStaging(problem)
-        _enqueue(kind, r, 1, src, dst, [src.ptr], [dst.ptr], op, scale, device, stream)
+        _enqueue(kind, r, 1, src, dst, [src.ptr], [dst.ptr], op, scale, device, stream, root)
     else:
-        _exchange_and_enqueue(g, kind, where, src, dst, op, factor, scale, device, stream, code, problem or "")
+        _exchange_and_enqueue(g, kind, where, src, dst, op, factor, scale, device, stream, code, problem or "", root)
     PATHS["cuda_ipc"] += 1
     if not async_op:
         return None
@@ -361,7 +366,7 @@ def _agree(g: Any, where: str, codes: bytes, why: str) -> None:
 
 
 def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op: int, factor: float,
-                          scale: float, device: int, stream: int, code: int, why: str) -> None:
+                          scale: float, device: int, stream: int, code: int, why: str, root: int) -> None:
     n, r = g.size(), g.rank()
     d = _driver
     src_off = dst_off = 0
@@ -375,11 +380,11 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
             handles = [src_handle, dst_handle, peers.entry[1], peers.done[1]]
         except Exception as e:  # noqa: BLE001
             code, why = _NO_EXPORT, f"rank {g.ranks[r]} cannot export its arrays: {e}"
-    mine = _HEAD.pack(code, kind, dst.code, op, 0, dst.count, factor, src_off, dst_off) + b"".join(handles)
+    mine = _HEAD.pack(code, kind, dst.code, op, root & 0xFFFFFFFF, dst.count, factor, src_off, dst_off) + b"".join(handles)
     rows = _host_all_gather(g, mine)  # step 2
-    sig = mine[1:4] + mine[8:24]
+    sig = mine[1:24]
     for p in range(n):
-        if rows[p][1:4] + rows[p][8:24] != sig:
+        if rows[p][1:24] != sig:
             raise _C.PlexusError(f"{where}: rank {g.ranks[p]} called {_describe(rows[p])} but rank "
                                  f"{g.ranks[r]} called {_describe(mine)}")
     _agree(g, where, bytes(row[0] for row in rows), why)
@@ -405,7 +410,7 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
         for p in range(n):
             if p != r:
                 d.wait(device, stream, peers.event(_handle(rows[p], _ENTRY)))
-        _enqueue(kind, r, n, src, dst, srcs, dsts, op, scale, device, stream)
+        _enqueue(kind, r, n, src, dst, srcs, dsts, op, scale, device, stream, root)
     except Exception as e:  # noqa: BLE001 - every rank must still reach step 5
         failure = e
     try:
@@ -426,7 +431,7 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
 
 
 def _enqueue(kind: int, r: int, n: int, src: Any, dst: Any, srcs: List[int], dsts: List[int], op: int,
-             scale: float, device: int, stream: int) -> None:
+             scale: float, device: int, stream: int, root: int = -1) -> None:
     """This rank's share of the work, on `stream`: srcs/dsts are every rank's input/output here."""
     d, es = _driver, dst.itemsize
     if kind == 0:  # all_reduce: slice r of every input, reduced into slice r of every output
@@ -448,6 +453,12 @@ def _enqueue(kind: int, r: int, n: int, src: Any, dst: Any, srcs: List[int], dst
     elif kind == 1:  # all_gather_into_tensor: every input into its slot of our output
         for p in range(n):
             d.copy(device, dst.ptr + p * src.nbytes, srcs[p], src.nbytes, stream)
+    elif kind == 3:  # broadcast: the root's array into ours
+        if r != root:
+            d.copy(device, dst.ptr, srcs[root], dst.nbytes, stream)
+    elif kind == 4:  # reduce: every rank's array, reduced into the root's (in place)
+        if r == root and dst.count and (n > 1 or scale != 1.0):
+            d.reduce_to(op, dst.code, [dst.ptr], srcs, dst.count, scale, stream, device)
     else:  # reduce_scatter_tensor: block r of every input, reduced into our output
         if dst.count:
             ins = [s + r * dst.nbytes for s in srcs]

@@ -435,6 +435,8 @@ def broadcast(tensor: Any, src: int, group: Any = None, async_op: bool = False):
     where = _where("broadcast", g)
     root = g.group_rank(src, where)
     buf = as_buffer(tensor, f"{where}: tensor", writable=g.rank() != root)
+    if buf.device is not None:
+        return _cuda_ipc.run(g, "broadcast", where, buf, buf, async_op=async_op, root=root)
     w = g.comm.broadcast(buf.ptr, buf.count, buf.code, root, not async_op)
     return _finish(g, w, [tensor], [tensor], async_op)
 
@@ -450,6 +452,8 @@ def reduce(tensor: Any, dst: int, op: Any = ReduceOp.SUM, group: Any = None, asy
     root = g.group_rank(dst, where)
     buf = as_buffer(tensor, f"{where}: tensor", writable=g.rank() == root)
     code, factor = resolve_op(op, where, buf)
+    if buf.device is not None:
+        return _cuda_ipc.run(g, "reduce", where, buf, buf, code, factor, async_op, root=root)
     w = g.comm.reduce(buf.ptr, buf.ptr, buf.count, buf.code, code, factor, root, not async_op)
     return _finish(g, w, [tensor], [tensor], async_op)
 

@@ -4,8 +4,8 @@
 tensors costs nothing extra (the method runs first; its buffer() refuses CUDA tensors with a
 TypeError, and only then are the arguments looked at). With CUDA tensors:
 
-- allreduce, all_gather_into_tensor (_allgather_base) and reduce_scatter_tensor
-  (_reduce_scatter_base) run through CUDA IPC when the group sits on one host (plexus._cuda_ipc):
+- allreduce, all_gather_into_tensor (_allgather_base), reduce_scatter_tensor
+  (_reduce_scatter_base), broadcast and reduce run through CUDA IPC when the group sits on one host (plexus._cuda_ipc):
   enqueued on the current stream, zero-copy, Work.wait() makes the current stream wait;
   allreduce elsewhere is staged in chunks whose copies overlap the network (_device_pipeline);
 - everything else, and those when IPC cannot be used (several hosts, memory that cannot be
@@ -116,7 +116,30 @@ def _ipc_reduce_scatter_single(pg: Any, output: Any, input: Any, opts: Any = Non
     return pg._work(where, [w._core], [output], (output, input))
 
 
+def _ipc_broadcast(pg: Any, tensors: Any, opts: Any = None) -> Any:
+    where = pg._where("broadcast")
+    pg._check_open(where)
+    opts = opts if opts is not None else dist.BroadcastOptions()
+    t = one(tensors, where)
+    b = _device_buffer(t, f"{where}: tensor")
+    w = _cuda_ipc.run(ipc_group(pg), "broadcast", where, b, b, async_op=True, root=int(opts.rootRank))
+    return pg._work(where, [w._core], tensors, tensors)
+
+
+def _ipc_reduce(pg: Any, tensors: Any, opts: Any) -> Any:
+    where = pg._where("reduce")
+    pg._check_open(where)
+    t = one(tensors, where)
+    code, factor = reduce_op(opts.reduceOp, where)
+    b = _device_buffer(t, f"{where}: tensor", code)
+    ops.check_op_dtype(where, code, b)
+    w = _cuda_ipc.run(ipc_group(pg), "reduce", where, b, b, code, factor, async_op=True, root=int(opts.rootRank))
+    return pg._work(where, [w._core], tensors, tensors)
+
+
 _IPC: Dict[str, Callable] = {
+    "broadcast": _ipc_broadcast,
+    "reduce": _ipc_reduce,
     "allreduce": _ipc_allreduce,
     "all_gather_single": _ipc_all_gather_single,
     "reduce_scatter_single": _ipc_reduce_scatter_single,
