@@ -72,7 +72,12 @@ def _collectives(rank, world, folder):
             mine.host[...] = inputs[rank]
             plexus.all_gather_into_tensor(out, mine)
             ref.assert_equal(out.host, np.concatenate(inputs), "SUM", f"all_gather_into_tensor in place {case}")
-            checked += 2
+            outs = [fake.array(np.zeros(count, inputs[0].dtype), offset=8 * p) for p in range(world)]
+            w = plexus.all_gather(outs, fake.array(inputs[rank]), async_op=True)
+            assert w.result() == outs
+            for p in range(world):
+                ref.assert_equal(outs[p].host, inputs[p], "SUM", f"all_gather {case} from {p}")
+            checked += 3
     for i, (dtype, op) in enumerate(_cases()):
         root = i % world
         for count in (0, 1, 999):

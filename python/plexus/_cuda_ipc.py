@@ -1,4 +1,4 @@
-"""all_reduce, all_gather_into_tensor, reduce_scatter_tensor, broadcast and reduce on device
+"""all_reduce, all_gather(_into_tensor), reduce_scatter_tensor, broadcast and reduce on device
 arrays of ranks that share one host, through CUDA IPC: each rank maps its peers' arrays into its own address space
 (cudaIpcGetMemHandle / cudaIpcOpenMemHandle, csrc/transport/cuda_ipc) and the CUDA reduction
 kernel reads and writes them there, on the caller's current stream. No byte goes through host
@@ -53,7 +53,7 @@ STALE_CALLS = 256  # a mapping no call used for this many calls is closed (after
 _HEAD = struct.Struct("<BBBBIqdQQ")
 _SRC, _DST, _ENTRY, _DONE = (_HEAD.size + i * HANDLE for i in range(4))
 RECORD_BYTES = _HEAD.size + 4 * HANDLE
-KINDS = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce")
+KINDS = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce", "all_gather")
 _ROOTED = (3, 4)
 _UINT8 = _C.DTYPES.index("uint8")
 # How device-array calls of these collectives ran in this process (numpy API and torch backend):
@@ -309,10 +309,12 @@ _REASONS = {_DISABLED: "has PLEXUS_CUDA_IPC=0", _NO_CUDA: "cannot use CUDA", _NO
 
 
 def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: float = 1.0,
-        async_op: bool = False, root: int = -1) -> Any:
+        async_op: bool = False, root: int = -1, outs: Optional[List[int]] = None, result: Any = None) -> Any:
     """One of KINDS on device Buffers `src` and `dst` (checked by the caller, distributed.py),
     enqueued on the caller's current stream. Returns None, or a Work when async_op. Raises
-    UseStaging, on every rank alike, when the call cannot go through CUDA IPC."""
+    UseStaging, on every rank alike, when the call cannot go through CUDA IPC. all_gather (the
+    list form) takes dst = src and the addresses of its outputs in `outs`; `result` is what the
+    Work's result() gives (default [dst])."""
     from ._work import Work
 
     if src.device is None or dst.device is None:
@@ -341,13 +343,14 @@ def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: 
             raise ValueError(problem)
         if problem:
             raise UseStaging(problem)
-        _enqueue(kind, r, 1, src, dst, [src.ptr], [dst.ptr], op, scale, device, stream, root)
+        _enqueue(kind, r, 1, src, dst, [src.ptr], [dst.ptr], op, scale, device, stream, root, outs)
     else:
-        _exchange_and_enqueue(g, kind, where, src, dst, op, factor, scale, device, stream, code, problem or "", root)
+        _exchange_and_enqueue(g, kind, where, src, dst, op, factor, scale, device, stream, code, problem or "", root,
+                              outs)
     PATHS["cuda_ipc"] += 1
     if not async_op:
         return None
-    return Work(_DeviceWork(what, dst.device, device, stream), [dst.obj])
+    return Work(_DeviceWork(what, dst.device, device, stream), [dst.obj] if result is None else result)
 
 
 def _agree(g: Any, where: str, codes: bytes, why: str) -> None:
@@ -366,7 +369,8 @@ def _agree(g: Any, where: str, codes: bytes, why: str) -> None:
 
 
 def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op: int, factor: float,
-                          scale: float, device: int, stream: int, code: int, why: str, root: int) -> None:
+                          scale: float, device: int, stream: int, code: int, why: str, root: int,
+                          outs: Optional[List[int]]) -> None:
     n, r = g.size(), g.rank()
     d = _driver
     src_off = dst_off = 0
@@ -410,7 +414,7 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
         for p in range(n):
             if p != r:
                 d.wait(device, stream, peers.event(_handle(rows[p], _ENTRY)))
-        _enqueue(kind, r, n, src, dst, srcs, dsts, op, scale, device, stream, root)
+        _enqueue(kind, r, n, src, dst, srcs, dsts, op, scale, device, stream, root, outs)
     except Exception as e:  # noqa: BLE001 - every rank must still reach step 5
         failure = e
     try:
@@ -431,7 +435,7 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
 
 
 def _enqueue(kind: int, r: int, n: int, src: Any, dst: Any, srcs: List[int], dsts: List[int], op: int,
-             scale: float, device: int, stream: int, root: int = -1) -> None:
+             scale: float, device: int, stream: int, root: int = -1, outs: Optional[List[int]] = None) -> None:
     """This rank's share of the work, on `stream`: srcs/dsts are every rank's input/output here."""
     d, es = _driver, dst.itemsize
     if kind == 0:  # all_reduce: slice r of every input, reduced into slice r of every output
@@ -453,6 +457,9 @@ def _enqueue(kind: int, r: int, n: int, src: Any, dst: Any, srcs: List[int], dst
     elif kind == 1:  # all_gather_into_tensor: every input into its slot of our output
         for p in range(n):
             d.copy(device, dst.ptr + p * src.nbytes, srcs[p], src.nbytes, stream)
+    elif kind == 5:  # all_gather: every input into its entry of our list
+        for p in range(n):
+            d.copy(device, outs[p], srcs[p], src.nbytes, stream)
     elif kind == 3:  # broadcast: the root's array into ours
         if r != root:
             d.copy(device, dst.ptr, srcs[root], dst.nbytes, stream)

@@ -336,7 +336,8 @@ ROUTES = {
 
 # Collectives that take device arrays as they are (CUDA IPC between the ranks of one host, see
 # _cuda_ipc.py) and stage them only when the group cannot do that.
-IN_PLACE_ON_DEVICE = {"_all_reduce_checked", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce"}
+IN_PLACE_ON_DEVICE = {"_all_reduce_checked", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast",
+                      "reduce"}
 
 
 def routed(fn: Callable) -> Callable:

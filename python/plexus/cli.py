@@ -40,7 +40,7 @@ def _device_paths() -> str:
     from . import _cuda_ipc
 
     problem = _cuda_ipc.local_problem()
-    ipc = ("CUDA IPC within a host for all_reduce, all_gather_into_tensor, reduce_scatter_tensor, broadcast, "
+    ipc = ("CUDA IPC within a host for all_reduce, all_gather(_into_tensor), reduce_scatter_tensor, broadcast, "
            "reduce")
     rest = "the rest staged through pinned host memory (all_reduce in overlapping chunks)"
     return f"{ipc}; {rest}" if problem is None else f"staged through pinned host memory (no CUDA IPC: {problem})"

@@ -358,6 +358,9 @@ def all_gather(tensor_list: List[Any], tensor: Any, group: Any = None, async_op:
     for i, b in enumerate(outs):
         if b.overlaps(src) and not (i == g.rank() and b.ptr == src.ptr):
             raise ValueError(f"{where}: tensor_list[{i}] overlaps the input tensor")
+    if src.device is not None:
+        return _cuda_ipc.run(g, "all_gather", where, src, src, async_op=async_op, outs=[b.ptr for b in outs],
+                             result=list(tensor_list))
     w = g.comm.all_gather(src.ptr, [b.ptr for b in outs], src.count, src.code, not async_op)
     return _finish(g, w, [tensor, list(tensor_list)], list(tensor_list), async_op)
 

@@ -1,8 +1,8 @@
 """Every collective of the public API on cupy arrays and torch CUDA tensors, on 1, 2 and 4 ranks
 sharing GPU 0, checked against numpy; plus stream order (work the caller queued before a call is
-seen by it, work queued after sees its result) and async_op. all_reduce, all_gather_into_tensor
-and reduce_scatter_tensor go through CUDA IPC (_cuda_ipc.py; asserted), the others are staged
-through host memory (_device.py)."""
+seen by it, work queued after sees its result) and async_op. all_reduce, all_gather(_into_tensor),
+reduce_scatter_tensor, broadcast and reduce go through CUDA IPC (_cuda_ipc.py; asserted), the
+others are staged through host memory (_device.py)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 tensors costs nothing extra (the method runs first; its buffer() refuses CUDA tensors with a
 TypeError, and only then are the arguments looked at). With CUDA tensors:
 
-- allreduce, all_gather_into_tensor (_allgather_base), reduce_scatter_tensor
+- allreduce, allgather, all_gather_into_tensor (_allgather_base), reduce_scatter_tensor
   (_reduce_scatter_base), broadcast and reduce run through CUDA IPC when the group sits on one host (plexus._cuda_ipc):
   enqueued on the current stream, zero-copy, Work.wait() makes the current stream wait;
   allreduce elsewhere is staged in chunks whose copies overlap the network (_device_pipeline);
@@ -137,7 +137,22 @@ def _ipc_reduce(pg: Any, tensors: Any, opts: Any) -> Any:
     return pg._work(where, [w._core], tensors, tensors)
 
 
+def _ipc_allgather(pg: Any, output_lists: Any, inputs: Any, opts: Any = None) -> Any:
+    where = pg._where("allgather")
+    pg._check_open(where)
+    inp = one(inputs, where, "input_tensors")
+    outs = one(output_lists, where, "output_tensor_lists")
+    with device_buffers():
+        _, ptrs = pg._gather_plan(where, outs, inp, "output_tensors")  # the checks of the CPU path
+    for i, t in enumerate(outs):
+        _device_buffer(t, f"{where}: output_tensors[{i}]")
+    src = _device_buffer(inp, f"{where}: input_tensor")
+    w = _cuda_ipc.run(ipc_group(pg), "all_gather", where, src, src, async_op=True, outs=ptrs)
+    return pg._work(where, [w._core], output_lists, (output_lists, inputs))
+
+
 _IPC: Dict[str, Callable] = {
+    "allgather": _ipc_allgather,
     "broadcast": _ipc_broadcast,
     "reduce": _ipc_reduce,
     "allreduce": _ipc_allreduce,
