@@ -33,14 +33,14 @@ import ctypes
 import functools
 import os
 import struct
-import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import _C
+from ._device_ops import ops_for
 
 HANDLE = 64  # bytes of a CUDA IPC handle
 MAX_DSTS = 8  # destinations the reduction kernel writes in one pass (cuda::kMaxReduceDsts)
@@ -82,23 +82,13 @@ class CudaDriver:
 
     def placement(self, buf: Any) -> Tuple[int, int]:
         """(device, caller's current stream as an int) of a device Buffer."""
-        from ._device_ops import ops_for
-
-        if buf.device == "torch":
-            torch = sys.modules["torch"]
-            t = buf.obj
-            dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
-            return dev, self.current_stream("torch", dev)
-        ops = ops_for("cupy")
+        ops = ops_for(buf.device)
         dev = ops.device_of(ops.wrap(buf.obj))
-        return dev, self.current_stream("cupy", dev)
+        return dev, self.current_stream(buf.device, dev)
 
     def current_stream(self, kind: str, device: int) -> int:
-        if kind == "torch":
-            return int(sys.modules["torch"].cuda.current_stream(device).cuda_stream)
-        from ._device_ops import ops_for
-
-        return int(ops_for("cupy").current_stream(device).ptr)
+        stream = ops_for(kind).current_stream(device)
+        return int(stream.cuda_stream if kind == "torch" else stream.ptr)
 
     export = staticmethod(lambda device, ptr: _C._cuda_ipc_export(device, ptr))
     open = staticmethod(lambda device, handle: _C._cuda_ipc_open(device, handle))
@@ -223,7 +213,7 @@ def local_problem() -> Optional[str]:
     return _driver.problem()
 
 
-def _host_all_gather(g: Any, mine: bytes) -> List[bytes]:
+def host_all_gather(g: Any, mine: bytes) -> List[bytes]:
     """Every rank's `mine` (same length on all), in rank order, through the host communicator.
     The buffers are kept per group and length: the hot path allocates nothing but the result."""
     cache = g.__dict__.setdefault("_cuda_ipc_gather", {})
@@ -259,27 +249,27 @@ def _handle(row: bytes, at: int) -> bytes:
     return row[at:at + HANDLE]
 
 
-class _DeviceWork:
-    """The core of a Work for an op enqueued on a stream: wait() makes the caller's current
-    stream wait for it (the host does not block), is_completed() asks the GPU."""
+class StreamWork:
+    """The core of a Work whose last step is enqueued on a stream (`event` recorded after it):
+    wait() makes the caller's current stream wait for it (the host does not block),
+    is_completed() asks the GPU, host_wait() blocks this thread (futures, shutdown)."""
 
-    def __init__(self, what: str, kind: str, device: int, stream: int):
-        self.what, self.kind, self.device, self.source = what, kind, device, -1
-        self.event = _driver.event_create(device, False)[0]
-        _driver.record(device, self.event, stream)
+    source = -1
+
+    def __init__(self, what: str, event: Any, current_stream: Callable[[], Any]):
+        self.what, self.event, self.current_stream = what, event, current_stream
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        _driver.wait(self.device, _driver.current_stream(self.kind, self.device), self.event)
+        self.event.stream_wait(self.current_stream())
         return True
 
     def is_completed(self) -> bool:
-        return bool(_driver.query(self.device, self.event))
+        return bool(self.event.done())
 
     def host_wait(self, timeout: Optional[float] = None) -> bool:
-        """Blocks this thread until the GPU has done the work (futures, shutdown); False if it
-        has not within `timeout` seconds."""
+        """False if the GPU has not done the work within `timeout` seconds."""
         if timeout is None:
-            _driver.synchronize(self.device, self.event)
+            self.event.wait()
             return True
         deadline, pause = time.monotonic() + timeout, 50e-6
         while not self.is_completed():
@@ -294,6 +284,24 @@ class _DeviceWork:
 
     def rethrow(self) -> None:
         return None
+
+
+class _DriverEvent:
+    """An event of the driver recorded on `stream` now, as StreamWork uses events."""
+
+    def __init__(self, device: int, stream: int):
+        self.device = device
+        self.event = _driver.event_create(device, False)[0]
+        _driver.record(device, self.event, stream)
+
+    def done(self) -> bool:
+        return _driver.query(self.device, self.event)
+
+    def wait(self) -> None:
+        _driver.synchronize(self.device, self.event)
+
+    def stream_wait(self, stream: int) -> None:
+        _driver.wait(self.device, stream, self.event)
 
     def __del__(self) -> None:
         try:
@@ -350,7 +358,8 @@ def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: 
     PATHS["cuda_ipc"] += 1
     if not async_op:
         return None
-    return Work(_DeviceWork(what, dst.device, device, stream), [dst.obj] if result is None else result)
+    core = StreamWork(what, _DriverEvent(device, stream), lambda: _driver.current_stream(dst.device, device))
+    return Work(core, [dst.obj] if result is None else result)
 
 
 def _agree(g: Any, where: str, codes: bytes, why: str) -> None:
@@ -385,7 +394,7 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
         except Exception as e:  # noqa: BLE001
             code, why = _NO_EXPORT, f"rank {g.ranks[r]} cannot export its arrays: {e}"
     mine = _HEAD.pack(code, kind, dst.code, op, root & 0xFFFFFFFF, dst.count, factor, src_off, dst_off) + b"".join(handles)
-    rows = _host_all_gather(g, mine)  # step 2
+    rows = host_all_gather(g, mine)  # step 2
     sig = mine[1:24]
     for p in range(n):
         if rows[p][1:24] != sig:
@@ -408,7 +417,7 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
             peers.event(_handle(row, _DONE))
     except Exception as e:  # noqa: BLE001
         code, why = _NO_MAP, f"rank {g.ranks[r]} cannot map its peers' arrays: {e}"
-    _agree(g, where, b"".join(_host_all_gather(g, bytes([code]))), why)
+    _agree(g, where, b"".join(host_all_gather(g, bytes([code]))), why)
     failure = None
     try:  # step 4
         for p in range(n):
@@ -422,7 +431,7 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
     except Exception as e:  # noqa: BLE001
         failure = failure or e
     # Step 5: every done event is recorded, and every rank learns whether all enqueued their part.
-    status = b"".join(_host_all_gather(g, bytes([failure is not None])))
+    status = b"".join(host_all_gather(g, bytes([failure is not None])))
     for p in range(n):
         if p != r:
             d.wait(device, stream, peers.event(_handle(rows[p], _DONE)))

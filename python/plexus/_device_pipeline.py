@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 from typing import Any
 
 import numpy as np
 
 from . import _C
-from ._cuda_ipc import PATHS
+from ._cuda_ipc import PATHS, StreamWork, host_all_gather
 from ._device_ops import ops_for
 from ._pinned import POOL
-
-_INT64 = _C.DTYPES.index("int64")
-
 
 def chunk_bytes() -> int:
     value = os.environ.get("PLEXUS_STAGE_CHUNK_BYTES", "")
@@ -44,10 +40,7 @@ def _check_calls(g: Any, where: str, count: int, dtype: int, op: int, chunk: int
     """Ranks that disagree on the call, or could not set it up (`local`: this rank's exception
     or None), fail now, every one of them, instead of some waiting in a later chunk."""
     mine = np.array([count, dtype, op, chunk, local is not None], np.int64)
-    table = np.zeros((g.size(), mine.size), np.int64)
-    w = g.comm.all_gather(mine.ctypes.data, [table[i].ctypes.data for i in range(g.size())], mine.size, _INT64, True)
-    if w is not None:
-        w.wait(None)
+    table = np.frombuffer(b"".join(host_all_gather(g, mine.tobytes())), np.int64).reshape(g.size(), mine.size)
     if local is not None:
         raise local
     if table[:, 4].any():
@@ -59,40 +52,6 @@ def _check_calls(g: Any, where: str, count: int, dtype: int, op: int, chunk: int
                 f"{where}: rank {g.ranks[p]} called all_reduce(count {table[p][0]}, dtype {_C.DTYPES[table[p][1]]}, "
                 f"op {_C.OPS[table[p][2]]}, chunk {table[p][3]} B) but rank {g.ranks[g.rank()]} called "
                 f"all_reduce(count {count}, dtype {_C.DTYPES[dtype]}, op {_C.OPS[op]}, chunk {chunk} B)")
-
-
-class StreamWork:
-    """The core of a Work whose last step is enqueued on a stream: done when the GPU has done
-    it; wait() makes the caller's current stream wait (the host does not)."""
-
-    source = -1
-
-    def __init__(self, what: str, ops: Any, device: int, event: Any):
-        self.what, self.ops, self.device, self.event = what, ops, device, event
-
-    def wait(self, timeout: Any = None) -> bool:
-        self.event.stream_wait(self.ops.current_stream(self.device))
-        return True
-
-    def host_wait(self, timeout: Any = None) -> bool:
-        if timeout is None:
-            self.event.wait()
-            return True
-        deadline = time.monotonic() + timeout
-        while not self.event.done():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.0005)
-        return True
-
-    def is_completed(self) -> bool:
-        return bool(self.event.done())
-
-    def failed(self) -> bool:
-        return False
-
-    def rethrow(self) -> None:
-        return None
 
 
 def all_reduce(g: Any, where: str, src: Any, dst: Any, op: int, factor: float, why: str) -> StreamWork:
@@ -160,16 +119,11 @@ def all_reduce(g: Any, where: str, src: Any, dst: Any, op: int, factor: float, w
             POOL.release(block, done)  # reused once the copies that read it are done
         except Exception as e:  # noqa: BLE001 - a broken stream: the block is dropped, not reused
             done, failure = None, failure or e
-    status = np.array([failure is not None], np.uint8)
-    everyone = np.zeros(g.size(), np.uint8)
-    w = g.comm.all_gather(status.ctypes.data, [everyone[i:].ctypes.data for i in range(g.size())], 1,
-                          _C.DTYPES.index("uint8"), True)
-    if w is not None:
-        w.wait(None)
+    everyone = b"".join(host_all_gather(g, bytes([failure is not None])))
     if failure is not None:
         raise failure
-    if everyone.any():
-        bad = g.ranks[int(np.flatnonzero(everyone)[0])]
+    if any(everyone):
+        bad = g.ranks[next(i for i, failed in enumerate(everyone) if failed)]
         raise _C.PlexusError(f"{where}: rank {bad} failed while staging its arrays (its error says why); "
                              "the device output may hold part of the result")
-    return StreamWork("all_reduce", ops, device, done)
+    return StreamWork("all_reduce", done, lambda: ops.current_stream(device))
