@@ -128,7 +128,7 @@ def _rank(rank, world, init_method, sizes, iters_for, results):
 
         cp.cuda.Device(0).use()
         import plexus
-        from plexus import _cuda_ipc
+        from plexus import device
 
         plexus.init_process_group(init_method=init_method, rank=rank, world_size=world)
         all_reduce = plexus.all_reduce
@@ -149,7 +149,7 @@ def _rank(rank, world, init_method, sizes, iters_for, results):
             times[size] = ((time.perf_counter() - t0) / iters, ok)
             plexus.barrier()
         plexus.destroy_process_group()
-        results.put((rank, True, {"paths": dict(_cuda_ipc.PATHS), "times": times}))
+        results.put((rank, True, {"paths": dict(device.PATHS), "times": times}))
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         import traceback
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Host-side cost of one CUDA IPC collective call (plexus._cuda_ipc), measurable without a GPU:
+"""Host-side cost of one CUDA IPC collective call (plexus.device.ipc), measurable without a GPU:
 the CUDA calls are replaced by tests/fake_cuda.py (host memory, no-op events), so what is timed
 is the protocol itself (records, all-gathers, handle cache, Python) on N local ranks, beside a
 plain host all_reduce of the same small array. On a GPU the kernels add their own time.
@@ -23,10 +23,10 @@ def _rank(rank, world, folder, iters):
 
     import plexus
     from fake_cuda import FakeCuda
-    from plexus import _cuda_ipc
+    from plexus.device import ipc
 
     fake = FakeCuda(folder, rank)
-    _cuda_ipc.set_driver(fake)
+    ipc.set_driver(fake)
     x = fake.array(np.ones(16, np.float32))
     h = np.ones(16, np.float32)
     out = {}

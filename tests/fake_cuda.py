@@ -1,10 +1,10 @@
-"""Host memory posing as GPU memory, for plexus._cuda_ipc without a GPU.
+"""Host memory posing as GPU memory, for plexus.device.ipc without a GPU.
 
-FakeCuda replaces _cuda_ipc's driver (set_driver): arrays live in files under a folder that
+FakeCuda replaces the ipc module's driver (set_driver): arrays live in files under a folder that
 every rank of a test shares, so a peer "opens an IPC handle" by mapping the file named in it;
 the reduction is the CPU kernel (plexus._C._reduce) and copies are memmove. Everything runs at
 once on the host, so events have nothing to order (they are counted, not simulated). What this
-checks is _cuda_ipc's logic across real processes: the records exchanged, the slices and offsets,
+checks is the ipc module's logic across real processes: the records exchanged, the slices and offsets,
 the pointers of every rank, the agreement to fall back, the errors.
 """
 
@@ -34,7 +34,7 @@ class FakeDeviceArray:
 
 
 class FakeCuda:
-    """The driver interface of plexus._cuda_ipc.CudaDriver, on host memory."""
+    """The driver interface of plexus.device.ipc.CudaDriver, on host memory."""
 
     def __init__(self, folder: str, rank: int, fail_export: bool = False, fail_open: bool = False,
                  fail_reduce: bool = False, problem: Optional[str] = None, fail_placement: bool = False):

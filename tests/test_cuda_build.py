@@ -102,9 +102,9 @@ def test_without_a_driver_cuda_ipc_says_so():
         with pytest.raises(plexus.PlexusError, match=r"cuda_ipc: cuda\w+: cudaError"):
             call()
     # The collectives then stage device arrays through host memory, every rank alike.
-    from plexus import _cuda_ipc
+    from plexus.device import ipc
 
-    assert "CUDA runtime" in _cuda_ipc.local_problem()
+    assert "CUDA runtime" in ipc.local_problem()
 
 
 @pytest.mark.skipif(WITH_CUDA, reason="this plexus was built with CUDA")
@@ -116,9 +116,9 @@ def test_without_cuda_the_functions_exist_and_say_so():
     for name in ("_cuda_ipc_export", "_cuda_ipc_open", "_cuda_event_create", "_cuda_memcpy", "_cuda_reduce_to"):
         with pytest.raises(RuntimeError, match="built without CUDA"):
             getattr(_C, name)(0, 0, [0], [0], 0, 1.0, 0, 0) if name == "_cuda_reduce_to" else getattr(_C, name)(0, 0)
-    from plexus import _cuda_ipc
+    from plexus.device import ipc
 
-    assert _cuda_ipc.local_problem() == "plexus was built without CUDA"
+    assert ipc.local_problem() == "plexus was built without CUDA"
 
 
 @needs_cuda_build

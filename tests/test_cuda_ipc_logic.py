@@ -1,4 +1,4 @@
-"""plexus._cuda_ipc without a GPU: the CUDA calls are replaced by FakeCuda (tests/fake_cuda.py,
+"""plexus.device.ipc without a GPU: the CUDA calls are replaced by FakeCuda (tests/fake_cuda.py,
 host memory shared through files), everything else is real: the public collectives on device
 arrays, the records the ranks exchange, the slices each rank reduces and the peers' pointers it
 writes, the agreement to stage instead, the errors. 1 to 4 real processes, checked against numpy."""
@@ -12,7 +12,8 @@ import plexus
 import reference as ref
 from fake_cuda import FakeCuda
 from launch import run_ranks
-from plexus import _cuda_ipc, _device_ops
+from plexus import device
+from plexus.device import ipc, libraries
 
 DTYPES = [d for d in ref.DTYPES if d != "bfloat16"]  # __cuda_array_interface__ cannot say bfloat16
 COUNTS = [0, 1, 7, 1000, 65539]
@@ -27,8 +28,8 @@ def _cases(dtypes=DTYPES):
 
 def _fake(folder, rank, **kw) -> FakeCuda:
     fake = FakeCuda(folder, rank, **kw)
-    _cuda_ipc.set_driver(fake)
-    _cuda_ipc.PATHS.clear()
+    ipc.set_driver(fake)
+    device.PATHS.clear()
     return fake
 
 
@@ -93,7 +94,7 @@ def _collectives(rank, world, folder):
             checked += 2
     with pytest.raises(ValueError, match=f"rank {world} is not a member"):
         plexus.broadcast(fake.array(np.ones(3, np.float32)), src=world)
-    assert set(_cuda_ipc.PATHS) == {"cuda_ipc"}, _cuda_ipc.PATHS  # nothing was staged
+    assert set(device.PATHS) == {"cuda_ipc"}, device.PATHS  # nothing was staged
     if world > 1:
         # Each peer's allocation is mapped once per array, its events once per group.
         assert fake.calls["event_open"] == 2 * (world - 1), fake.calls
@@ -151,7 +152,7 @@ def test_more_ranks_than_one_kernel_writes(tmp_path):
 
 
 def _with_max_dsts(rank, world, folder):
-    _cuda_ipc.MAX_DSTS = 2
+    ipc.MAX_DSTS = 2
     return _many_ranks_reduce_in_two_steps(rank, world, folder)
 
 
@@ -159,11 +160,11 @@ def _fallback(rank, world, folder, fail):
     fake = _fake(folder, rank, fail_export=(fail == "export" and rank == 1), fail_open=(fail == "open" and rank == 2))
     from test_device_logic import FakeOps
 
-    _device_ops._OPS["cupy"] = FakeOps()  # staging's copies, on the fake memory
+    libraries._OPS["cupy"] = FakeOps()  # staging's copies, on the fake memory
     x = fake.array(np.full(6, rank + 1.0, np.float32))
     plexus.all_reduce(x)
     np.testing.assert_array_equal(x.host, np.full(6, world * (world + 1) / 2))
-    paths = dict(_cuda_ipc.PATHS)
+    paths = dict(device.PATHS)
     assert list(paths) != ["cuda_ipc"] and len(paths) == 1, paths
     return next(iter(paths))
 
@@ -197,12 +198,12 @@ def _disabled(rank, world, folder):
     fake = _fake(folder, rank)
     from test_device_logic import FakeOps
 
-    _device_ops._OPS["cupy"] = FakeOps()
+    libraries._OPS["cupy"] = FakeOps()
     x = fake.array(np.ones(4, np.float32))
     plexus.all_reduce(x)
     np.testing.assert_array_equal(x.host, np.full(4, 2.0))
     assert fake.calls["export"] == 0
-    return dict(_cuda_ipc.PATHS)
+    return dict(device.PATHS)
 
 
 def test_plexus_cuda_ipc_0_stages(tmp_path):
@@ -239,11 +240,11 @@ def _local_problem(rank, world, folder, how="driver"):
                  fail_placement=rank == 1 and how == "placement")
     from test_device_logic import FakeOps
 
-    _device_ops._OPS["cupy"] = FakeOps()
+    libraries._OPS["cupy"] = FakeOps()
     x = fake.array(np.full(5, rank + 1.0, np.float32))
     plexus.all_reduce(x)
     np.testing.assert_array_equal(x.host, np.full(5, 3.0))
-    return dict(_cuda_ipc.PATHS)
+    return dict(device.PATHS)
 
 
 def test_a_rank_without_cuda_sends_every_rank_to_staging(tmp_path):
@@ -272,7 +273,7 @@ def test_arrays_on_several_gpus_fail_every_rank(tmp_path):
 
 def _stale_mappings(rank, world, folder):
     fake = _fake(folder, rank)
-    _cuda_ipc.STALE_CALLS = 4
+    ipc.STALE_CALLS = 4
     keep = fake.array(np.ones(16, np.float32))
     for i in range(12):
         plexus.all_reduce(keep)  # used by every call: never closed
@@ -280,10 +281,10 @@ def _stale_mappings(rank, world, folder):
     peers = plexus.distributed._state.world.__dict__["_cuda_ipc"][0]
     assert fake.calls["close"] > 0 and fake.calls["synchronize_device"] > 0, fake.calls
     assert fake.opened[f"r{1 - rank}-0"] == 1, fake.opened  # the peer's `keep`: mapped once, never closed
-    assert len(peers.memory) <= 2 * _cuda_ipc.STALE_CALLS + 1, len(peers.memory)
+    assert len(peers.memory) <= 2 * ipc.STALE_CALLS + 1, len(peers.memory)
     np.testing.assert_array_equal(keep.host, np.full(16, 2.0 ** 12))
     plexus.barrier()
-    _cuda_ipc.release(plexus.distributed._state.world)
+    ipc.release(plexus.distributed._state.world)
     assert fake.calls["open"] == fake.calls["close"], fake.calls  # release closes the rest
     return True
 
@@ -316,7 +317,7 @@ def test_slices_cover_the_array_on_16_byte_boundaries():
     for count in (0, 1, 5, 17, 1000, 65539):
         for n in (1, 2, 3, 4, 8):
             for itemsize in (1, 2, 4, 8):
-                s = _cuda_ipc.slices(count, n, itemsize)
+                s = ipc.slices(count, n, itemsize)
                 assert len(s) == n and s[0][0] == 0 and s[-1][1] == count
                 assert all(a[1] == b[0] for a, b in zip(s, s[1:]))
                 assert all(lo * itemsize % 16 == 0 or lo == count for lo, _ in s)

@@ -1,4 +1,4 @@
-"""The chunked, overlapped staging of all_reduce on device arrays (plexus._device_pipeline),
+"""The chunked, overlapped staging of all_reduce on device arrays (plexus.device.pipeline),
 without a GPU: host memory poses as device memory (FakeDeviceArray, FakeOps of
 test_device_logic). On 1-4 real processes, against numpy, with chunks small enough that one
 call is many chunks."""
@@ -13,7 +13,8 @@ import pytest
 import plexus
 import reference as ref
 from launch import run_ranks
-from plexus import _cuda_ipc, _device_ops
+from plexus import device
+from plexus.device import libraries
 from test_device_logic import FakeDeviceArray, FakeOps
 
 DTYPES = [d for d in ref.DTYPES if d != "bfloat16"]  # __cuda_array_interface__ cannot say bfloat16
@@ -21,7 +22,7 @@ CHUNK = 256
 
 
 def _all_reduce_in_chunks(rank, world):
-    ops = _device_ops._OPS["cupy"] = FakeOps()
+    ops = libraries._OPS["cupy"] = FakeOps()
     checked = 0
     for dtype in DTYPES:
         for op in ref.OPS:
@@ -44,7 +45,7 @@ def _all_reduce_in_chunks(rank, world):
                 ref.assert_equal(out.host, want, op, f"out of place {case}")
                 ref.assert_equal(x.host, inputs[rank], "SUM", f"input left alone {case}")
                 checked += 2
-    paths = set(_cuda_ipc.PATHS)
+    paths = set(device.PATHS)
     assert len(paths) == 1 and next(iter(paths)).startswith("staged: "), paths
     return checked
 
@@ -56,7 +57,7 @@ def test_all_reduce_staged_in_chunks(world):
 
 
 def _mismatch(rank, world):
-    _device_ops._OPS["cupy"] = FakeOps()
+    libraries._OPS["cupy"] = FakeOps()
     x = FakeDeviceArray(np.ones(5 + rank, np.float32))
     # Found in the CUDA IPC exchange (one host) or by the pipeline's own check (several hosts).
     with pytest.raises(plexus.PlexusError, match=r"rank [01] called all_reduce\(.*count [56].* but rank [01]"):
@@ -74,7 +75,7 @@ def test_ranks_that_disagree_fail_at_once(hosts):
 
 
 def test_chunk_setting_is_checked(monkeypatch):
-    from plexus import _device_pipeline
+    from plexus.device import pipeline as _device_pipeline
 
     monkeypatch.setenv("PLEXUS_STAGE_CHUNK_BYTES", "4M")
     with pytest.raises(ValueError, match="PLEXUS_STAGE_CHUNK_BYTES='4M'"):
@@ -128,7 +129,7 @@ class DeferredOps(FakeOps):
 
 
 def _late_stream(rank, world):
-    ops = _device_ops._OPS["cupy"] = DeferredOps()
+    ops = libraries._OPS["cupy"] = DeferredOps()
     for count in (1, 300, 1000):
         x = FakeDeviceArray(np.arange(count, dtype=np.float64) * (rank + 1))
         plexus.all_reduce(x)
@@ -143,9 +144,9 @@ def test_chunks_wait_for_their_copy_to_the_host():
 
 
 def _failures(rank, world, where):
-    from plexus import _device_pipeline
+    from plexus.device import pipeline as _device_pipeline
 
-    ops = _device_ops._OPS["cupy"] = DeferredOps(fail_wait=3 if rank == 1 and where == "loop" else None)
+    ops = libraries._OPS["cupy"] = DeferredOps(fail_wait=3 if rank == 1 and where == "loop" else None)
     if rank == 1 and where == "setup":
         _device_pipeline.ops_for = lambda kind: (_ for _ in ()).throw(TypeError("fake: needs cupy"))
     x = FakeDeviceArray(np.ones(1000, np.float32))
@@ -155,7 +156,7 @@ def _failures(rank, world, where):
         assert "fake: " in str(e.value), e.value
     else:
         assert isinstance(e.value, plexus.PlexusError) and "rank 1 " in str(e.value), e.value
-    _device_pipeline.ops_for = _device_ops.ops_for
+    _device_pipeline.ops_for = libraries.ops_for
     ops.fail_wait = None
     y = FakeDeviceArray(np.ones(700, np.float32))  # the group goes on
     plexus.all_reduce(y)
@@ -174,9 +175,9 @@ def test_torch_copies_take_the_chunk_they_are_given(monkeypatch):
     import contextlib
 
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    ops = _device_ops.TorchOps()
+    ops = libraries.TorchOps()
     t = torch.arange(16, dtype=torch.float32)
-    block = plexus._pinned.Block("torch", 64, *ops.alloc_host(64))
+    block = plexus.device.pinned.Block("torch", 64, *ops.alloc_host(64))
     ops.to_host(block, 8, t, t.data_ptr() + 16, 32, None)  # elements 4..11 into bytes 8..40
     np.testing.assert_array_equal(block.host[8:40].view(np.float32), np.arange(4, 12))
     block.host[8:40].view(np.float32)[:] = -1

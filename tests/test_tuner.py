@@ -130,9 +130,9 @@ def test_plexus_info_on_a_described_machine():
     assert "hierarchical" in out.stdout and "NV6" in out.stdout
     # This process's device-array path: without a GPU here, staging, and why.
     line = next(x for x in out.stdout.splitlines() if x.startswith("device arrays: "))
-    from plexus import _cuda_ipc
+    from plexus.device import ipc
 
-    problem = _cuda_ipc.local_problem()
+    problem = ipc.local_problem()
     assert ("CUDA IPC within a host" in line) if problem is None else (f"no CUDA IPC: {problem}" in line), line
 
 

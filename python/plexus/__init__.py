@@ -13,7 +13,6 @@ from ._C import CollectiveTimeout, PeerError, PlexusError
 from ._ops import ReduceOp
 from ._work import Work
 from .topology import Topology
-from .tuning import explain
 from .distributed import (
     GroupMember,
     ProcessGroup,
@@ -25,6 +24,7 @@ from .distributed import (
     barrier,
     broadcast,
     destroy_process_group,
+    explain,
     gather,
     get_backend,
     get_rank,

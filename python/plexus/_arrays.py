@@ -1,4 +1,6 @@
-"""Turns user arrays (numpy, torch CPU tensors) into raw buffer views for the C++ core.
+"""Array adapters: numpy arrays, torch tensors (CPU and CUDA) and device arrays (cupy, anything
+with __cuda_array_interface__) seen as one Buffer (address, element count, dtype, device) that
+the collective layer (plexus._collectives) checks and runs.
 
 Every check names the argument and the rank, so a bad call fails on the spot with a clear
 TypeError/ValueError instead of corrupting memory or hanging the other ranks.
@@ -6,56 +8,50 @@ TypeError/ValueError instead of corrupting memory or hanging the other ranks.
 
 from __future__ import annotations
 
-import contextlib
+import math
 import sys
-import threading
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _C
+from .device.arrays import describe, device_kind
 
 DTYPE_CODES = {name: code for code, name in enumerate(_C.DTYPES)}
+_UINT8 = DTYPE_CODES["uint8"]
+_OP_NAMES = [name.upper() for name in _C.OPS]
+# Ops that stay elementwise on the real and imaginary parts of a complex tensor.
+_COMPLEX_OK = {_C.OPS.index(name) for name in ("sum", "avg", "premul_sum")}
 # numpy dtype object -> its name, filled as dtypes are seen (dtype.name is slow to compute).
 _NUMPY_DTYPE_NAMES: dict = {}
-# Set while a collective that runs device arrays in place (CUDA IPC, _cuda_ipc.py) checks its
-# arguments: as_buffer() then turns device arrays into Buffers (with .device set) instead of
-# refusing them with a TypeError (which sends other collectives to host staging).
-_DEVICE_OK = threading.local()
-
-
-def device_buffers_on() -> bool:
-    return getattr(_DEVICE_OK, "on", False)
-
-
-@contextlib.contextmanager
-def device_buffers():
-    """as_buffer() accepts device arrays (cupy, torch CUDA) inside this block, on this thread."""
-    before = getattr(_DEVICE_OK, "on", False)
-    _DEVICE_OK.on = True
-    try:
-        yield
-    finally:
-        _DEVICE_OK.on = before
 
 
 class Buffer:
-    """A contiguous array seen as raw memory: address, element count and dtype."""
+    """A contiguous array seen as raw memory. `ptr`, `count`, `code` and `itemsize` are what the
+    core moves (a complex tensor is its real view: twice the elements); `dtype` is the array's own
+    dtype name and `numel` its element count, for messages and checks; `device` is None for host
+    memory, else the library whose streams and copies serve it ("cupy" or "torch")."""
 
-    __slots__ = ("obj", "ptr", "count", "dtype", "itemsize", "code", "device")
+    __slots__ = ("obj", "ptr", "count", "code", "itemsize", "dtype", "shape", "device")
 
-    def __init__(self, obj: Any, ptr: int, count: int, dtype: str, itemsize: int, device: Optional[str] = None):
+    def __init__(self, obj: Any, ptr: int, count: int, code: int, itemsize: int, dtype: str, shape: tuple,
+                 device: Optional[str] = None):
         self.obj = obj  # the array itself, kept alive while an op uses it
         self.ptr = ptr
         self.count = count
-        self.dtype = dtype
+        self.code = code
         self.itemsize = itemsize
-        self.code = DTYPE_CODES[dtype]
-        self.device = device  # None: host memory; "cupy" / "torch": device memory of that library
+        self.dtype = dtype
+        self.shape = shape
+        self.device = device
 
     @property
     def nbytes(self) -> int:
         return self.count * self.itemsize
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
 
     def overlaps(self, other: "Buffer") -> bool:
         return (
@@ -66,28 +62,40 @@ class Buffer:
         )
 
 
-def _is_torch_tensor(x: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
 def _unsupported_dtype(what: str, dtype: str) -> TypeError:
     return TypeError(f"{what} has dtype {dtype}, which plexus does not support; supported: {', '.join(_C.DTYPES)}")
 
 
-def as_buffer(x: Any, what: str, *, writable: bool) -> Buffer:
-    """A Buffer over `x`. `what` names the call, the rank and the argument in error messages."""
-    if _is_torch_tensor(x):
-        return _torch_buffer(x, what, writable)
-    if not isinstance(x, np.ndarray):
-        if getattr(_DEVICE_OK, "on", False) and _device_kind(x):
-            return _device_buffer(x, what, writable)
-        raise TypeError(f"{what} must be a numpy array or a torch tensor, got {type(x).__name__}")
+def as_buffer(x: Any, what: str, writable: bool, reduce_op: int = -1, torch_dtypes: bool = False) -> Buffer:
+    """A Buffer over `x`. `what` names the call, the rank and the argument in error messages;
+    `writable`: the call writes it. As it is, the numpy API's converter (plexus._collectives).
+
+    With `torch_dtypes` (the torch backend), torch tensors of any dtype are taken as torch's own
+    backends take them: complex as its real view (reductions: SUM, AVG, PREMUL_SUM only), dtypes
+    the core cannot reduce (int16, uint16, float8, ...) as bytes when the call does not reduce
+    (`reduce_op` < 0)."""
+    if type(x) is np.ndarray:
+        return _numpy_buffer(x, what, writable)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return _torch_buffer(torch, x, what, torch_dtypes, reduce_op)
+    if isinstance(x, np.ndarray):
+        return _numpy_buffer(x, what, writable)
+    if device_kind(x) is not None:
+        a = describe(x, what)
+        if writable and a.readonly:
+            raise ValueError(f"{what} is read-only but receives the result")
+        return Buffer(x, a.ptr, a.nbytes // a.itemsize, DTYPE_CODES[a.dtype], a.itemsize, a.dtype, a.shape, "cupy")
+    raise TypeError(f"{what} must be a numpy array, a torch tensor or a device array (cupy), got {type(x).__name__}")
+
+
+def _numpy_buffer(x: np.ndarray, what: str, writable: bool) -> Buffer:
     dtype = x.dtype
     name = _NUMPY_DTYPE_NAMES.get(dtype)
     if name is None:
         name = _NUMPY_DTYPE_NAMES[dtype] = dtype.name
-    if name not in DTYPE_CODES:
+    code = DTYPE_CODES.get(name)
+    if code is None:
         raise _unsupported_dtype(what, name)
     if not dtype.isnative:
         raise TypeError(f"{what} has non-native byte order ({dtype.str}); convert it with "
@@ -97,37 +105,41 @@ def as_buffer(x: Any, what: str, *, writable: bool) -> Buffer:
         raise ValueError(f"{what} must be C-contiguous (use numpy.ascontiguousarray)")
     if writable and not flags.writeable:
         raise ValueError(f"{what} is read-only but receives the result")
-    return Buffer(x, _C.array_address(x), x.size, name, dtype.itemsize)
+    return Buffer(x, _C.array_address(x), x.size, code, dtype.itemsize, name, x.shape)
 
 
-def _torch_buffer(t: Any, what: str, writable: bool) -> Buffer:
-    name = str(t.dtype).replace("torch.", "")
-    if name not in DTYPE_CODES:
-        raise _unsupported_dtype(what, name)
-    if t.layout != sys.modules["torch"].strided:
-        raise TypeError(f"{what} is not a dense tensor")
-    if t.device.type != "cpu":
-        if t.is_cuda and getattr(_DEVICE_OK, "on", False):
-            return _device_buffer(t, what, writable)
-        raise TypeError(f"{what} is on device {t.device}; this plexus build handles CPU tensors only")
+_COMPLEX_PARTS = {"complex64": "float32", "complex128": "float64", "complex32": "float16"}
+
+
+def _torch_buffer(torch: Any, t: Any, what: str, torch_dtypes: bool, reduce_op: int) -> Buffer:
+    if t.layout != torch.strided:
+        raise TypeError(f"{what} is a {t.layout} tensor; plexus needs dense (strided) tensors")
+    if t.is_cpu:
+        device = None
+    elif t.is_cuda:
+        device = "torch"
+    else:
+        raise TypeError(f"{what} is on device {t.device}; plexus takes CPU and CUDA tensors")
     if not t.is_contiguous():
         raise ValueError(f"{what} must be contiguous (use tensor.contiguous())")
-    return Buffer(t, t.data_ptr(), t.numel(), name, t.element_size())
-
-
-def _device_kind(x: Any) -> Optional[str]:
-    from ._device import device_kind  # device arrays are rare: keep the import off the host path
-
-    return device_kind(x)
-
-
-def _device_buffer(x: Any, what: str, writable: bool) -> Buffer:
-    from ._device import describe
-
-    a = describe(x, what)
-    if writable and a.readonly:
-        raise ValueError(f"{what} is read-only but receives the result")
-    return Buffer(x, a.ptr, a.nbytes // a.itemsize, a.dtype, a.itemsize, a.kind)
+    name = str(t.dtype)[6:]  # "torch.float32" -> "float32"
+    shape = tuple(t.shape)
+    code = DTYPE_CODES.get(name)
+    if code is not None:
+        return Buffer(t, t.data_ptr(), t.numel(), code, t.element_size(), name, shape, device)
+    if not torch_dtypes:
+        raise _unsupported_dtype(what, name)
+    part = _COMPLEX_PARTS.get(name)
+    if part is not None:
+        if reduce_op >= 0 and reduce_op not in _COMPLEX_OK:
+            raise TypeError(f"{what}: a complex tensor ({t.dtype}) can only be reduced with SUM, AVG or "
+                            f"PREMUL_SUM, not {_OP_NAMES[reduce_op]}")
+        return Buffer(t, t.data_ptr(), t.numel() * 2, DTYPE_CODES[part], t.element_size() // 2, name, shape, device)
+    if reduce_op >= 0:
+        supported = ", ".join(list(_C.DTYPES) + ["complex64", "complex128"])
+        raise TypeError(f"{what} has dtype {t.dtype}, which plexus cannot reduce; supported: {supported}")
+    # Data movement only: the bytes, whatever they mean.
+    return Buffer(t, t.data_ptr(), t.numel() * t.element_size(), _UINT8, 1, name, shape, device)
 
 
 def same_kind(where: str, a: Buffer, b: Buffer, what_b: str, what_a: str) -> None:

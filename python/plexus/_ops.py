@@ -56,20 +56,19 @@ for _name in _CODES:
 _CHECKED: dict = {}  # (op code, dtype code) -> why they do not fit ("" when they do)
 
 
-def resolve_op(op: Any, what: str, buf: Any) -> Tuple[int, float]:
-    """(op code, premul factor) for a ReduceOp, an op name string, or torch's ReduceOp, checked
-    against the dtype of `buf` (TypeError when the op cannot reduce it)."""
-    code, factor = _op_code(op, what)
+def check_op(where: str, code: int, buf: Any) -> None:
+    """TypeError now, on this rank, when op `code` cannot reduce the dtype of `buf` (e.g. AVG on
+    ints), before anything is sent."""
     key = (code, buf.code)
     problem = _CHECKED.get(key)
     if problem is None:
         problem = _CHECKED[key] = _C.op_dtype_problem(code, buf.code)
     if problem:
-        raise TypeError(f"{what}: {problem}")
-    return code, factor
+        raise TypeError(f"{where}: {problem}")
 
 
-def _op_code(op: Any, what: str) -> Tuple[int, float]:
+def op_code(op: Any, what: str) -> Tuple[int, float]:
+    """(op code, premul factor) of a ReduceOp, an op name string, or torch's ReduceOp."""
     if op is ReduceOp.SUM:  # the common case, first
         return _CODES["SUM"], 1.0
     factor = None

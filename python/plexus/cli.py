@@ -7,7 +7,7 @@ import os
 import sys
 from typing import List, Optional
 
-from . import tuning
+from . import device, tuning
 from .topology import Topology
 
 
@@ -23,7 +23,7 @@ def _info(args: argparse.Namespace) -> int:
     print()
     print("cost model: " + "; ".join(f"{k}: alpha {v['alpha_us']:g} us, beta {v['gbps']:g} GB/s" for k, v in model.items()))
     print(f"group shape: {tuning.shape_of(topo)}")
-    print(f"device arrays: {_device_paths()}")
+    print(f"device arrays: {device.describe_paths()}")
     collectives = args.collective or tuning.COLLECTIVES
     for coll, bands in tuning.plan(topo, collectives, model=model).items():
         print()
@@ -33,17 +33,6 @@ def _info(args: argparse.Namespace) -> int:
             span = tuning.human(lo) if lo == hi else f"{tuning.human(lo)} - {tuning.human(hi)}"
             print(f"  {span:>24s}  {name:14s}  {seconds * 1e6:12.1f} us")
     return 0
-
-
-def _device_paths() -> str:
-    """How cupy arrays / torch CUDA tensors would travel from this process."""
-    from . import _cuda_ipc
-
-    problem = _cuda_ipc.local_problem()
-    ipc = ("CUDA IPC within a host for all_reduce, all_gather(_into_tensor), reduce_scatter_tensor, broadcast, "
-           "reduce")
-    rest = "the rest staged through pinned host memory (all_reduce in overlapping chunks)"
-    return f"{ipc}; {rest}" if problem is None else f"staged through pinned host memory (no CUDA IPC: {problem})"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,4 +1,6 @@
-"""The torch.distributed-shaped API of Plexus, on numpy arrays and CPU torch tensors.
+"""The torch.distributed-shaped API of Plexus, on numpy arrays, torch tensors (CPU and CUDA) and
+cupy arrays: groups, and each collective as a thin adapter over the collective layer
+(plexus._collectives), which checks the call and runs it where its arrays live.
 
 Names and semantics follow torch.distributed: collectives work in place on their arguments,
 take ``group=`` and ``async_op=``, use global ranks for ``src``/``dst``, and return a Work when
@@ -13,49 +15,15 @@ import os
 import threading
 from typing import Any, List, Optional, Sequence
 
-from . import _C, _cuda_ipc, _device_pipeline
-from ._arrays import Buffer, as_buffer, check_disjoint, same_kind, split_counts
-from ._device import ROUTES, route, routed
-from ._ops import ReduceOp, resolve_op
+from . import _C, _collectives as coll, tuning
+from ._arrays import as_buffer
+from ._collectives import ProcessGroup
+from ._ops import ReduceOp, op_code
 from ._rendezvous import Rendezvous, mpi_rendezvous, rendezvous
 from ._work import Work
-from . import tuning
 from .topology import Topology, maybe_dump, topology_from_env_or
 
 DEFAULT_TIMEOUT_S = 600.0
-
-
-class ProcessGroup:
-    """A set of ranks that run collectives together (one C++ communicator)."""
-
-    def __init__(self, comm: "_C.Communicator", ranks: List[int], name: str):
-        self.comm = comm
-        self.ranks = ranks  # global rank of each group rank
-        self.name = name
-        self._pending: List[tuple] = []  # (core work, arrays it uses) until it completes
-        self._lock = threading.Lock()
-        self._where: dict = {}
-
-    def rank(self) -> int:
-        return self.comm.rank
-
-    def size(self) -> int:
-        return self.comm.size
-
-    def group_rank(self, global_rank: int, what: str) -> int:
-        try:
-            return self.ranks.index(global_rank)
-        except ValueError:
-            raise ValueError(f"{what}: rank {global_rank} is not a member of group {self.name} (ranks {self.ranks})") from None
-
-    def track(self, core_work: Any, arrays: List[Any]) -> None:
-        # The arrays must outlive the op even if the caller drops its Work.
-        with self._lock:
-            self._pending = [(w, a) for (w, a) in self._pending if not w.is_completed()]
-            self._pending.append((core_work, arrays))
-
-    def __repr__(self) -> str:
-        return f"<plexus.ProcessGroup {self.name} rank {self.rank()} of {self.size()}>"
 
 
 class _NonGroupMember:
@@ -178,11 +146,9 @@ def destroy_process_group(group: Optional[ProcessGroup] = None) -> None:
     in flight fail with an error."""
     if group is None or group is _state.world:
         for g in _state.groups:
-            _cuda_ipc.release(g)  # first: it waits for the GPU work that still reads peers' memory
-            g.comm.abort("destroy_process_group() was called")
+            g.close("destroy_process_group() was called")
         if _state.world is not None:
-            _cuda_ipc.release(_state.world)
-            _state.world.comm.abort("destroy_process_group() was called")
+            _state.world.close("destroy_process_group() was called")
         rdv = _state.rendezvous
         if rdv is not None and rdv.file_path:
             try:
@@ -194,8 +160,7 @@ def destroy_process_group(group: Optional[ProcessGroup] = None) -> None:
         return
     if group is GroupMember.NON_GROUP_MEMBER:
         return
-    _cuda_ipc.release(group)
-    group.comm.abort("destroy_process_group(group) was called")
+    group.close("destroy_process_group(group) was called")
     if group in _state.groups:
         _state.groups.remove(group)
 
@@ -264,44 +229,31 @@ def new_group(ranks: Optional[Sequence[int]] = None, timeout: Any = None, backen
     return group
 
 
-# --- collectives -------------------------------------------------------------------------------
+def explain(collective: str, nbytes: int, group=None) -> "tuning.Explanation":
+    """Which algorithm `group` (default: the world) runs for `collective` of `nbytes` bytes, why,
+    and every algorithm's predicted time."""
+    g = _group(group, "explain")
+    if g is None:
+        raise ValueError("explain: this rank is not a member of the group")
+    chosen, why, predictions = g.comm.explain(collective, float(nbytes))
+    return tuning.Explanation(collective, int(nbytes), chosen, why, list(predictions))
 
 
-def _finish(group: ProcessGroup, core_work: Any, arrays: List[Any], outputs: List[Any], async_op: bool):
+# --- collectives: each checks its call in the collective layer and runs it there -----------------
+
+
+# The numpy API's arrays: numpy arrays, torch tensors and device arrays of plexus's dtypes.
+_conv = as_buffer
+
+
+def _run(g: ProcessGroup, call: "coll.Call", async_op: bool, outputs: List[Any], keep: List[Any]) -> Optional[Work]:
+    core = coll.run(g, call, not async_op)
     if not async_op:
-        if core_work is not None:  # None: it already ran, successfully, on this thread
-            core_work.wait(None)  # raises the op's error
+        if core is not None:  # None: it already ran, successfully, on this thread
+            core.wait(None)  # raises the op's error
         return None
-    group.track(core_work, arrays)
-    return Work(core_work, outputs)
-
-
-def _where(what: str, group: ProcessGroup) -> str:
-    """'all_reduce on rank 3': the start of every error message of a call (cached: hot path)."""
-    where = group._where.get(what)
-    if where is None:
-        where = group._where[what] = f"{what} on rank {group.ranks[group.rank()]}"
-    return where
-
-
-def _list_of_buffers(tensors: Any, argname: str, where: str, n: int, ref: Buffer, writable: bool) -> List[Buffer]:
-    if not isinstance(tensors, (list, tuple)):
-        raise TypeError(f"{where}: {argname} must be a list of {n} arrays, got {type(tensors).__name__}")
-    if len(tensors) != n:
-        raise ValueError(f"{where}: {argname} has {len(tensors)} entries but the group has {n} ranks")
-    bufs = []
-    for i, t in enumerate(tensors):
-        b = as_buffer(t, f"{where}: {argname}[{i}]", writable=writable)
-        same_kind(where, ref, b, f"{argname}[{i}]", "the tensor")
-        if b.count != ref.count:
-            raise ValueError(f"{where}: {argname}[{i}] has {b.count} elements but the tensor has {ref.count}")
-        bufs.append(b)
-    if writable:
-        order = sorted(range(n), key=lambda i: bufs[i].ptr)
-        for a, b in zip(order, order[1:]):
-            if bufs[a].overlaps(bufs[b]):
-                raise ValueError(f"{where}: {argname}[{a}] and {argname}[{b}] share memory")
-    return bufs
+    g.track([core], keep)
+    return Work([core], outputs, g if call.kind == "recv" else None)
 
 
 def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False, *, out: Any = None):
@@ -310,155 +262,80 @@ def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op:
     g = _group(group, "all_reduce")
     if g is None:
         return None
-    # Hot path (small messages are all overhead): plain numpy arrays, blocking, checked in C++
-    # and without the device-array wrapper.
+    # Hot path (small messages are all overhead): plain numpy arrays, blocking, checked in C++.
     if not async_op and type(op) is ReduceOp and op.factor is None and \
             g.comm.all_reduce_ndarray(tensor, out, op.code):
         return None
-    return _all_reduce_checked(tensor, op, group, async_op, out=out)
+    where = g.where("all_reduce")
+    code, factor = op_code(op, where)
+    call = coll.all_reduce(g, where, _conv, tensor, out, code, factor)
+    dst = tensor if out is None else out
+    return _run(g, call, async_op, [dst], [tensor, out])
 
 
-all_reduce.__plexus_device_routed__ = True  # through _all_reduce_checked
-
-
-@route(*ROUTES["all_reduce"])
-def _all_reduce_checked(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False, *,
-                        out: Any = None):
-    g = _group(group, "all_reduce")
-    where = _where("all_reduce", g)
-    buf = as_buffer(tensor, f"{where}: tensor", writable=out is None)
-    dst = buf
-    if out is not None:
-        dst = as_buffer(out, f"{where}: out", writable=True)
-        same_kind(where, buf, dst, "out", "tensor")
-        if dst.count != buf.count:
-            raise ValueError(f"{where}: out has {dst.count} elements but tensor has {buf.count}")
-        if dst.overlaps(buf) and dst.ptr != buf.ptr:
-            raise ValueError(f"{where}: out partly overlaps tensor")
-    code, factor = resolve_op(op, where, buf)
-    if buf.device is not None:
-        try:
-            return _cuda_ipc.run(g, "all_reduce", where, buf, dst, code, factor, async_op)
-        except _cuda_ipc.UseStaging as e:  # through host memory, copies overlapping the network
-            core = _device_pipeline.all_reduce(g, where, buf, dst, code, factor, str(e))
-            return Work(core, [dst.obj]) if async_op else None
-    w = g.comm.all_reduce(buf.ptr, dst.ptr, buf.count, buf.code, code, factor, not async_op)
-    return _finish(g, w, [tensor, out], [dst.obj], async_op)
-
-
-@routed
 def all_gather(tensor_list: List[Any], tensor: Any, group: Any = None, async_op: bool = False):
     """Gathers `tensor` from every rank into `tensor_list` (one entry per rank, in rank order)."""
     g = _group(group, "all_gather")
     if g is None:
         return None
-    where = _where("all_gather", g)
-    src = as_buffer(tensor, f"{where}: tensor", writable=False)
-    outs = _list_of_buffers(tensor_list, "tensor_list", where, g.size(), src, writable=True)
-    for i, b in enumerate(outs):
-        if b.overlaps(src) and not (i == g.rank() and b.ptr == src.ptr):
-            raise ValueError(f"{where}: tensor_list[{i}] overlaps the input tensor")
-    if src.device is not None:
-        return _cuda_ipc.run(g, "all_gather", where, src, src, async_op=async_op, outs=[b.ptr for b in outs],
-                             result=list(tensor_list))
-    w = g.comm.all_gather(src.ptr, [b.ptr for b in outs], src.count, src.code, not async_op)
-    return _finish(g, w, [tensor, list(tensor_list)], list(tensor_list), async_op)
+    call = coll.all_gather(g, g.where("all_gather"), _conv, tensor_list, tensor)
+    return _run(g, call, async_op, list(tensor_list), [tensor, list(tensor_list)])
 
 
-@routed
 def all_gather_into_tensor(output_tensor: Any, input_tensor: Any, group: Any = None, async_op: bool = False):
     """Gathers every rank's `input_tensor` into `output_tensor` (world_size times larger),
     concatenated in rank order. In place when `input_tensor` is this rank's slice of the output."""
     g = _group(group, "all_gather_into_tensor")
     if g is None:
         return None
-    where = _where("all_gather_into_tensor", g)
-    src = as_buffer(input_tensor, f"{where}: input_tensor", writable=False)
-    dst = as_buffer(output_tensor, f"{where}: output_tensor", writable=True)
-    same_kind(where, src, dst, "output_tensor", "input_tensor")
-    n, r = g.size(), g.rank()
-    if dst.count != src.count * n:
-        raise ValueError(f"{where}: output_tensor has {dst.count} elements but must have {n} x {src.count}")
-    slots = [dst.ptr + i * src.nbytes for i in range(n)]
-    if src.overlaps(dst) and src.ptr != slots[r]:
-        raise ValueError(f"{where}: input_tensor overlaps output_tensor but is not this rank's slice of it")
-    if src.device is not None:
-        return _cuda_ipc.run(g, "all_gather_into_tensor", where, src, dst, async_op=async_op)
-    w = g.comm.all_gather(src.ptr, slots, src.count, src.code, not async_op)
-    return _finish(g, w, [output_tensor, input_tensor], [output_tensor], async_op)
+    call = coll.all_gather_into_tensor(g, g.where("all_gather_into_tensor"), _conv, output_tensor, input_tensor)
+    return _run(g, call, async_op, [output_tensor], [output_tensor, input_tensor])
 
 
-@routed
 def reduce_scatter(output: Any, input_list: List[Any], op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False):
     """Reduces input_list[i] across ranks into `output` of rank i."""
     g = _group(group, "reduce_scatter")
     if g is None:
         return None
-    where = _where("reduce_scatter", g)
-    dst = as_buffer(output, f"{where}: output", writable=True)
-    ins = _list_of_buffers(input_list, "input_list", where, g.size(), dst, writable=False)
-    for i, b in enumerate(ins):
-        if b.overlaps(dst) and not (i == g.rank() and b.ptr == dst.ptr):
-            raise ValueError(f"{where}: output overlaps input_list[{i}]")
-    code, factor = resolve_op(op, where, dst)
-    w = g.comm.reduce_scatter([b.ptr for b in ins], dst.ptr, dst.count, dst.code, code, factor, not async_op)
-    return _finish(g, w, [output, list(input_list)], [output], async_op)
+    where = g.where("reduce_scatter")
+    code, factor = op_code(op, where)
+    call = coll.reduce_scatter(g, where, _conv, output, input_list, code, factor)
+    return _run(g, call, async_op, [output], [output, list(input_list)])
 
 
-@routed
 def reduce_scatter_tensor(output: Any, input: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False):
     """Reduces `input` (world_size blocks, in rank order) across ranks; rank i gets block i in
     `output`. `output` may be this rank's block of `input`."""
     g = _group(group, "reduce_scatter_tensor")
     if g is None:
         return None
-    where = _where("reduce_scatter_tensor", g)
-    src = as_buffer(input, f"{where}: input", writable=False)
-    dst = as_buffer(output, f"{where}: output", writable=True)
-    same_kind(where, dst, src, "input", "output")
-    n = g.size()
-    if src.count != dst.count * n:
-        raise ValueError(f"{where}: input has {src.count} elements but must have {n} x {dst.count}")
-    blocks = [src.ptr + i * dst.nbytes for i in range(n)]
-    if dst.overlaps(src) and dst.ptr != blocks[g.rank()]:
-        raise ValueError(f"{where}: output overlaps input but is not this rank's block of it")
-    code, factor = resolve_op(op, where, dst)
-    if src.device is not None:
-        return _cuda_ipc.run(g, "reduce_scatter_tensor", where, src, dst, code, factor, async_op)
-    w = g.comm.reduce_scatter(blocks, dst.ptr, dst.count, dst.code, code, factor, not async_op)
-    return _finish(g, w, [output, input], [output], async_op)
+    where = g.where("reduce_scatter_tensor")
+    code, factor = op_code(op, where)
+    call = coll.reduce_scatter_tensor(g, where, _conv, output, input, code, factor)
+    return _run(g, call, async_op, [output], [output, input])
 
 
-@routed
 def broadcast(tensor: Any, src: int, group: Any = None, async_op: bool = False):
     """Copies `tensor` of global rank `src` into `tensor` on every rank of the group."""
     g = _group(group, "broadcast")
     if g is None:
         return None
-    where = _where("broadcast", g)
-    root = g.group_rank(src, where)
-    buf = as_buffer(tensor, f"{where}: tensor", writable=g.rank() != root)
-    if buf.device is not None:
-        return _cuda_ipc.run(g, "broadcast", where, buf, buf, async_op=async_op, root=root)
-    w = g.comm.broadcast(buf.ptr, buf.count, buf.code, root, not async_op)
-    return _finish(g, w, [tensor], [tensor], async_op)
+    where = g.where("broadcast")
+    call = coll.broadcast(g, where, _conv, tensor, g.group_rank(src, where))
+    return _run(g, call, async_op, [tensor], [tensor])
 
 
-@routed
 def reduce(tensor: Any, dst: int, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False):
     """Reduces `tensor` across the group into `tensor` of global rank `dst`; the other ranks'
     tensors are left unchanged."""
     g = _group(group, "reduce")
     if g is None:
         return None
-    where = _where("reduce", g)
+    where = g.where("reduce")
     root = g.group_rank(dst, where)
-    buf = as_buffer(tensor, f"{where}: tensor", writable=g.rank() == root)
-    code, factor = resolve_op(op, where, buf)
-    if buf.device is not None:
-        return _cuda_ipc.run(g, "reduce", where, buf, buf, code, factor, async_op, root=root)
-    w = g.comm.reduce(buf.ptr, buf.ptr, buf.count, buf.code, code, factor, root, not async_op)
-    return _finish(g, w, [tensor], [tensor], async_op)
+    code, factor = op_code(op, where)
+    call = coll.reduce(g, where, _conv, tensor, root, code, factor)
+    return _run(g, call, async_op, [tensor], [tensor])
 
 
 def barrier(group: Any = None, async_op: bool = False, device_ids: Any = None):
@@ -466,74 +343,41 @@ def barrier(group: Any = None, async_op: bool = False, device_ids: Any = None):
     g = _group(group, "barrier")
     if g is None:
         return None
-    return _finish(g, g.comm.barrier(not async_op), [], [], async_op)
+    return _run(g, coll.barrier(g, g.where("barrier")), async_op, [], [])
 
 
-@routed
 def gather(tensor: Any, gather_list: Optional[List[Any]] = None, dst: int = 0, group: Any = None, async_op: bool = False):
     """Gathers `tensor` of every rank into `gather_list` (one entry per rank) on global rank
     `dst`; the other ranks pass gather_list=None."""
     g = _group(group, "gather")
     if g is None:
         return None
-    where = _where("gather", g)
-    root = g.group_rank(dst, where)
-    src = as_buffer(tensor, f"{where}: tensor", writable=False)
-    outs: List[Buffer] = []
-    if g.rank() == root:
-        if gather_list is None:
-            raise ValueError(f"{where}: the destination rank needs a gather_list")
-        outs = _list_of_buffers(gather_list, "gather_list", where, g.size(), src, writable=True)
-    elif gather_list:
-        raise ValueError(f"{where}: gather_list must be None or empty on ranks other than dst")
-    w = g.comm.gather(src.ptr, [b.ptr for b in outs], src.count, src.code, root, not async_op)
-    return _finish(g, w, [tensor, gather_list], list(gather_list or []), async_op)
+    where = g.where("gather")
+    call = coll.gather(g, where, _conv, tensor, gather_list, g.group_rank(dst, where))
+    return _run(g, call, async_op, list(gather_list or []), [tensor, gather_list])
 
 
-@routed
 def scatter(tensor: Any, scatter_list: Optional[List[Any]] = None, src: int = 0, group: Any = None, async_op: bool = False):
     """Global rank `src` sends scatter_list[i] to rank i of the group, into its `tensor`; the
     other ranks pass scatter_list=None."""
     g = _group(group, "scatter")
     if g is None:
         return None
-    where = _where("scatter", g)
-    root = g.group_rank(src, where)
-    dst = as_buffer(tensor, f"{where}: tensor", writable=True)
-    ins: List[Buffer] = []
-    if g.rank() == root:
-        if scatter_list is None:
-            raise ValueError(f"{where}: the source rank needs a scatter_list")
-        ins = _list_of_buffers(scatter_list, "scatter_list", where, g.size(), dst, writable=False)
-    elif scatter_list:
-        raise ValueError(f"{where}: scatter_list must be None or empty on ranks other than src")
-    w = g.comm.scatter([b.ptr for b in ins], dst.ptr, dst.count, dst.code, root, not async_op)
-    return _finish(g, w, [tensor, scatter_list], [tensor], async_op)
+    where = g.where("scatter")
+    call = coll.scatter(g, where, _conv, tensor, scatter_list, g.group_rank(src, where))
+    return _run(g, call, async_op, [tensor], [tensor, scatter_list])
 
 
-@routed
 def all_to_all(output_tensor_list: List[Any], input_tensor_list: List[Any], group: Any = None, async_op: bool = False):
     """Rank i sends input_tensor_list[j] to rank j, which receives it in output_tensor_list[i].
     Entries may differ in size, as long as each pair agrees."""
     g = _group(group, "all_to_all")
     if g is None:
         return None
-    where = _where("all_to_all", g)
-    n = g.size()
-    for name, lst in (("input_tensor_list", input_tensor_list), ("output_tensor_list", output_tensor_list)):
-        if not isinstance(lst, (list, tuple)) or len(lst) != n:
-            raise ValueError(f"{where}: {name} must be a list of {n} arrays")
-    ins = [as_buffer(t, f"{where}: input_tensor_list[{i}]", writable=False) for i, t in enumerate(input_tensor_list)]
-    outs = [as_buffer(t, f"{where}: output_tensor_list[{i}]", writable=True) for i, t in enumerate(output_tensor_list)]
-    for i, b in enumerate(ins + outs):
-        same_kind(where, ins[0], b, "every entry", "input_tensor_list[0]")
-    check_disjoint(where, outs, "output_tensor_list", ins, "input_tensor_list")
-    w = g.comm.all_to_all([b.ptr for b in ins], [b.count for b in ins], [b.ptr for b in outs], [b.count for b in outs],
-                          ins[0].code, not async_op)
-    return _finish(g, w, [list(output_tensor_list), list(input_tensor_list)], list(output_tensor_list), async_op)
+    call = coll.all_to_all(g, g.where("all_to_all"), _conv, output_tensor_list, input_tensor_list)
+    return _run(g, call, async_op, list(output_tensor_list), [list(output_tensor_list), list(input_tensor_list)])
 
 
-@routed
 def all_to_all_single(output: Any, input: Any, output_split_sizes: Optional[Sequence[int]] = None,
                       input_split_sizes: Optional[Sequence[int]] = None, group: Any = None, async_op: bool = False):
     """all_to_all on single arrays split along their first dimension: rank i sends rows
@@ -542,19 +386,9 @@ def all_to_all_single(output: Any, input: Any, output_split_sizes: Optional[Sequ
     g = _group(group, "all_to_all_single")
     if g is None:
         return None
-    where = _where("all_to_all_single", g)
-    n = g.size()
-    src = as_buffer(input, f"{where}: input", writable=False)
-    dst = as_buffer(output, f"{where}: output", writable=True)
-    same_kind(where, src, dst, "output", "input")
-    if src.overlaps(dst):
-        raise ValueError(f"{where}: output and input share memory")
-    in_counts = split_counts(where, "input", tuple(input.shape), input_split_sizes, n)
-    out_counts = split_counts(where, "output", tuple(output.shape), output_split_sizes, n)
-    in_ptrs = [src.ptr + sum(in_counts[:i]) * src.itemsize for i in range(n)]
-    out_ptrs = [dst.ptr + sum(out_counts[:i]) * dst.itemsize for i in range(n)]
-    w = g.comm.all_to_all(in_ptrs, in_counts, out_ptrs, out_counts, src.code, not async_op)
-    return _finish(g, w, [output, input], [output], async_op)
+    call = coll.all_to_all_single(g, g.where("all_to_all_single"), _conv, output, input, output_split_sizes,
+                                  input_split_sizes)
+    return _run(g, call, async_op, [output], [output, input])
 
 
 # --- point-to-point ------------------------------------------------------------------------------
@@ -569,42 +403,34 @@ def _p2p_peer(g: ProcessGroup, peer: Optional[int], where: str, what: str) -> in
     return p
 
 
-@routed
 def isend(tensor: Any, dst: int, group: Any = None, tag: int = 0) -> Optional[Work]:
     """Sends `tensor` to global rank `dst`; returns a Work that completes once the message is
     handed to the transport. Messages between a pair of ranks with the same tag arrive in order."""
     g = _group(group, "isend")
     if g is None:
         return None
-    where = _where("isend", g)
-    buf = as_buffer(tensor, f"{where}: tensor", writable=False)
-    w = g.comm.send(buf.ptr, buf.count, buf.code, _p2p_peer(g, dst, where, "dst"), int(tag))
-    g.track(w, [tensor])
-    return Work(w, [tensor])
+    where = g.where("isend")
+    call = coll.send(g, where, _conv, tensor, _p2p_peer(g, dst, where, "dst"), int(tag))
+    return _run(g, call, True, [tensor], [tensor])
 
 
-@routed
 def irecv(tensor: Any, src: Optional[int] = None, group: Any = None, tag: int = 0) -> Optional[Work]:
     """Receives into `tensor` from global rank `src` (any rank when None); the Work's
     `source` (after wait) tells which."""
     g = _group(group, "irecv")
     if g is None:
         return None
-    where = _where("irecv", g)
-    buf = as_buffer(tensor, f"{where}: tensor", writable=True)
-    w = g.comm.recv(buf.ptr, buf.count, buf.code, _p2p_peer(g, src, where, "src"), int(tag))
-    g.track(w, [tensor])
-    return Work(w, [tensor], group=g)
+    where = g.where("irecv")
+    call = coll.recv(g, where, _conv, tensor, _p2p_peer(g, src, where, "src"), int(tag))
+    return _run(g, call, True, [tensor], [tensor])
 
 
-@routed
 def send(tensor: Any, dst: int, group: Any = None, tag: int = 0) -> None:
     work = isend(tensor, dst, group, tag)
     if work is not None:
         work.wait()
 
 
-@routed
 def recv(tensor: Any, src: Optional[int] = None, group: Any = None, tag: int = 0) -> int:
     """Blocking receive; returns the global rank the message came from (-1 for non-members)."""
     work = irecv(tensor, src, group, tag)

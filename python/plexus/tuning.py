@@ -3,7 +3,8 @@
 The C++ tuner predicts each algorithm's time with an alpha-beta model (time = alpha per message
 + bytes / beta per link class) for the group's shape. This module turns a Topology into that
 shape and model (the network's beta from the slowest host's fastest NIC; NVLink for GPU hosts),
-and explains the choice for a live group or for a described machine (`plexus info --topo`).
+and predicts the choice for a described machine (`plexus info --topo`); plexus.explain
+(distributed.py) asks a live group.
 """
 
 from __future__ import annotations
@@ -76,18 +77,6 @@ def predict(collective: str, nbytes: int, topo: Topology, model: Optional[Dict] 
     shape = shape_of(topo)
     chosen = _C.cheapest(collective, float(nbytes), shape, model)
     return Explanation(collective, nbytes, chosen, "lowest predicted time", list(_C.predict(collective, float(nbytes), shape, model)))
-
-
-def explain(collective: str, nbytes: int, group=None) -> Explanation:
-    """Which algorithm `group` (default: the world) runs for `collective` of `nbytes` bytes, why,
-    and every algorithm's predicted time."""
-    from . import distributed
-
-    g = distributed._group(group, "explain")
-    if g is None:
-        raise ValueError("explain: this rank is not a member of the group")
-    chosen, why, predictions = g.comm.explain(collective, float(nbytes))
-    return Explanation(collective, int(nbytes), chosen, why, list(predictions))
 
 
 def plan(topo: Topology, collectives: Sequence[str] = COLLECTIVES, sizes: Sequence[int] = SIZES,

@@ -1,8 +1,8 @@
 """Every collective of the public API on cupy arrays and torch CUDA tensors, on 1, 2 and 4 ranks
 sharing GPU 0, checked against numpy; plus stream order (work the caller queued before a call is
 seen by it, work queued after sees its result) and async_op. all_reduce, all_gather(_into_tensor),
-reduce_scatter_tensor, broadcast and reduce go through CUDA IPC (_cuda_ipc.py; asserted), the
-others are staged through host memory (_device.py)."""
+reduce_scatter_tensor, broadcast and reduce go through CUDA IPC (plexus.device.ipc; asserted), the
+others are staged through host memory (plexus.device.staging)."""
 
 from __future__ import annotations
 
@@ -259,12 +259,12 @@ CHECKS = [check_ipc_does_not_block_the_host] + CHECKS
 
 
 def _run_all(rank, world, lib):
-    from plexus import _cuda_ipc
+    from plexus import device
 
     L = LIBS[lib]()
     done = {c.__name__: c(L, rank, world) for c in CHECKS}
     # all_reduce, all_gather_into_tensor and reduce_scatter_tensor ran through CUDA IPC, every time.
-    done["paths"] = sorted(_cuda_ipc.PATHS)
+    done["paths"] = sorted(device.PATHS)
     return done
 
 
@@ -286,11 +286,11 @@ def test_torch_cuda_collectives(world):
 
 
 def _across_hosts(rank, world, lib):
-    from plexus import _cuda_ipc
+    from plexus import device
 
     L = LIBS[lib]()
     n = check_all_reduce(L, rank, world) + check_streams_and_async(L, rank, world)
-    return n, sorted(_cuda_ipc.PATHS)
+    return n, sorted(device.PATHS)
 
 
 @pytest.mark.parametrize("lib", [pytest.param("cupy", marks=pytest.mark.cupy),
@@ -301,14 +301,3 @@ def test_all_reduce_staged_in_chunks_across_hosts(lib):
     results = run_ranks(2, _across_hosts, lib, env=env, timeout=600)
     assert results[0] == results[1], results
     assert results[0][1] == ["staged: the group spans several hosts"], results[0][1]
-
-
-ROUTED = ["all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",
-          "broadcast", "reduce", "gather", "scatter", "all_to_all", "all_to_all_single", "send", "recv",
-          "isend", "irecv"]
-
-
-def test_device_routing_is_wired():
-    """The public API takes device arrays: distributed.py wraps its collectives with _device.route."""
-    missing = [n for n in ROUTED if not getattr(getattr(plexus, n), "__plexus_device_routed__", False)]
-    assert not missing, f"not routed through plexus._device.route yet: {missing}"

@@ -1,5 +1,5 @@
-"""The "plexus" torch.distributed backend on CUDA tensors (torch_backend/cuda.py), on 2 and 4
-ranks sharing GPU 0: every collective gives on CUDA tensors what it gives on the same values as
+"""The "plexus" torch.distributed backend on CUDA tensors (through the collective layer and
+plexus.device), on 2 and 4 ranks sharing GPU 0: every collective gives on CUDA tensors what it gives on the same values as
 CPU tensors (the CPU path is checked against gloo in tests/test_torch_backend.py); all_reduce,
 all_gather_into_tensor and reduce_scatter_tensor go through CUDA IPC; DDP on a CUDA model
 trains as one process on the whole batch does."""
@@ -28,7 +28,7 @@ def _collectives(rank, world, init_method):
     import torch.distributed as dist
     from torch.testing import assert_close
 
-    from plexus import _cuda_ipc
+    from plexus import device
 
     torch.cuda.set_device(0)
     dist.init_process_group("plexus", init_method=init_method, rank=rank, world_size=world)
@@ -101,7 +101,7 @@ def _collectives(rank, world, init_method):
     fut.wait()
     assert work.is_completed()
     assert t[-1].item() == world * world * (world + 1) / 2
-    paths = dict(_cuda_ipc.PATHS)
+    paths = dict(device.PATHS)
     dist.destroy_process_group()
     return paths
 

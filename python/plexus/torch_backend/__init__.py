@@ -2,14 +2,15 @@
 
 It registers itself (1) when torch is imported, through the ``torch.backends`` entry point
 (:func:`_autoload`), (2) when ``import plexus`` runs after torch was imported, and (3) by an
-explicit :func:`register`. Collectives on CPU tensors run in the plexus core, zero-copy; on
-CUDA tensors through CUDA IPC (all_reduce, all_gather_into_tensor, reduce_scatter_tensor on one
-host) or pinned host copies (the rest): see ``cuda.py``.
+explicit :func:`register`. Its collectives are thin adapters over the collective layer the
+numpy API uses (plexus._collectives): CPU tensors run in the plexus core, zero-copy; CUDA
+tensors through plexus.device, whose table says how each collective travels (CUDA IPC between
+the ranks of one host for all_reduce, all_gather, all_gather_into_tensor, reduce_scatter_tensor,
+broadcast and reduce; pinned host memory otherwise).
 
-Files: ``process_group.py`` (the dist.ProcessGroup subclass torch gets from the creator), ``cuda.py``
-(CUDA tensors),
+Files: ``process_group.py`` (the dist.ProcessGroup subclass torch gets from the creator),
 ``work.py`` (its Work, and the one thread per group that completes futures), ``ops.py``
-(ReduceOp and tensor -> core buffer translation, with the argument checks).
+(torch's ReduceOp and tensors as the collective layer's buffers).
 
 What torch 2.13 does not let a Python process group do (whatever the backend does):
 - ``dist.monitored_barrier``: torch checks ``get_backend(group) == "gloo"`` and raises ValueError.

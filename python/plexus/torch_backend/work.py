@@ -1,8 +1,8 @@
 """The Work that the plexus process group returns, and the thread that completes its futures.
 
-A Work wraps one or more core works (a coalesced call submits one per tensor). wait() blocks in
-the core with the GIL released and raises the op's error (PlexusError, a RuntimeError, as
-torch's users expect). get_future() gives a torch.futures.Future completed when the op is:
+A Work wraps the plexus Work of a call (a coalesced call submits one core work per tensor).
+wait() blocks in the core with the GIL released and raises the op's error (PlexusError, a
+RuntimeError, as torch's users expect). get_future() gives a torch.futures.Future completed when the op is:
 futures are completed by ONE thread per process group (the Completer), made lazily, so that a
 plain synchronous call costs no thread hand-off at all.
 
@@ -44,52 +44,38 @@ def _seconds(timeout: Any) -> Optional[float]:
 
 
 class Work(dist.Work):
-    """Handle of a plexus op, as torch.distributed's Work behaves (wait raises on failure)."""
+    """Handle of a plexus call, as torch.distributed's Work behaves (wait raises on failure): a
+    dist.Work over the plexus Work that the collective layer's core works make."""
 
-    def __init__(self, cores: List[Any], result: Any, keep: Any, pg: Any, what: str, p2p: bool = False):
+    def __init__(self, work: Any, result: Any, pg: Any, p2p: bool = False):
         super().__init__()
-        self._cores = cores  # core works; None entries finished already (blocking ops)
+        self._work = work  # plexus._work.Work
         self._result = result  # what the future resolves to (a list of tensors, or of lists)
-        self._keep = keep  # tensors the op reads or writes: alive until it completes
         self._pg = pg
-        self._what = what
         self._p2p = p2p
         self._fut = None
         self._lock = threading.Lock()
 
     # -- state -----------------------------------------------------------------------------
     def is_completed(self) -> bool:
-        for c in self._cores:
-            if c is not None and not c.is_completed():
-                return False
-        return True
-
-    def _error(self) -> Optional[BaseException]:
-        """The first failure among the core works (None while running or after success)."""
-        for c in self._cores:
-            if c is not None and c.failed():
-                try:
-                    c.rethrow()
-                except BaseException as e:  # noqa: BLE001 - handing the error back is the point
-                    return e
-        return None
+        return self._work.is_completed()
 
     def is_success(self) -> bool:
-        return self.is_completed() and self._error() is None
+        return self._work.is_success()
 
     def exception(self) -> Optional[BaseException]:
-        return self._error() if self.is_completed() else None
+        return self._work.exception() if self._work.is_completed() else None
 
     # -- waiting ---------------------------------------------------------------------------
     def wait(self, timeout: Any = None) -> bool:
         """Blocks until the op is done; raises its error. With a timeout (timedelta or seconds)
         raises plexus.CollectiveTimeout if it is still running then (the op goes on)."""
         seconds = _seconds(timeout)
-        for c in self._cores:
-            if c is not None and not c.wait(seconds):  # GIL released; raises the op's error
-                raise _C.CollectiveTimeout(f"{self._what} did not complete within {seconds} s "
-                                           "(Work.wait timeout)")
-        return True
+        try:
+            return self._work.wait(seconds)  # GIL released; raises the op's error
+        except TimeoutError:
+            raise _C.CollectiveTimeout(f"{self._work.what} did not complete within {seconds} s "
+                                       "(Work.wait timeout)") from None
 
     def synchronize(self) -> None:
         self.wait()
@@ -111,35 +97,34 @@ class Work(dist.Work):
                     # Asked from a future's callback, which runs on the completer thread (e.g.
                     # DDP's PowerSGD hook chains all_reduce(...).get_future().wait()): that
                     # thread cannot also complete this future, so wait for the op right here.
-                    self._wait_quietly()
+                    self._host_wait(None)
                 if self.is_completed():
                     self._complete(raw)
                 else:
                     completer.add(self, raw)
             return self._fut
 
-    def _wait_quietly(self) -> None:
-        for c in self._cores:
-            if c is not None:
-                try:
-                    getattr(c, "host_wait", c.wait)(None)  # GPU work: the host waits for the GPU
-                except Exception:  # noqa: BLE001 - the failure is read by _complete
-                    pass
+    def _host_wait(self, seconds: Optional[float]) -> None:
+        """Blocks this thread (GPU work included) until the op is done or `seconds` pass."""
+        try:
+            self._work.host_wait(seconds)
+        except Exception:  # noqa: BLE001 - the failure is read by _complete
+            pass
 
     def _complete(self, raw: "torch.futures.Future") -> None:
-        error = self._error()
+        error = self._work.exception()
         raw.set_result(self._result if error is None else error)
 
     # -- point-to-point --------------------------------------------------------------------
     def _source_rank(self) -> int:
         """For a receive from any source: the group rank the message came from."""
         self.wait()
-        return self._cores[0].source if self._cores and self._cores[0] is not None else -1
+        return self._work.source
 
     source_rank = _source_rank
 
     def __repr__(self) -> str:
-        return f"<plexus torch Work {self._what} {'done' if self.is_completed() else 'running'}>"
+        return f"<plexus torch Work {self._work.what} {'done' if self.is_completed() else 'running'}>"
 
 
 class Completer:
@@ -218,21 +203,11 @@ class Completer:
                 continue
             if stopping:
                 # Shut down: the communicator was aborted, so the rest fail promptly.
-                self._wait_head(pending[0][0], 0.05)
+                pending[0][0]._host_wait(0.05)
                 continue
             if any(w._p2p for w, _ in pending):
                 poll = 0.001 if progressed else min(poll * 2, 0.05)
-                self._wait_head(pending[0][0], poll)
+                pending[0][0]._host_wait(poll)
             else:
                 # Only collectives: block on the oldest (1 s slices, to notice new p2p works).
-                self._wait_head(pending[0][0], 1.0)
-
-    @staticmethod
-    def _wait_head(work: Work, seconds: float) -> None:
-        for c in work._cores:
-            if c is not None and not c.is_completed():
-                try:
-                    getattr(c, "host_wait", c.wait)(seconds)  # GPU work: the host waits for the GPU
-                except BaseException:  # noqa: BLE001 - the failure is read by _finish
-                    pass
-                return
+                pending[0][0]._host_wait(1.0)

@@ -10,8 +10,8 @@ One call on n ranks:
   2. a host all-gather of one small record per rank: the call's signature, its arrays' IPC
      handles and offsets, its events' handles. A rank that cannot take part (PLEXUS_CUDA_IPC=0,
      no CUDA, memory not from cudaMalloc such as torch's expandable segments) says so, and every
-     rank then raises UseStaging: the caller stages the call through host memory instead, all
-     ranks alike;
+     rank then declines the call (run() returns Declined): the caller stages it through host
+     memory instead, all ranks alike;
   3. each rank opens its peers' handles (cached); a one-byte all-gather agrees that all could;
   4. the stream waits for every peer's entry event, the kernels are enqueued, `done` recorded;
   5. a one-byte all-gather (every done event is recorded; did every rank enqueue its part?),
@@ -28,19 +28,18 @@ broadcast (from the root) and reduce (into the root).
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import functools
 import os
 import struct
 import threading
-import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import _C
-from ._device_ops import ops_for
+from .. import _C
+from .libraries import ops_for
+from .work import StreamWork
 
 HANDLE = 64  # bytes of a CUDA IPC handle
 MAX_DSTS = 8  # destinations the reduction kernel writes in one pass (cuda::kMaxReduceDsts)
@@ -56,16 +55,20 @@ RECORD_BYTES = _HEAD.size + 4 * HANDLE
 KINDS = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce", "all_gather")
 _ROOTED = (3, 4)
 _UINT8 = _C.DTYPES.index("uint8")
-# How device-array calls of these collectives ran in this process (numpy API and torch backend):
-# "cuda_ipc", or "staged: <why>" (tests and benchmarks read it).
-PATHS: "collections.Counter[str]" = collections.Counter()
 _AVG, _PREMUL_SUM = (_C.OPS.index(name) for name in ("avg", "premul_sum"))
 
 
-class UseStaging(Exception):
-    """This call cannot run through CUDA IPC on every rank of the group: stage it through host
-    memory instead. Raised on every rank alike (after they agreed), or where the group as a whole
-    cannot use IPC."""
+class Declined:
+    """What run() returns when the call cannot run through CUDA IPC on every rank of the group:
+    every rank alike (after they agreed), or where the group as a whole cannot use IPC. The
+    caller stages it through host memory instead."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str):
+        self.why = why
+
+
 
 
 class CudaDriver:
@@ -249,43 +252,6 @@ def _handle(row: bytes, at: int) -> bytes:
     return row[at:at + HANDLE]
 
 
-class StreamWork:
-    """The core of a Work whose last step is enqueued on a stream (`event` recorded after it):
-    wait() makes the caller's current stream wait for it (the host does not block),
-    is_completed() asks the GPU, host_wait() blocks this thread (futures, shutdown)."""
-
-    source = -1
-
-    def __init__(self, what: str, event: Any, current_stream: Callable[[], Any]):
-        self.what, self.event, self.current_stream = what, event, current_stream
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        self.event.stream_wait(self.current_stream())
-        return True
-
-    def is_completed(self) -> bool:
-        return bool(self.event.done())
-
-    def host_wait(self, timeout: Optional[float] = None) -> bool:
-        """False if the GPU has not done the work within `timeout` seconds."""
-        if timeout is None:
-            self.event.wait()
-            return True
-        deadline, pause = time.monotonic() + timeout, 50e-6
-        while not self.is_completed():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(pause)
-            pause = min(pause * 2, 5e-3)
-        return True
-
-    def failed(self) -> bool:
-        return False
-
-    def rethrow(self) -> None:
-        return None
-
-
 class _DriverEvent:
     """An event of the driver recorded on `stream` now, as StreamWork uses events."""
 
@@ -316,21 +282,18 @@ _REASONS = {_DISABLED: "has PLEXUS_CUDA_IPC=0", _NO_CUDA: "cannot use CUDA", _NO
             _NO_MAP: "cannot map its peers' arrays", _SEVERAL_GPUS: "has the arrays of one call on several GPUs"}
 
 
-def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: float = 1.0,
-        async_op: bool = False, root: int = -1, outs: Optional[List[int]] = None, result: Any = None) -> Any:
-    """One of KINDS on device Buffers `src` and `dst` (checked by the caller, distributed.py),
-    enqueued on the caller's current stream. Returns None, or a Work when async_op. Raises
-    UseStaging, on every rank alike, when the call cannot go through CUDA IPC. all_gather (the
-    list form) takes dst = src and the addresses of its outputs in `outs`; `result` is what the
-    Work's result() gives (default [dst])."""
-    from ._work import Work
-
-    if src.device is None or dst.device is None:
-        raise TypeError(f"{where}: pass every array of a call on the same device")
-    n, r = g.size(), g.rank()
+def run(g: Any, call: Any, blocking: bool) -> Any:
+    """`call` (one of KINDS, its buffers on device, checked by the collective layer) enqueued on
+    the caller's current stream. Returns None when `blocking` (the stream, not the host, waits),
+    else its core work; or Declined, on every rank alike, when it cannot go through CUDA IPC."""
+    where, n, r = call.where, g.size(), g.rank()
     if n > 1 and len(set(g.comm.host_ids)) > 1:  # the same answer on every rank
-        raise UseStaging("the group spans several hosts")
-    kind = KINDS.index(what)
+        return Declined("the group spans several hosts")
+    kind = KINDS.index(call.kind)
+    src = call.reads[0]
+    dst = src if kind == 5 else call.writes[0]  # all_gather (list form): its outputs are out_ptrs
+    outs = call.out_ptrs if kind == 5 else None
+    op, factor, root = max(call.op, 0), call.factor, call.root  # the record says "sum" where nothing reduces
     if kind in _ROOTED and not 0 <= root < n:
         raise ValueError(f"{where}: root {root} is out of range for a group of {n} ranks")
     scale = factor if op == _PREMUL_SUM else 1.0 / n if op == _AVG else 1.0
@@ -350,23 +313,23 @@ def run(g: Any, what: str, where: str, src: Any, dst: Any, op: int = 0, factor: 
         if code == _SEVERAL_GPUS:
             raise ValueError(problem)
         if problem:
-            raise UseStaging(problem)
+            return Declined(problem)
         _enqueue(kind, r, 1, src, dst, [src.ptr], [dst.ptr], op, scale, device, stream, root, outs)
     else:
-        _exchange_and_enqueue(g, kind, where, src, dst, op, factor, scale, device, stream, code, problem or "", root,
-                              outs)
-    PATHS["cuda_ipc"] += 1
-    if not async_op:
+        declined = _exchange_and_enqueue(g, kind, where, src, dst, op, factor, scale, device, stream, code,
+                                         problem or "", root, outs)
+        if declined is not None:
+            return declined
+    if blocking:
         return None
-    core = StreamWork(what, _DriverEvent(device, stream), lambda: _driver.current_stream(dst.device, device))
-    return Work(core, [dst.obj] if result is None else result)
+    return StreamWork(call.kind, _DriverEvent(device, stream), lambda: _driver.current_stream(dst.device, device))
 
 
-def _agree(g: Any, where: str, codes: bytes, why: str) -> None:
-    """Raises on every rank alike unless every rank's code is _OK: ValueError for arrays on
-    several GPUs (a bad call), else UseStaging."""
+def _agree(g: Any, where: str, codes: bytes, why: str) -> Optional[Declined]:
+    """None when every rank's code is _OK; else, on every rank alike, Declined, or ValueError for
+    arrays on several GPUs (a bad call)."""
     if codes.count(_OK) == len(codes):
-        return
+        return None
     bad = codes.find(_SEVERAL_GPUS)  # a bad call: an error, whatever else is said
     if bad < 0:
         bad = next(i for i, c in enumerate(codes) if c != _OK)
@@ -374,12 +337,12 @@ def _agree(g: Any, where: str, codes: bytes, why: str) -> None:
     text = why if bad == g.rank() and why else f"rank {g.ranks[bad]} {_REASONS.get(code, 'cannot use CUDA IPC')}"
     if code == _SEVERAL_GPUS:
         raise ValueError(text if bad == g.rank() else f"{where}: {text}")
-    raise UseStaging(text)
+    return Declined(text)
 
 
 def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op: int, factor: float,
                           scale: float, device: int, stream: int, code: int, why: str, root: int,
-                          outs: Optional[List[int]]) -> None:
+                          outs: Optional[List[int]]) -> Optional[Declined]:
     n, r = g.size(), g.rank()
     d = _driver
     src_off = dst_off = 0
@@ -400,7 +363,9 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
         if rows[p][1:24] != sig:
             raise _C.PlexusError(f"{where}: rank {g.ranks[p]} called {_describe(rows[p])} but rank "
                                  f"{g.ranks[r]} called {_describe(mine)}")
-    _agree(g, where, bytes(row[0] for row in rows), why)
+    declined = _agree(g, where, bytes(row[0] for row in rows), why)
+    if declined is not None:
+        return declined
     srcs, dsts = [0] * n, [0] * n
     try:  # step 3
         for p in range(n):
@@ -417,7 +382,9 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
             peers.event(_handle(row, _DONE))
     except Exception as e:  # noqa: BLE001
         code, why = _NO_MAP, f"rank {g.ranks[r]} cannot map its peers' arrays: {e}"
-    _agree(g, where, b"".join(host_all_gather(g, bytes([code]))), why)
+    declined = _agree(g, where, b"".join(host_all_gather(g, bytes([code]))), why)
+    if declined is not None:
+        return declined
     failure = None
     try:  # step 4
         for p in range(n):
@@ -441,6 +408,7 @@ def _exchange_and_enqueue(g: Any, kind: int, where: str, src: Any, dst: Any, op:
     if any(status):
         bad = g.ranks[next(i for i, failed in enumerate(status) if failed)]
         raise _C.PlexusError(f"{where}: rank {bad} failed to enqueue its part of the call (its error says why)")
+    return None
 
 
 def _enqueue(kind: int, r: int, n: int, src: Any, dst: Any, srcs: List[int], dsts: List[int], op: int,

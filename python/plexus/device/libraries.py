@@ -1,8 +1,9 @@
-"""What staging needs from each GPU array library: the caller's current stream, pinned host
-memory, copies between a device array and host bytes on that stream, and events.
+"""What the device paths need from each GPU array library: the array's device, the caller's
+current stream, pinned host memory, copies between a device array and host bytes on that
+stream, and events.
 
 CupyOps serves cupy arrays (and any other object with __cuda_array_interface__, through cupy);
-TorchOps serves torch CUDA tensors. Host bytes are a _pinned.Block (`host`: numpy uint8 view,
+TorchOps serves torch CUDA tensors. Host bytes are a pinned.Block (`host`: numpy uint8 view,
 `keep`: the owning object) and an offset into it. Libraries are imported lazily: plexus never
 imports cupy or torch unless the caller already handed it one of their arrays.
 """
@@ -21,10 +22,6 @@ class _Event:
         self.done = done  # () -> bool
         self.wait = wait  # () -> None: blocks the host until the work before the record is done
         self.stream_wait = stream_wait  # (stream) -> None: that stream waits for it, on the GPU
-
-
-def numpy_mirror(block: Any, off: int, nbytes: int, dtype: Any, shape: tuple) -> np.ndarray:
-    return block.host[off:off + nbytes].view(dtype).reshape(shape)
 
 
 class CupyOps:
@@ -71,9 +68,6 @@ class CupyOps:
         ev = self.cp.cuda.Event(block=True, disable_timing=True)
         ev.record(stream)
         return _Event(lambda: ev.done, ev.synchronize, lambda s: s.wait_event(ev))
-
-    def mirror(self, block: Any, off: int, nbytes: int, x: Any, dtype: str, shape: tuple) -> np.ndarray:
-        return numpy_mirror(block, off, nbytes, x.dtype, shape)
 
 
 class TorchOps:
@@ -123,10 +117,6 @@ class TorchOps:
         ev = self.torch.cuda.Event(blocking=True)
         ev.record(stream)
         return _Event(ev.query, ev.synchronize, lambda s: s.wait_event(ev))
-
-    def mirror(self, block: Any, off: int, nbytes: int, t: Any, dtype: str, shape: tuple) -> Any:
-        # A CPU tensor over the pinned bytes: bfloat16 needs no ml_dtypes this way.
-        return self._host(block, off, nbytes).view(t.dtype).reshape(shape)
 
 
 _OPS: dict = {}

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from . import _C
-from ._cuda_ipc import PATHS, StreamWork, host_all_gather
-from ._device_ops import ops_for
-from ._pinned import POOL
+from .. import _C
+from .ipc import host_all_gather
+from .libraries import ops_for
+from .pinned import POOL
+from .work import StreamWork
+
 
 def chunk_bytes() -> int:
     value = os.environ.get("PLEXUS_STAGE_CHUNK_BYTES", "")
@@ -54,10 +56,10 @@ def _check_calls(g: Any, where: str, count: int, dtype: int, op: int, chunk: int
                 f"all_reduce(count {count}, dtype {_C.DTYPES[dtype]}, op {_C.OPS[op]}, chunk {chunk} B)")
 
 
-def all_reduce(g: Any, where: str, src: Any, dst: Any, op: int, factor: float, why: str) -> StreamWork:
-    """all_reduce of device Buffer `src` into `dst` (may be the same) through host memory, on
-    the caller's current stream. Returns the core of its Work."""
-    PATHS[f"staged: {why}"] += 1
+def all_reduce(g: Any, call: Any) -> StreamWork:
+    """An all_reduce call of device buffers (the output may be the input) through host memory, on
+    the caller's current stream. Returns its core work."""
+    where, src, dst, op, factor = call.where, call.reads[0], call.writes[0], call.op, call.factor
     es, count = dst.itemsize, dst.count
     local, per, block = None, 1, None
     try:  # what can fail on this rank alone: every rank hears of it in _check_calls

@@ -1,0 +1,65 @@
+"""Calls on device arrays (cupy arrays, torch CUDA tensors, anything with
+__cuda_array_interface__), for the collective layer (plexus._collectives), which hands run() every
+call whose buffers are in device memory; the numpy API and the torch backend both go through it.
+
+Modules: arrays (what a device array is), libraries (cupy's and torch's streams, copies and pinned
+memory), pinned (a pool of host staging blocks), ipc (CUDA IPC between the ranks of one host),
+pipeline (all_reduce through host memory in overlapping chunks), staging (any call through host
+memory), work (the core work of a call enqueued on a stream).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Dict, Tuple
+
+from . import ipc, pipeline, staging
+
+# The table of device collectives: per collective, how it runs on device arrays when every rank of
+# the group can map its peers' memory (one host), and how it runs when one cannot. Collectives not
+# listed are staged through host memory. `plexus info` prints it.
+CUDA_IPC, PIPELINE, STAGED = "cuda_ipc", "pipeline", "staged"
+COLLECTIVES: Dict[str, Tuple[str, str]] = {
+    "all_reduce": (CUDA_IPC, PIPELINE),
+    "all_gather": (CUDA_IPC, STAGED),
+    "all_gather_into_tensor": (CUDA_IPC, STAGED),
+    "reduce_scatter_tensor": (CUDA_IPC, STAGED),
+    "broadcast": (CUDA_IPC, STAGED),
+    "reduce": (CUDA_IPC, STAGED),
+}
+_STAGED_ONLY = (STAGED, STAGED)
+
+# How device calls of the collectives with a direct path ran in this process: "cuda_ipc", or
+# "staged: <why>" (tests and benchmarks read it).
+PATHS: "collections.Counter[str]" = collections.Counter()
+
+
+def run(group: Any, call: Any, blocking: bool, run_host: Callable[[Any, Any, bool], Any]) -> Any:
+    """Runs `call` (every buffer in device memory) on `group`: its core work, or None when it
+    already completed. `run_host(group, call, blocking)` runs a call on host memory."""
+    direct, fallback = COLLECTIVES.get(call.kind, _STAGED_ONLY)
+    if direct == CUDA_IPC:
+        done = ipc.run(group, call, blocking)
+        if not isinstance(done, ipc.Declined):
+            PATHS[CUDA_IPC] += 1
+            return done
+        PATHS[f"staged: {done.why}"] += 1
+        if fallback == PIPELINE:
+            return pipeline.all_reduce(group, call)
+    return staging.run(call, blocking, lambda host_call, b: run_host(group, host_call, b))
+
+
+def release(group: Any) -> None:
+    """Closes what device calls of `group` opened (peers' mappings, events)."""
+    ipc.release(group)
+
+
+def describe_paths() -> str:
+    """How device arrays travel from this process, from the table (one line, for `plexus info`)."""
+    problem = ipc.local_problem()
+    if problem is not None:
+        return f"staged through pinned host memory (no CUDA IPC: {problem})"
+    direct = [name for name, (path, _) in COLLECTIVES.items() if path == CUDA_IPC]
+    chunked = [name for name, (_, fallback) in COLLECTIVES.items() if fallback == PIPELINE]
+    return (f"CUDA IPC within a host for {', '.join(direct)}; across hosts staged through pinned host memory "
+            f"({', '.join(chunked)} in chunks that overlap the network); the others staged")
