@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "base/types.h"
 #include "core/communicator.h"
-#include "core/types.h"
 #include "tuner/cost_model.h"
 
 namespace plexus {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "core/config.h"
+#include "base/config.h"
 #include "reduce/cpu_reduce.h"
 
 namespace plexus {

@@ -12,8 +12,8 @@
 #include "algorithms/ring.h"
 #include "algorithms/shm_direct.h"
 #include "algorithms/tree.h"
+#include "base/error.h"
 #include "core/collectives.h"
-#include "core/error.h"
 #include "reduce/cpu_reduce.h"
 
 namespace plexus {

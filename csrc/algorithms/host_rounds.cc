@@ -1,6 +1,7 @@
 #include "algorithms/host_rounds.h"
 
-#include "core/error.h"
+#include "base/backoff.h"
+#include "base/error.h"
 
 namespace plexus {
 

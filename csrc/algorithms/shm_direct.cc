@@ -16,7 +16,7 @@
 
 #include "algorithms/common.h"
 #include "algorithms/host_rounds.h"
-#include "core/config.h"
+#include "base/config.h"
 #include "reduce/cpu_reduce.h"
 
 namespace plexus {

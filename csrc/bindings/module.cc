@@ -9,12 +9,12 @@
 #include <optional>
 
 #include "algorithms/algorithm.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "bootstrap/rendezvous.h"
 #include "bootstrap/tcp_store.h"
 #include "core/collectives.h"
 #include "core/communicator.h"
-#include "core/error.h"
-#include "core/log.h"
 #include "reduce/cpu_reduce.h"
 #include "tuner/tuner.h"
 

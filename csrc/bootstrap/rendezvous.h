@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "bootstrap/identity.h"
 #include "bootstrap/socket.h"
 #include "bootstrap/store.h"
-#include "transport/tcp.h"
 
 namespace plexus {
 

@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <unistd.h>
 
-#include "core/config.h"
-#include "core/error.h"
-#include "core/log.h"
+#include "base/config.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "transport/frame.h"
 #include "transport/shm.h"
 

@@ -11,11 +11,11 @@
 #include <thread>
 #include <vector>
 
+#include "base/deadline.h"
+#include "base/signature.h"
 #include "bootstrap/rendezvous.h"
 #include "bootstrap/store.h"
-#include "core/deadline.h"
 #include "core/p2p.h"
-#include "core/signature.h"
 #include "core/work.h"
 #include "transport/connection.h"
 #include "transport/shm_segment.h"

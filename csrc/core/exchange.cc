@@ -4,9 +4,9 @@
 
 #include <string>
 
-#include "core/error.h"
-#include "core/log.h"
-#include "transport/shm_segment.h"
+#include "base/backoff.h"
+#include "base/error.h"
+#include "base/log.h"
 
 namespace plexus {
 

@@ -6,9 +6,10 @@
 
 #include <cstring>
 
+#include "base/backoff.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "core/communicator.h"
-#include "core/error.h"
-#include "core/log.h"
 #include "transport/shm.h"
 
 namespace plexus {

@@ -16,10 +16,10 @@
 #include <thread>
 #include <vector>
 
+#include "base/deadline.h"
+#include "base/error.h"
+#include "base/types.h"
 #include "bootstrap/rendezvous.h"
-#include "core/deadline.h"
-#include "core/error.h"
-#include "core/types.h"
 #include "core/work.h"
 #include "transport/connection.h"
 #include "transport/frame.h"

@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
+#include "base/deadline.h"
+#include "base/signature.h"
 #include "bootstrap/store.h"
-#include "core/deadline.h"
-#include "core/signature.h"
 
 namespace plexus {
 
@@ -105,23 +105,6 @@ class ShmHost {
   std::vector<std::string> names_;     // segment names in /dev/shm
   std::vector<std::string> names_of_;  // rank names for messages
   uint64_t my_pid_ns_ = 0;
-};
-
-// Waits with a spin, then yields, then short sleeps: prompt when the peer is on another core,
-// still fair when there are more ranks than cores.
-class Backoff {
- public:
-  // How long waiters spin before yielding, from the number of ranks sharing this host's CPUs
-  // (PLEXUS_SHM_SPIN overrides it).
-  static void set_local_ranks(int local_ranks);
-  void pause();
-  // True about every millisecond of waiting: time for the slower checks (liveness, deadline).
-  bool time_to_check();
-  void reset() { spins_ = 0; }
-
- private:
-  uint64_t spins_ = 0;
-  Clock::time_point last_check_ = Clock::now();
 };
 
 }  // namespace plexus

@@ -3,24 +3,16 @@
 // communicator's id and secret (handed out through the rendezvous store) or is refused.
 #pragma once
 
-#include <array>
-#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 
+#include "base/deadline.h"
+#include "bootstrap/identity.h"
 #include "bootstrap/socket.h"
-#include "core/deadline.h"
 #include "transport/connection.h"
 
 namespace plexus {
-
-struct CommIdentity {
-  uint64_t comm_id = 0;
-  std::array<uint8_t, 32> secret{};
-  int rank = 0;
-  int size = 1;
-};
 
 class TcpConnection : public Connection {
  public:

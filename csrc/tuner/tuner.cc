@@ -2,8 +2,8 @@
 
 #include <cstdlib>
 
-#include "core/config.h"
-#include "core/error.h"
+#include "base/config.h"
+#include "base/error.h"
 
 namespace plexus {
 
