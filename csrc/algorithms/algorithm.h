@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "base/types.h"
-#include "core/communicator.h"
+#include "core/op_context.h"
 #include "tuner/cost_model.h"
 
 namespace plexus {

@@ -16,6 +16,7 @@
 #include "core/collectives.h"
 #include "core/communicator.h"
 #include "reduce/cpu_reduce.h"
+#include "transport/host_memory.h"
 #include "tuner/tuner.h"
 
 namespace py = pybind11;
@@ -372,11 +373,12 @@ PYBIND11_MODULE(_C, m) {
            [](Communicator& c, const std::string& collective, double nbytes) {
              CollKind kind = parse_collective(collective);
              std::string why;
-             const Algorithm& a = choose_algorithm(kind, static_cast<size_t>(nbytes), c, &why);
+             const Algorithm& a = choose_algorithm(kind, static_cast<size_t>(nbytes), c.shape(), c.cost_model(),
+                                                  c.internal(), &why);
              return py::make_tuple(a.name, why, predictions(kind, nbytes, c.shape(), c.cost_model()));
            },
            "(chosen algorithm, why, [(name, predicted seconds, runnable)]) for a call on this group.")
-      .def_property_readonly("local_size", [](Communicator& c) { return c.shm() ? c.shm()->local_size() : 1; })
+      .def_property_readonly("local_size", [](Communicator& c) { return c.host_memory() ? c.host_memory()->local_size() : 1; })
       .def("abort", &Communicator::abort, py::call_guard<py::gil_scoped_release>())
       // Collectives. `blocking=True` means the caller waits at once: the op may then run on
       // the calling thread. The GIL is released throughout.

@@ -14,10 +14,6 @@
 
 namespace plexus {
 
-int OpContext::rank() const { return comm->rank(); }
-int OpContext::size() const { return comm->size(); }
-std::string OpContext::describe() const { return sig.describe() + " #" + std::to_string(seq); }
-
 namespace {
 
 struct TransportChoice {
@@ -325,7 +321,7 @@ void Communicator::progress_loop() {
 }
 
 void Communicator::run_op(Op& op) {
-  OpContext ctx{this, op.sig, op.seq, Deadline::after_seconds(timeout_s_)};
+  OpContext ctx(*this, op.sig, op.seq, Deadline::after_seconds(timeout_s_));
   auto prefix = [&] { return "plexus " + name_of(rank()) + ": " + ctx.describe() + " failed: "; };
   if (!failure_.empty()) {
     op.work->set_failed(std::make_exception_ptr(

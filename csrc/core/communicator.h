@@ -15,6 +15,7 @@
 #include "base/signature.h"
 #include "bootstrap/rendezvous.h"
 #include "bootstrap/store.h"
+#include "core/op_context.h"
 #include "core/p2p.h"
 #include "core/work.h"
 #include "transport/connection.h"
@@ -23,20 +24,6 @@
 #include "tuner/cost_model.h"
 
 namespace plexus {
-
-class Communicator;
-
-// What an algorithm gets while it runs on the progress thread.
-struct OpContext {
-  Communicator* comm;
-  Signature sig;
-  uint64_t seq;  // position of this op in the communicator's sequence, from 1
-  Deadline deadline;
-
-  int rank() const;
-  int size() const;
-  std::string describe() const;  // e.g. "all_reduce(count=10, dtype=float32, op=sum) #3"
-};
 
 class Communicator {
  public:
@@ -59,9 +46,7 @@ class Communicator {
   const std::vector<Endpoint>& endpoints() const { return endpoints_; }
   // Shared memory with the ranks on this host, or nullptr when there is none (alone on the
   // host, PLEXUS_TRANSPORTS excludes shm, or /dev/shm is not usable).
-  ShmHost* shm() const { return shm_.get(); }
-  // True when every rank of the communicator shares this host's shared memory.
-  bool all_local_shm() const { return shm_ && shm_->local_size() == size(); }
+  HostMemory* host_memory() const { return shm_.get(); }
   // Transport used to reach `peer`: "shm" or "tcp".
   const char* transport_to(int peer) const;
   // Hosts, ranks per host and shared memory: what the tuner decides by (the same on all ranks).

@@ -189,6 +189,11 @@ char* ShmHost::ring_data(int channel, int owner_local, int from_local) const {
   return bases_[owner_local] + layout_.ring_offset(channel, from_local) + sizeof(RingHeader);
 }
 
+std::atomic<uint64_t>& ShmHost::counter(int local, RoundCounter c) const {
+  SegmentHeader& h = header(local);
+  return c == RoundCounter::kArrived ? h.arrived : c == RoundCounter::kReduced ? h.reduced : h.done;
+}
+
 char* ShmHost::staging(int local, int parity) const {
   return bases_[local] + layout_.staging_offset(parity);
 }
