@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "algorithms/cost.h"
 #include "base/types.h"
 #include "core/op_context.h"
-#include "tuner/cost_model.h"
 
 namespace plexus {
 

@@ -17,6 +17,7 @@
 #include "core/communicator.h"
 #include "reduce/cpu_reduce.h"
 #include "transport/host_memory.h"
+#include "tuner/cost_model.h"
 #include "tuner/tuner.h"
 
 namespace py = pybind11;
@@ -286,7 +287,7 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("store"), py::arg("name"), py::arg("rank"), py::arg("size"), py::arg("timeout"),
         py::call_guard<py::gil_scoped_release>());
-  m.def("default_cost_model", [] { return model_to_dict(CostModel::from_env()); },
+  m.def("default_cost_model", [] { return model_to_dict(cost_model_from_env()); },
         "The cost model from defaults, PLEXUS_TUNER_FILE and PLEXUS_TUNER.");
   m.def("predict",
         [](const std::string& collective, double nbytes, const py::dict& shape, const py::dict& model) {

@@ -11,6 +11,7 @@
 #include "base/log.h"
 #include "transport/frame.h"
 #include "transport/shm.h"
+#include "tuner/cost_model.h"
 
 namespace plexus {
 
@@ -89,7 +90,7 @@ Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, dou
   endpoints_ = exchange_endpoints(*store, rank, size, mine, deadline);
   conns_.resize(static_cast<size_t>(size));
   setup_shared_memory(*store, deadline);
-  model_ = CostModel::from_env();
+  model_ = cost_model_from_env();
   setup_shape(*store, deadline);
   p2p_->start(endpoints_, shm_.get());
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "algorithms/cost.h"
 #include "base/deadline.h"
 #include "base/signature.h"
 #include "bootstrap/rendezvous.h"
@@ -21,7 +22,6 @@
 #include "transport/connection.h"
 #include "transport/shm_segment.h"
 #include "transport/tcp.h"
-#include "tuner/cost_model.h"
 
 namespace plexus {
 

@@ -1,5 +1,5 @@
 // Chooses the algorithm of each collective call: PLEXUS_ALGO overrides first, then the
-// cheapest algorithm under the cost model (tuner/cost_model.h) for the group's shape.
+// cheapest algorithm under the cost model (algorithms/cost.h) for the group's shape.
 //
 // PLEXUS_ALGO uses UCC's syntax: entries "collective[:lo-hi]:@algorithm" joined by '#', e.g.
 // "allreduce:0-64K:@shm_oneshot#allreduce:64K-inf:@ring#broadcast:@chain".
