@@ -223,7 +223,8 @@ void Exchange::drive() {
     fds.clear();
     polled.clear();
     fds.push_back({comm_.wake_fd(), POLLIN, 0});
-    fds.push_back({comm_.listen_fd(), POLLIN, 0});
+    for (int fd : comm_.listen_fds()) fds.push_back({fd, POLLIN, 0});
+    const size_t listeners_end = fds.size();
     for (auto& s : streams_) {
       if (s.done()) continue;
       bool want_write = false, want_read = false;
@@ -257,7 +258,11 @@ void Exchange::drive() {
       comm_.drain_wake();
       comm_.check_abort();
     }
-    if (fds[1].revents) comm_.accept_pending();
+    for (size_t i = 1; i < listeners_end; ++i)
+      if (fds[i].revents) {
+        comm_.accept_pending();
+        break;
+      }
   }
 }
 
