@@ -17,6 +17,7 @@
 #include "core/communicator.h"
 #include "reduce/cpu_reduce.h"
 #include "transport/host_memory.h"
+#include "transport/transport.h"
 #include "tuner/cost_model.h"
 #include "tuner/tuner.h"
 
@@ -299,6 +300,11 @@ PYBIND11_MODULE(_C, m) {
           return std::string(cheapest(parse_collective(collective), nbytes, shape_from_dict(shape),
                                       model_from_dict(model)).name);
         });
+  m.def("transports", [] {
+    std::vector<std::pair<std::string, std::string>> rows;
+    for (const auto& t : transport_table()) rows.emplace_back(t.name, t.summary);
+    return rows;
+  }, "The transports, in order of preference: [(name, summary)].");
   m.def("algorithms", [](const std::string& collective) {
     std::vector<std::string> names;
     for (const auto& a : algorithm_table())
@@ -366,7 +372,7 @@ PYBIND11_MODULE(_C, m) {
                                for (auto& e : c.endpoints()) ids.push_back(e.host_id);
                                return ids;
                              })
-      .def("transport_to", &Communicator::transport_to, "Transport to a peer: 'shm' or 'tcp'.")
+      .def("transport_to", &Communicator::transport_to, "Name of the transport that reaches a peer.")
       .def_property_readonly("shape", [](Communicator& c) { return shape_to_dict(c.shape()); })
       .def_property_readonly("cost_model", [](Communicator& c) { return model_to_dict(c.cost_model()); })
       .def("set_cost_model", [](Communicator& c, const py::dict& m) { c.set_cost_model(model_from_dict(m)); })
