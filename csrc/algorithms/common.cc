@@ -1,3 +1,4 @@
+// Block layout, chunking, reduction bookkeeping and link costs shared by the algorithms.
 #include "algorithms/common.h"
 
 #include <algorithm>

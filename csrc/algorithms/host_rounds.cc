@@ -1,3 +1,4 @@
+// HostRounds: the counters and stamps of each round, read and written in the host memory.
 #include "algorithms/host_rounds.h"
 
 #include "base/backoff.h"

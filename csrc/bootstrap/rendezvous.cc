@@ -1,3 +1,4 @@
+// Identity, endpoint exchange and barriers over the store; which host this is.
 #include "bootstrap/rendezvous.h"
 
 #include <sys/random.h>

@@ -1,3 +1,4 @@
+// The checks of a collective call and its hand-off to the communicator.
 #include "core/collectives.h"
 
 #include <cmath>

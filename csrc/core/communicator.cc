@@ -1,3 +1,5 @@
+// Setup of a communicator (identity, transports, shape), its op queue and progress thread,
+// connections on demand, and failing every peer with the reason when an op fails.
 #include "core/communicator.h"
 
 #include <poll.h>

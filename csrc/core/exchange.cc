@@ -1,3 +1,5 @@
+// The exchange engine: framing, header checks, dependencies between sends and receives, and
+// the poll loop over every stream of an op.
 #include "core/exchange.h"
 
 #include <poll.h>

@@ -1,3 +1,4 @@
+// The point-to-point engine: requests, connections on demand, framing and matching.
 #include "core/p2p.h"
 
 #include <poll.h>

@@ -1,3 +1,4 @@
+// Creation and mapping of the shared-memory segments of one host, and their layout.
 #include "transport/shm_segment.h"
 
 #include <errno.h>

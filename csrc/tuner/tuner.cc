@@ -1,3 +1,4 @@
+// PLEXUS_ALGO parsing, predictions, and the choice of an algorithm per call.
 #include "tuner/tuner.h"
 
 #include <cstdlib>
