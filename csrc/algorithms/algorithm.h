@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "core/communicator.h"
-#include "core/types.h"
-#include "tuner/cost_model.h"
+#include "algorithms/cost.h"
+#include "base/types.h"
+#include "core/op_context.h"
 
 namespace plexus {
 

@@ -1,9 +1,10 @@
+// Block layout, chunking, reduction bookkeeping and link costs shared by the algorithms.
 #include "algorithms/common.h"
 
 #include <algorithm>
 #include <cstring>
 
-#include "core/config.h"
+#include "base/config.h"
 #include "reduce/cpu_reduce.h"
 
 namespace plexus {

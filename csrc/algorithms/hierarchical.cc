@@ -12,8 +12,6 @@
 #include "algorithms/ring.h"
 #include "algorithms/shm_direct.h"
 #include "algorithms/tree.h"
-#include "core/collectives.h"
-#include "core/error.h"
 #include "reduce/cpu_reduce.h"
 
 namespace plexus {
@@ -35,8 +33,6 @@ double hierarchical_cost(CollKind kind, double bytes, const GroupShape& g, const
 }
 
 void hierarchical_all_reduce(OpContext& ctx, const CollArgs& args) {
-  Communicator* cross = ctx.comm->cross_hosts();
-  if (!cross) throw Error("hierarchical all-reduce needs several hosts with equal numbers of ranks");
   // Within the host: plain sums (AVG divides once the whole group is in; PREMUL_SUM's inputs are
   // scaled by the rounds themselves).
   const bool sums = args.op == RedOp::kAvg || args.op == RedOp::kPremulSum;
@@ -44,13 +40,7 @@ void hierarchical_all_reduce(OpContext& ctx, const CollArgs& args) {
   const double post = args.op == RedOp::kAvg ? 1.0 / ctx.size() : 1.0;
   const DType dtype = args.dtype;
   shm_twoshot_rounds(ctx, args, local, [&](char* slice, size_t elems) {
-    CollArgs across;
-    across.inputs = {slice};
-    across.outputs = {slice};
-    across.count = elems;
-    across.dtype = dtype;
-    across.op = local.kernel_op;
-    submit_collective(*cross, CollKind::kAllReduce, std::move(across), /*blocking=*/true)->wait(-1);
+    ctx.all_reduce_across_hosts(slice, elems, dtype, local.kernel_op);
     if (post != 1.0) cpu::scale(dtype, slice, slice, elems, post);
   });
 }

@@ -8,8 +8,8 @@
 #include <atomic>
 #include <cstdint>
 
-#include "core/communicator.h"
-#include "transport/shm_segment.h"
+#include "core/op_context.h"
+#include "transport/host_memory.h"
 
 namespace plexus {
 
@@ -32,16 +32,14 @@ class HostRounds {
   void finish();
 
   char* staging(int local) const { return host_.staging(local, parity_); }
-  size_t staging_bytes() const { return host_.layout().staging_bytes; }
+  size_t staging_bytes() const { return host_.staging_bytes(); }
 
  private:
-  enum Counter { kArrived, kReduced, kDone };
-  std::atomic<uint64_t>& counter(int local, Counter c) const;
-  void wait_all(Counter c, uint64_t target, int only = -1);
+  void wait_all(RoundCounter c, uint64_t target, int only = -1);
   void check_stamp(int local);
 
   OpContext& ctx_;
-  ShmHost& host_;
+  HostMemory& host_;
   int n_, me_;
   uint64_t round_ = 0;
   int parity_ = 0;

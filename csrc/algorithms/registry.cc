@@ -9,7 +9,7 @@
 #include "algorithms/ring.h"
 #include "algorithms/shm_direct.h"
 #include "algorithms/tree.h"
-#include "core/error.h"
+#include "base/error.h"
 
 namespace plexus {
 

@@ -16,8 +16,9 @@
 
 #include "algorithms/common.h"
 #include "algorithms/host_rounds.h"
-#include "core/config.h"
+#include "base/config.h"
 #include "reduce/cpu_reduce.h"
+#include "transport/host_memory.h"
 
 namespace plexus {
 
@@ -188,7 +189,7 @@ void shm_reduce_scatter(OpContext& ctx, const CollArgs& args) {
 void shm_broadcast(OpContext& ctx, const CollArgs& args) {
   if (ctx.size() == 1) return single_rank_result(ctx, args);
   HostRounds h(ctx);
-  const int root = ctx.comm->shm()->local_index_of(args.root);
+  const int root = ctx.host_memory()->local_index_of(args.root);
   const size_t es = dtype_size(args.dtype);
   char* buf = static_cast<char*>(args.outputs[0]);
   const size_t per = round_elems(h, es, 1);
@@ -207,7 +208,7 @@ void shm_reduce(OpContext& ctx, const CollArgs& args) {
   if (ctx.size() == 1) return single_rank_result(ctx, args);
   HostRounds h(ctx);
   const int n = h.size(), me = h.me();
-  const int root = ctx.comm->shm()->local_index_of(args.root);
+  const int root = ctx.host_memory()->local_index_of(args.root);
   const size_t es = dtype_size(args.dtype);
   const Reduction red = plan_reduction(args, n);
   std::vector<char> premul;

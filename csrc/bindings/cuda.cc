@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
-#include "core/types.h"
+#include "base/error.h"
+#include "base/types.h"
 #ifdef PLEXUS_WITH_CUDA
 #include "reduce/cuda_reduce.h"
 #include "transport/cuda_ipc/cuda_ipc.h"

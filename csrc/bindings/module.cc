@@ -9,13 +9,16 @@
 #include <optional>
 
 #include "algorithms/algorithm.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "bootstrap/rendezvous.h"
 #include "bootstrap/tcp_store.h"
 #include "core/collectives.h"
 #include "core/communicator.h"
-#include "core/error.h"
-#include "core/log.h"
 #include "reduce/cpu_reduce.h"
+#include "transport/host_memory.h"
+#include "transport/transport.h"
+#include "tuner/cost_model.h"
 #include "tuner/tuner.h"
 
 namespace py = pybind11;
@@ -285,7 +288,7 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("store"), py::arg("name"), py::arg("rank"), py::arg("size"), py::arg("timeout"),
         py::call_guard<py::gil_scoped_release>());
-  m.def("default_cost_model", [] { return model_to_dict(CostModel::from_env()); },
+  m.def("default_cost_model", [] { return model_to_dict(cost_model_from_env()); },
         "The cost model from defaults, PLEXUS_TUNER_FILE and PLEXUS_TUNER.");
   m.def("predict",
         [](const std::string& collective, double nbytes, const py::dict& shape, const py::dict& model) {
@@ -297,6 +300,11 @@ PYBIND11_MODULE(_C, m) {
           return std::string(cheapest(parse_collective(collective), nbytes, shape_from_dict(shape),
                                       model_from_dict(model)).name);
         });
+  m.def("transports", [] {
+    std::vector<std::pair<std::string, std::string>> rows;
+    for (const auto& t : transport_table()) rows.emplace_back(t.name, t.summary);
+    return rows;
+  }, "The transports, in order of preference: [(name, summary)].");
   m.def("algorithms", [](const std::string& collective) {
     std::vector<std::string> names;
     for (const auto& a : algorithm_table())
@@ -364,7 +372,7 @@ PYBIND11_MODULE(_C, m) {
                                for (auto& e : c.endpoints()) ids.push_back(e.host_id);
                                return ids;
                              })
-      .def("transport_to", &Communicator::transport_to, "Transport to a peer: 'shm' or 'tcp'.")
+      .def("transport_to", &Communicator::transport_to, "Name of the transport that reaches a peer.")
       .def_property_readonly("shape", [](Communicator& c) { return shape_to_dict(c.shape()); })
       .def_property_readonly("cost_model", [](Communicator& c) { return model_to_dict(c.cost_model()); })
       .def("set_cost_model", [](Communicator& c, const py::dict& m) { c.set_cost_model(model_from_dict(m)); })
@@ -372,11 +380,12 @@ PYBIND11_MODULE(_C, m) {
            [](Communicator& c, const std::string& collective, double nbytes) {
              CollKind kind = parse_collective(collective);
              std::string why;
-             const Algorithm& a = choose_algorithm(kind, static_cast<size_t>(nbytes), c, &why);
+             const Algorithm& a = choose_algorithm(kind, static_cast<size_t>(nbytes), c.shape(), c.cost_model(),
+                                                  c.internal(), &why);
              return py::make_tuple(a.name, why, predictions(kind, nbytes, c.shape(), c.cost_model()));
            },
            "(chosen algorithm, why, [(name, predicted seconds, runnable)]) for a call on this group.")
-      .def_property_readonly("local_size", [](Communicator& c) { return c.shm() ? c.shm()->local_size() : 1; })
+      .def_property_readonly("local_size", [](Communicator& c) { return c.host_memory() ? c.host_memory()->local_size() : 1; })
       .def("abort", &Communicator::abort, py::call_guard<py::gil_scoped_release>())
       // Collectives. `blocking=True` means the caller waits at once: the op may then run on
       // the calling thread. The GIL is released throughout.

@@ -1,15 +1,17 @@
+// Identity, endpoint exchange and barriers over the store; which host this is.
 #include "bootstrap/rendezvous.h"
 
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 
-#include "core/config.h"
-#include "core/error.h"
-#include "core/log.h"
+#include "base/config.h"
+#include "base/error.h"
+#include "base/log.h"
 
 namespace plexus {
 
@@ -60,10 +62,43 @@ CommIdentity agree_identity(Store& store, int rank, int size, Deadline deadline)
   return id;
 }
 
+namespace {
+
+// "<n>|name=address|...|host_id": the count first and the host id last, so that a host id
+// (PLEXUS_HOST_ID is free text) may hold any character.
+std::string encode_endpoint(const Endpoint& e) {
+  std::string s = std::to_string(e.addresses.size());
+  for (const auto& [name, address] : e.addresses) {
+    if (name.find_first_of("|=") != std::string::npos || address.find('|') != std::string::npos)
+      throw Error("internal: endpoint field '" + name + "=" + address + "' holds a separator");
+    s += "|" + name + "=" + address;
+  }
+  return s + "|" + e.host_id;
+}
+
+Endpoint decode_endpoint(const std::string& v, int rank) {
+  auto malformed = [&] { return Error("malformed endpoint of rank " + std::to_string(rank) + ": '" + v + "'"); };
+  size_t at = v.find('|');
+  char* end = nullptr;
+  const long n = std::strtol(v.c_str(), &end, 10);
+  if (at == std::string::npos || end != v.c_str() + at || n < 0) throw malformed();
+  Endpoint e;
+  for (long i = 0; i < n; ++i) {
+    const size_t next = v.find('|', at + 1);
+    const size_t eq = v.find('=', at + 1);
+    if (next == std::string::npos || eq == std::string::npos || eq > next) throw malformed();
+    e.addresses[v.substr(at + 1, eq - at - 1)] = v.substr(eq + 1, next - eq - 1);
+    at = next;
+  }
+  e.host_id = v.substr(at + 1);
+  return e;
+}
+
+}  // namespace
+
 std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const Endpoint& mine,
                                          Deadline deadline) {
-  store.set("endpoint/" + std::to_string(rank),
-            mine.addr.str() + "|" + std::to_string(mine.p2p_port) + "|" + mine.host_id);
+  store.set("endpoint/" + std::to_string(rank), encode_endpoint(mine));
   std::vector<Endpoint> all(static_cast<size_t>(size));
   for (int p = 0; p < size; ++p) {
     std::string v;
@@ -73,12 +108,7 @@ std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const
       throw Timeout("rank " + std::to_string(rank) + " timed out waiting for rank " +
                     std::to_string(p) + " to join the rendezvous");
     }
-    auto bar = v.find('|'), bar2 = v.find('|', bar + 1);
-    if (bar == std::string::npos || bar2 == std::string::npos)
-      throw Error("malformed endpoint of rank " + std::to_string(p) + ": '" + v + "'");
-    all[p].addr = parse_host_port(v.substr(0, bar));
-    all[p].p2p_port = std::stoi(v.substr(bar + 1, bar2 - bar - 1));
-    all[p].host_id = v.substr(bar2 + 1);
+    all[p] = decode_endpoint(v, p);
   }
   return all;
 }
@@ -96,18 +126,6 @@ void store_barrier(Store& store, const std::string& name, int rank, int size, De
   wait_key("barrier_done/" + name);
   if (store.add("barrier_left/" + name, 1) == size) store.set("barrier_all_left/" + name, "1");
   if (rank == 0) wait_key("barrier_all_left/" + name);
-}
-
-std::string advertise_address(const Store& store) {
-  std::string ifname = env_string("PLEXUS_SOCKET_IFNAME");
-  if (!ifname.empty()) {
-    std::string ip = interface_ipv4(ifname);
-    if (ip.empty()) throw InvalidArgument("PLEXUS_SOCKET_IFNAME=" + ifname + " has no IPv4 address");
-    return ip;
-  }
-  std::string ip = store.local_address();
-  if (ip.empty() || ip.find(':') != std::string::npos) return "127.0.0.1";
-  return ip;
 }
 
 std::string this_host_id() {

@@ -1,20 +1,21 @@
 // What the ranks of a new communicator agree on through the store before they talk directly:
-// a random id and secret, and every rank's listening endpoint and host.
+// a random id and secret, and every rank's host and the addresses its transports listen on.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
-#include "bootstrap/socket.h"
+#include "bootstrap/identity.h"
 #include "bootstrap/store.h"
-#include "transport/tcp.h"
 
 namespace plexus {
 
 struct Endpoint {
-  HostPort addr;        // the collectives' listener
-  int p2p_port = 0;     // the point-to-point listener, same host
   std::string host_id;  // equal for ranks on the same host
+  // By transport name: what peers need to reach this rank through it (may be empty). Only the
+  // transports this rank uses appear. Names hold no '|' or '=', addresses no '|'.
+  std::map<std::string, std::string> addresses;
 };
 
 // Rank 0 draws the id and secret and publishes them; the others read them. Also checks that
@@ -27,9 +28,6 @@ std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const
 // shut the store down right after.
 void store_barrier(Store& store, const std::string& name, int rank, int size, Deadline deadline);
 
-// The IP to listen on and advertise: PLEXUS_SOCKET_IFNAME's address, else the address this host
-// uses to reach the store, else loopback.
-std::string advertise_address(const Store& store);
 // Equal for ranks that share a host: hostname + boot id + network namespace, or PLEXUS_HOST_ID.
 std::string this_host_id();
 

@@ -7,7 +7,7 @@
 #include <memory>
 #include <string>
 
-#include "core/deadline.h"
+#include "base/deadline.h"
 
 namespace plexus {
 

@@ -15,8 +15,8 @@
 #include <map>
 #include <vector>
 
-#include "core/error.h"
-#include "core/log.h"
+#include "base/error.h"
+#include "base/log.h"
 
 namespace plexus {
 

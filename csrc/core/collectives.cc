@@ -1,8 +1,9 @@
+// The checks of a collective call and its hand-off to the communicator.
 #include "core/collectives.h"
 
 #include <cmath>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "tuner/tuner.h"
 
 namespace plexus {
@@ -68,7 +69,8 @@ std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollA
   sig.op = args.op;
   sig.root = args.root;
   sig.count = args.count;
-  const Algorithm& algo = choose_algorithm(kind, args.count * dtype_size(args.dtype), comm);
+  const Algorithm& algo = choose_algorithm(kind, args.count * dtype_size(args.dtype), comm.shape(),
+                                          comm.cost_model(), comm.internal());
   AlgorithmFn run = algo.run;
   return comm.submit(sig, [run, args = std::move(args)](OpContext& ctx) { run(ctx, args); }, blocking);
 }

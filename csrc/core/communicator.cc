@@ -1,3 +1,5 @@
+// Setup of a communicator (identity, transports, shape), its op queue and progress thread,
+// connections on demand, and failing every peer with the reason when an op fails.
 #include "core/communicator.h"
 
 #include <poll.h>
@@ -6,47 +8,15 @@
 #include <algorithm>
 #include <unistd.h>
 
-#include "core/config.h"
-#include "core/error.h"
-#include "core/log.h"
+#include "base/config.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "transport/frame.h"
-#include "transport/shm.h"
+#include "tuner/cost_model.h"
 
 namespace plexus {
 
-int OpContext::rank() const { return comm->rank(); }
-int OpContext::size() const { return comm->size(); }
-std::string OpContext::describe() const { return sig.describe() + " #" + std::to_string(seq); }
-
 namespace {
-
-struct TransportChoice {
-  bool shm = true, tcp = true;
-};
-
-// PLEXUS_TRANSPORTS: comma-separated subset of {shm, tcp}; default both.
-TransportChoice allowed_transports() {
-  std::string v = env_string("PLEXUS_TRANSPORTS", "shm,tcp");
-  TransportChoice c{false, false};
-  size_t start = 0;
-  while (start <= v.size()) {
-    size_t comma = v.find(',', start);
-    std::string t = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    if (t == "shm") c.shm = true;
-    else if (t == "tcp") c.tcp = true;
-    else if (!t.empty())
-      throw InvalidArgument("PLEXUS_TRANSPORTS=" + v + ": unknown transport '" + t + "' (known: shm, tcp)");
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  if (!c.shm && !c.tcp) throw InvalidArgument("PLEXUS_TRANSPORTS=" + v + " allows no transport");
-  return c;
-}
-
-std::string bind_ip_for(const std::string& advertised) {
-  // With an explicit interface, listen only there; otherwise on every interface.
-  return env_string("PLEXUS_SOCKET_IFNAME").empty() ? "0.0.0.0" : advertised;
-}
 
 // Rebuilds an exception of the same kind with `prefix` in front of its message, so that the
 // error names the op and the rank that saw it.
@@ -81,21 +51,23 @@ Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, dou
     : id_(agree_identity(*store, rank, size, Deadline::after_seconds(timeout_s))),
       timeout_s_(timeout_s),
       global_ranks_(std::move(global_ranks)),
-      store_(store),
-      transport_(id_, bind_ip_for(advertise_address(*store))) {
+      store_(store) {
   Deadline deadline = Deadline::after_seconds(timeout_s);
   if (global_ranks_.empty())
     for (int r = 0; r < size; ++r) global_ranks_.push_back(r);
   if (static_cast<int>(global_ranks_.size()) != size)
     throw InvalidArgument("global_ranks must list one rank per group rank");
-  p2p_ = std::make_unique<P2PEngine>(*this, id_, bind_ip_for(advertise_address(*store)));
-  Endpoint mine{HostPort{advertise_address(*store), transport_.port()}, p2p_->port(), this_host_id()};
+  std::vector<std::string> names;
+  for (int r = 0; r < size; ++r) names.push_back(name_of(r));
+  const TransportSetup setup{*store, id_, std::move(names), deadline};
+  transports_ = std::make_unique<TransportSet>(setup);
+  Endpoint mine{this_host_id(), transports_->addresses()};
   endpoints_ = exchange_endpoints(*store, rank, size, mine, deadline);
   conns_.resize(static_cast<size_t>(size));
-  setup_shared_memory(*store, deadline);
-  model_ = CostModel::from_env();
+  transports_->start(setup, endpoints_);
+  model_ = cost_model_from_env();
   setup_shape(*store, deadline);
-  p2p_->start(endpoints_, shm_.get());
+  p2p_ = std::make_unique<P2PEngine>(*this, *transports_);
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw Error("eventfd failed: " + errno_text(errno));
   thread_ = std::thread([this] { progress_loop(); });
@@ -109,26 +81,11 @@ Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, dou
     close(wake_fd_);
     throw;
   }
+  std::string reachable;
+  for (const auto& [name, address] : mine.addresses)
+    reachable += (reachable.empty() ? "" : ", ") + name + (address.empty() ? "" : " at " + address);
   PLEXUS_INFO("communicator " << std::hex << id_.comm_id << std::dec << ": rank " << rank << " of "
-                              << size << " listening on " << mine.addr.str());
-}
-
-void Communicator::setup_shared_memory(Store& store, Deadline deadline) {
-  const TransportChoice allowed = allowed_transports();
-  std::vector<int> local;
-  for (int p = 0; p < size(); ++p)
-    if (endpoints_[p].host_id == endpoints_[rank()].host_id) local.push_back(p);
-  if (allowed.shm && local.size() > 1) {
-    std::vector<std::string> names;
-    for (int r : local) names.push_back(name_of(r));
-    shm_ = ShmHost::create(store, id_.comm_id, rank(), local, names, deadline);
-  }
-  if (!allowed.tcp) {
-    if (static_cast<int>(local.size()) != size())
-      throw InvalidArgument("PLEXUS_TRANSPORTS=shm, but some ranks of this group are on other hosts");
-    if (size() > 1 && !shm_)
-      throw Error("PLEXUS_TRANSPORTS=shm, but shared memory is not usable here (see the warning above)");
-  }
+                              << size << " reachable by " << reachable);
 }
 
 void Communicator::setup_shape(Store& store, Deadline deadline) {
@@ -147,10 +104,10 @@ void Communicator::setup_shape(Store& store, Deadline deadline) {
   shape_.hosts = static_cast<int>(hosts.size());
   shape_.local = *std::max_element(count.begin(), count.end());
   shape_.uniform = *std::min_element(count.begin(), count.end()) == shape_.local;
-  shape_.shm = shm_ != nullptr;
+  shape_.shm = host_memory() != nullptr;
   if (shape_.hosts > 1 && shape_.local > 1) {
     // Each host decided about shared memory on its own; the tuner needs one answer everywhere.
-    const int mine_failed = count[host_of[rank()]] > 1 && !shm_ ? 1 : 0;
+    const int mine_failed = count[host_of[rank()]] > 1 && !host_memory() ? 1 : 0;
     store.add("shape/shm_failed", mine_failed);
     store_barrier(store, "shape", rank(), size(), deadline);
     shape_.shm = store.add("shape/shm_failed", 0) == 0;
@@ -180,7 +137,9 @@ std::string Communicator::name_of(int r) const {
 }
 
 const char* Communicator::transport_to(int peer) const {
-  return shm_ && shm_->local_index_of(peer) >= 0 ? "shm" : "tcp";
+  if (peer < 0 || peer >= size())
+    throw InvalidArgument("transport_to: " + std::to_string(peer) + " is not a rank of this group");
+  return transports_->name_to(peer);
 }
 
 Communicator::~Communicator() {
@@ -251,7 +210,7 @@ void Communicator::check_abort() {
 }
 
 void Communicator::accept_pending() {
-  while (auto conn = transport_.accept_one([this](int r) { return name_of(r); })) {
+  while (auto conn = transports_->accept_one(kCollectiveChannel)) {
     int p = conn->peer();
     if (conns_[p]) {
       PLEXUS_WARN("refused a second connection claiming to be " << name_of(p));
@@ -264,39 +223,35 @@ void Communicator::accept_pending() {
 Connection& Communicator::connection(int peer, Deadline deadline) {
   if (conns_[peer]) return *conns_[peer];
   if (!failure_.empty()) throw Error("communicator is unusable after an earlier failure");
-  if (shm_ && shm_->local_index_of(peer) >= 0) {
-    conns_[peer] = std::make_unique<ShmConnection>(peer, *shm_, 0);
-    return *conns_[peer];
-  }
-  if (rank() < peer) {
-    // Dialing blocks only on higher ranks, which never dial us: no cycle, no deadlock.
-    conns_[peer] = transport_.connect(peer, name_of(peer), endpoints_[peer].addr, deadline);
-    return *conns_[peer];
-  }
-  while (!conns_[peer]) {
+  Transport& transport = transports_->to(peer);
+  conns_[peer] = transport.connect(peer, kCollectiveChannel, deadline);
+  while (!conns_[peer]) {  // the peer dials us
     check_abort();
-    if (deadline.passed())
-      throw PeerError(peer, "timed out waiting for " + name_of(peer) + " (" +
-                                endpoints_[peer].addr.str() + ") to connect");
-    pollfd fds[2] = {{listen_fd(), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    ::poll(fds, 2, deadline.poll_ms(1000));
-    if (fds[1].revents) drain_wake();
-    if (fds[0].revents) accept_pending();
+    if (deadline.passed()) {
+      const std::string where = transport.peer_address(peer, kCollectiveChannel);
+      throw PeerError(peer, "timed out waiting for " + name_of(peer) + (where.empty() ? "" : " (" + where + ")") +
+                                " to connect");
+    }
+    if (wait_for_wake_or_dial(deadline.poll_ms(1000))) accept_pending();
   }
   return *conns_[peer];
 }
 
-void Communicator::idle_wait() {
-  pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {listen_fd(), POLLIN, 0}};
-  ::poll(fds, 2, 1000);
+bool Communicator::wait_for_wake_or_dial(int timeout_ms) {
+  std::vector<pollfd> fds{{wake_fd_, POLLIN, 0}};
+  for (int fd : listen_fds()) fds.push_back({fd, POLLIN, 0});
+  ::poll(fds.data(), fds.size(), timeout_ms);
   if (fds[0].revents) drain_wake();
-  if (fds[1].revents) {
-    std::unique_lock<std::mutex> exec(exec_mu_, std::try_to_lock);
-    if (exec.owns_lock())
-      accept_pending();
-    else  // an op runs on a caller's thread and accepts for itself; do not spin on the listener
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  return std::any_of(fds.begin() + 1, fds.end(), [](const pollfd& p) { return p.revents != 0; });
+}
+
+void Communicator::idle_wait() {
+  if (!wait_for_wake_or_dial(1000)) return;
+  std::unique_lock<std::mutex> exec(exec_mu_, std::try_to_lock);
+  if (exec.owns_lock())
+    accept_pending();
+  else  // an op runs on a caller's thread and accepts for itself; do not spin on the listener
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
 void Communicator::progress_loop() {
@@ -325,7 +280,7 @@ void Communicator::progress_loop() {
 }
 
 void Communicator::run_op(Op& op) {
-  OpContext ctx{this, op.sig, op.seq, Deadline::after_seconds(timeout_s_)};
+  OpContext ctx(*this, op.sig, op.seq, Deadline::after_seconds(timeout_s_));
   auto prefix = [&] { return "plexus " + name_of(rank()) + ": " + ctx.describe() + " failed: "; };
   if (!failure_.empty()) {
     op.work->set_failed(std::make_exception_ptr(
@@ -374,7 +329,7 @@ bool write_fully(Connection& c, const void* data, size_t n, Deadline deadline) {
 }  // namespace
 
 void Communicator::fail_connections(const std::string& why) {
-  if (shm_) shm_->mark_aborted(why);  // local peers look there while they wait on us
+  transports_->announce_failure(why);  // for peers that wait on us without a stream
   // Peers waiting on us learn the reason from an error frame instead of a bare disconnect. A
   // frame cut short is first padded out, so that the error frame starts where one is expected.
   Deadline deadline = Deadline::after_seconds(1.0);

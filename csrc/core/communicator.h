@@ -11,32 +11,18 @@
 #include <thread>
 #include <vector>
 
+#include "algorithms/cost.h"
+#include "base/deadline.h"
+#include "base/signature.h"
 #include "bootstrap/rendezvous.h"
 #include "bootstrap/store.h"
-#include "core/deadline.h"
+#include "core/op_context.h"
 #include "core/p2p.h"
-#include "core/signature.h"
 #include "core/work.h"
 #include "transport/connection.h"
-#include "transport/shm_segment.h"
-#include "transport/tcp.h"
-#include "tuner/cost_model.h"
+#include "transport/transport_set.h"
 
 namespace plexus {
-
-class Communicator;
-
-// What an algorithm gets while it runs on the progress thread.
-struct OpContext {
-  Communicator* comm;
-  Signature sig;
-  uint64_t seq;  // position of this op in the communicator's sequence, from 1
-  Deadline deadline;
-
-  int rank() const;
-  int size() const;
-  std::string describe() const;  // e.g. "all_reduce(count=10, dtype=float32, op=sum) #3"
-};
 
 class Communicator {
  public:
@@ -55,14 +41,13 @@ class Communicator {
   double timeout_s() const { return timeout_s_; }
   // How messages call group rank r: "rank G" with G its global rank.
   std::string name_of(int r) const;
-  int listen_port() const { return transport_.port(); }
+  // The port peers dial for collectives (0 when no transport listens).
+  int listen_port() const { return transports_->port(kCollectiveChannel); }
   const std::vector<Endpoint>& endpoints() const { return endpoints_; }
-  // Shared memory with the ranks on this host, or nullptr when there is none (alone on the
-  // host, PLEXUS_TRANSPORTS excludes shm, or /dev/shm is not usable).
-  ShmHost* shm() const { return shm_.get(); }
-  // True when every rank of the communicator shares this host's shared memory.
-  bool all_local_shm() const { return shm_ && shm_->local_size() == size(); }
-  // Transport used to reach `peer`: "shm" or "tcp".
+  // Memory shared with the ranks on this host, or nullptr when no transport maps any (alone on
+  // the host, or shared memory not allowed by PLEXUS_TRANSPORTS or not usable).
+  HostMemory* host_memory() const { return transports_->host_memory(); }
+  // Name of the transport used to reach `peer` (transport/registry.cc).
   const char* transport_to(int peer) const;
   // Hosts, ranks per host and shared memory: what the tuner decides by (the same on all ranks).
   const GroupShape& shape() const { return shape_; }
@@ -90,10 +75,11 @@ class Communicator {
   void abort(const std::string& why);
 
   // --- for the progress engine (progress thread only) ---
-  // The connection to `peer`, connecting first if needed (the lower rank dials).
+  // The connection to `peer`, connecting first if needed, or waiting for the peer to.
   Connection& connection(int peer, Deadline deadline);
   int wake_fd() const { return wake_fd_; }
-  int listen_fd() const { return transport_.listen_fd(); }
+  // Readable when a peer dials in for collectives (accept_pending takes it).
+  const std::vector<int>& listen_fds() const { return transports_->listen_fds(kCollectiveChannel); }
   void drain_wake();
   void accept_pending();
   // Throws if abort() was called.
@@ -106,9 +92,11 @@ class Communicator {
     std::function<void(OpContext&)> body;
     std::shared_ptr<Work> work;
   };
-  void setup_shared_memory(Store& store, Deadline deadline);
   // Computes shape_ (agreeing on shared memory across hosts) and creates cross_ if useful.
   void setup_shape(Store& store, Deadline deadline);
+  // Polls the wake-up descriptor and the listeners for up to `timeout_ms`; drains a wake-up and
+  // returns whether a peer is dialing in.
+  bool wait_for_wake_or_dial(int timeout_ms);
   void progress_loop();
   void run_op(Op& op);
   void idle_wait();
@@ -120,9 +108,8 @@ class Communicator {
   double timeout_s_;
   std::vector<int> global_ranks_;
   std::shared_ptr<Store> store_;
-  TcpTransport transport_;
+  std::unique_ptr<TransportSet> transports_;  // outlives the connections it made
   std::vector<Endpoint> endpoints_;
-  std::unique_ptr<ShmHost> shm_;
   std::unique_ptr<P2PEngine> p2p_;
   GroupShape shape_;
   CostModel model_;

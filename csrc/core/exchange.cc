@@ -1,12 +1,15 @@
+// The exchange engine: framing, header checks, dependencies between sends and receives, and
+// the poll loop over every stream of an op.
 #include "core/exchange.h"
 
 #include <poll.h>
 
 #include <string>
 
-#include "core/error.h"
-#include "core/log.h"
-#include "transport/shm_segment.h"
+#include "base/backoff.h"
+#include "base/error.h"
+#include "base/log.h"
+#include "core/communicator.h"
 
 namespace plexus {
 
@@ -14,7 +17,7 @@ namespace {
 constexpr size_t kMaxErrorText = 1 << 20;
 }
 
-Exchange::Exchange(OpContext& ctx) : ctx_(ctx) {}
+Exchange::Exchange(OpContext& ctx) : ctx_(ctx), comm_(ctx.communicator()) {}
 
 Exchange::Stream& Exchange::stream(int peer) {
   for (auto& s : streams_)
@@ -51,7 +54,7 @@ bool Exchange::pump_sends(Stream& s, bool* want_write) {
   while (s.next_send < s.sends.size()) {
     const SendItem& item = sends_[s.sends[s.next_send]];
     if (!item.ready(arrived_)) break;
-    if (s.out_done == 0) s.out_header = FrameHeader::data(ctx_.comm->id(), ctx_.seq, ctx_.sig, item.bytes);
+    if (s.out_done == 0) s.out_header = FrameHeader::data(comm_.id(), ctx_.seq, ctx_.sig, item.bytes);
     const size_t hsize = sizeof(FrameHeader);
     iovec iov[2];
     int n = 0;
@@ -106,10 +109,10 @@ void Exchange::check_header(Stream& s, const RecvItem& item) {
   if (h.magic != kFrameMagic || h.version != kWireVersion)
     throw PeerError(p, them + " sent bytes that are not a plexus frame");
   if (h.type == static_cast<uint8_t>(FrameType::kError)) throw_peer_error_frame(s);
-  if (h.comm_id != ctx_.comm->id()) throw PeerError(p, them + " sent a frame of another communicator");
+  if (h.comm_id != comm_.id()) throw PeerError(p, them + " sent a frame of another communicator");
   Signature theirs = h.signature();
   if (h.seq != ctx_.seq || theirs != ctx_.sig)
-    throw Error("collective mismatch: " + ctx_.comm->name_of(ctx_.rank()) + " called " +
+    throw Error("collective mismatch: " + comm_.name_of(ctx_.rank()) + " called " +
                 ctx_.sig.describe() + " as op #" + std::to_string(ctx_.seq) + " but " + them +
                 " called " + theirs.describe() + " as op #" + std::to_string(h.seq));
   if (h.payload_bytes != item.bytes)
@@ -159,16 +162,16 @@ bool Exchange::pump_recvs(Stream& s, bool* want_read) {
 void Exchange::throw_timeout() {
   std::string waiting;
   for (auto& s : streams_) {
-    if (s.next_recv < s.recvs.size()) waiting += " receive from " + ctx_.comm->name_of(s.peer) + ";";
-    if (s.next_send < s.sends.size()) waiting += " send to " + ctx_.comm->name_of(s.peer) + ";";
+    if (s.next_recv < s.recvs.size()) waiting += " receive from " + comm_.name_of(s.peer) + ";";
+    if (s.next_send < s.sends.size()) waiting += " send to " + comm_.name_of(s.peer) + ";";
   }
-  throw Timeout("timed out after " + std::to_string(static_cast<int>(ctx_.comm->timeout_s())) +
+  throw Timeout("timed out after " + std::to_string(static_cast<int>(comm_.timeout_s())) +
                 " s; still waiting to" + waiting +
                 " (a peer may be stuck, dead, or in a different call)");
 }
 
 void Exchange::run() {
-  for (auto& s : streams_) s.conn = &ctx_.comm->connection(s.peer, ctx_.deadline);
+  for (auto& s : streams_) s.conn = &comm_.connection(s.peer, ctx_.deadline);
   try {
     drive();
   } catch (const PeerReportedError&) {
@@ -221,8 +224,9 @@ void Exchange::drive() {
     bool all_done = true, moved = false;
     fds.clear();
     polled.clear();
-    fds.push_back({ctx_.comm->wake_fd(), POLLIN, 0});
-    fds.push_back({ctx_.comm->listen_fd(), POLLIN, 0});
+    fds.push_back({comm_.wake_fd(), POLLIN, 0});
+    for (int fd : comm_.listen_fds()) fds.push_back({fd, POLLIN, 0});
+    const size_t listeners_end = fds.size();
     for (auto& s : streams_) {
       if (s.done()) continue;
       bool want_write = false, want_read = false;
@@ -249,14 +253,18 @@ void Exchange::drive() {
       if (!backoff.time_to_check()) continue;
       for (Connection* c : polled) c->check_peer();
     }
-    ctx_.comm->check_abort();
+    comm_.check_abort();
     if (ctx_.deadline.passed()) throw_timeout();
     ::poll(fds.data(), fds.size(), polled.empty() ? ctx_.deadline.poll_ms(1000) : 0);
     if (fds[0].revents) {
-      ctx_.comm->drain_wake();
-      ctx_.comm->check_abort();
+      comm_.drain_wake();
+      comm_.check_abort();
     }
-    if (fds[1].revents) ctx_.comm->accept_pending();
+    for (size_t i = 1; i < listeners_end; ++i)
+      if (fds[i].revents) {
+        comm_.accept_pending();
+        break;
+      }
   }
 }
 

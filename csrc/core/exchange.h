@@ -13,7 +13,8 @@
 #include <functional>
 #include <vector>
 
-#include "core/communicator.h"
+#include "core/op_context.h"
+#include "transport/connection.h"
 #include "transport/frame.h"
 
 namespace plexus {
@@ -77,6 +78,7 @@ class Exchange {
   [[noreturn]] void throw_timeout();
 
   OpContext& ctx_;
+  Communicator& comm_;  // whose connections carry the op
   std::vector<SendItem> sends_;
   std::vector<RecvItem> recvs_;
   std::vector<char> arrived_;

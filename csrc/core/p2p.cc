@@ -1,3 +1,4 @@
+// The point-to-point engine: requests, connections on demand, framing and matching.
 #include "core/p2p.h"
 
 #include <poll.h>
@@ -6,10 +7,11 @@
 
 #include <cstring>
 
+#include "base/backoff.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "core/communicator.h"
-#include "core/error.h"
-#include "core/log.h"
-#include "transport/shm.h"
+#include "transport/transport_set.h"
 
 namespace plexus {
 
@@ -17,10 +19,11 @@ namespace {
 constexpr size_t kHeader = sizeof(FrameHeader);
 }
 
-P2PEngine::P2PEngine(Communicator& comm, const CommIdentity& id, const std::string& bind_ip)
-    : comm_(comm), id_(id), transport_(id, bind_ip) {
+P2PEngine::P2PEngine(Communicator& comm, TransportSet& transports)
+    : comm_(comm), transports_(transports), peers_(static_cast<size_t>(comm.size())) {
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw Error("eventfd failed: " + errno_text(errno));
+  thread_ = std::thread([this] { loop(); });
 }
 
 P2PEngine::~P2PEngine() {
@@ -29,13 +32,6 @@ P2PEngine::~P2PEngine() {
   for (auto& p : peers_)
     if (p.conn) p.conn->shutdown();
   close(wake_fd_);
-}
-
-void P2PEngine::start(std::vector<Endpoint> endpoints, ShmHost* shm) {
-  endpoints_ = std::move(endpoints);
-  shm_ = shm;
-  peers_.resize(endpoints_.size());
-  thread_ = std::thread([this] { loop(); });
 }
 
 std::shared_ptr<Work> P2PEngine::send(int peer, const void* buf, size_t bytes, DType dtype, int tag) {
@@ -120,24 +116,18 @@ void P2PEngine::ensure_connections() {
   for (int p = 0; p < static_cast<int>(peers_.size()); ++p) {
     Peer& peer = peers_[p];
     if (peer.conn || peer.closed || p == comm_.rank()) continue;
-    if (shm_ && shm_->local_index_of(p) >= 0) {
-      peer.conn = std::make_unique<ShmConnection>(p, *shm_, 1);
-      continue;
-    }
-    // The lower rank dials; a higher one waits to be dialed. A receive from any source dials
-    // every higher rank, since any of them may send.
-    if (peer.closed) continue;
+    // Connect when a message needs the peer. A receive from any source connects to every rank,
+    // since any of them may send. Where the peer must dial (TCP: the lower rank dials), connect
+    // gives nothing and the stream comes through accept_pending.
     bool needed = !peer.sends.empty() || any_source;
     for (const auto& r : posted_) needed |= r->peer == p;
-    if (!needed || comm_.rank() > p) continue;
-    Deadline deadline = Deadline::after_seconds(comm_.timeout_s());
-    HostPort ep{endpoints_[p].addr.host, endpoints_[p].p2p_port};
-    peer.conn = transport_.connect(p, comm_.name_of(p), ep, deadline);
+    if (!needed) continue;
+    peer.conn = transports_.to(p).connect(p, kP2PChannel, Deadline::after_seconds(comm_.timeout_s()));
   }
 }
 
 void P2PEngine::accept_pending() {
-  while (auto conn = transport_.accept_one([this](int r) { return comm_.name_of(r); })) {
+  while (auto conn = transports_.accept_one(kP2PChannel)) {
     int p = conn->peer();
     if (peers_[p].conn) continue;
     peers_[p].conn = std::move(conn);
@@ -155,7 +145,7 @@ bool P2PEngine::pump_send(int p) {
       sig.dtype = r.dtype;
       sig.root = r.tag;
       sig.count = r.bytes / dtype_size(r.dtype);
-      peer.out = FrameHeader::data(id_.comm_id, ++peer.sent, sig, r.bytes);
+      peer.out = FrameHeader::data(comm_.id(), ++peer.sent, sig, r.bytes);
       peer.out.type = static_cast<uint8_t>(FrameType::kP2P);
     }
     iovec iov[2];
@@ -182,7 +172,7 @@ bool P2PEngine::pump_send(int p) {
 void P2PEngine::start_frame(int p) {
   Peer& peer = peers_[p];
   const FrameHeader& h = peer.in;
-  if (h.magic != kFrameMagic || h.version != kWireVersion || h.comm_id != id_.comm_id)
+  if (h.magic != kFrameMagic || h.version != kWireVersion || h.comm_id != comm_.id())
     throw PeerError(p, comm_.name_of(p) + " sent bytes that are not a plexus point-to-point frame");
   if (h.type == static_cast<uint8_t>(FrameType::kError))
     throw PeerReportedError(p, comm_.name_of(p) + " reported an error");
@@ -317,7 +307,7 @@ void P2PEngine::loop() {
       bool moved = false, spin = false;
       fds.clear();
       fds.push_back({wake_fd_, POLLIN, 0});
-      fds.push_back({transport_.listen_fd(), POLLIN, 0});
+      for (int fd : transports_.listen_fds(kP2PChannel)) fds.push_back({fd, POLLIN, 0});
       for (int p = 0; p < static_cast<int>(peers_.size()); ++p) {
         Peer& peer = peers_[p];
         if (!peer.conn) continue;

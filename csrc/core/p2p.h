@@ -2,8 +2,8 @@
 //
 // Unlike collectives, point-to-point ops are not run one after another: a rank may post a
 // receive and then a send (torch's batch_isend_irecv does), so both must progress together.
-// The engine has its own thread and its own connections (a second TCP listener, and channel 1
-// of the shared-memory rings), and matches messages to receives in order per (peer, tag);
+// The engine has its own thread and its own connections (the point-to-point channel of the
+// communicator's transports), and matches messages to receives in order per (peer, tag);
 // messages that arrive before their receive is posted are kept until it is.
 #pragma once
 
@@ -16,30 +16,25 @@
 #include <thread>
 #include <vector>
 
-#include "bootstrap/rendezvous.h"
-#include "core/deadline.h"
-#include "core/error.h"
-#include "core/types.h"
+#include "base/deadline.h"
+#include "base/error.h"
+#include "base/types.h"
 #include "core/work.h"
 #include "transport/connection.h"
 #include "transport/frame.h"
-#include "transport/shm_segment.h"
-#include "transport/tcp.h"
 
 namespace plexus {
 
 class Communicator;
+class TransportSet;
 
 constexpr int kAnySource = -1;
 
 class P2PEngine {
  public:
-  P2PEngine(Communicator& comm, const CommIdentity& id, const std::string& bind_ip);
+  // Starts the engine's thread; `transports` are the communicator's, started.
+  P2PEngine(Communicator& comm, TransportSet& transports);
   ~P2PEngine();
-
-  int port() const { return transport_.port(); }
-  // Starts the progress thread; call once the endpoints (with port()) are known to everyone.
-  void start(std::vector<Endpoint> endpoints, ShmHost* shm);
 
   // Completes once the message is handed to the transport (not necessarily received).
   std::shared_ptr<Work> send(int peer, const void* buf, size_t bytes, DType dtype, int tag);
@@ -98,10 +93,7 @@ class P2PEngine {
   void peer_closed(int p, const PeerError& why);
 
   Communicator& comm_;
-  CommIdentity id_;
-  TcpTransport transport_;
-  std::vector<Endpoint> endpoints_;
-  ShmHost* shm_ = nullptr;
+  TransportSet& transports_;
   std::vector<Peer> peers_;
   std::list<std::shared_ptr<Request>> posted_;  // receives in posting order
   std::list<Unexpected> unexpected_;            // messages that came before their receive

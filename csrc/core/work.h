@@ -7,7 +7,7 @@
 #include <mutex>
 #include <string>
 
-#include "core/signature.h"
+#include "base/signature.h"
 
 namespace plexus {
 

@@ -3,7 +3,7 @@
 
 #include <cstddef>
 
-#include "core/types.h"
+#include "base/types.h"
 
 namespace plexus {
 namespace cpu {

@@ -12,7 +12,7 @@
 #include <cstdlib>
 #include <map>
 
-#include "core/log.h"
+#include "base/log.h"
 #include "topology/topology.h"
 
 namespace plexus {

@@ -17,8 +17,8 @@
 #include <set>
 #include <sstream>
 
+#include "base/log.h"
 #include "bootstrap/rendezvous.h"
-#include "core/log.h"
 
 namespace plexus {
 namespace {

@@ -1,5 +1,6 @@
-// The transport interface: an ordered, reliable byte stream to one peer. Algorithms reach it
-// only through core/exchange.h; nothing above this layer sees a socket.
+// A connection: an ordered, reliable byte stream to one peer, as a transport opens it
+// (transport/transport.h). Algorithms reach it only through core/exchange.h; nothing above this
+// layer sees a socket.
 #pragma once
 
 #include <sys/uio.h>
@@ -29,7 +30,6 @@ class Connection {
   // For connections without a descriptor: throws PeerError if the peer failed or died (a
   // socket reports that by itself).
   virtual void check_peer() {}
-  virtual const char* transport_name() const = 0;
 
   int peer() const { return peer_; }
   const std::string& peer_name() const { return peer_name_; }

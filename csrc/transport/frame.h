@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "core/signature.h"
+#include "base/signature.h"
 
 namespace plexus {
 

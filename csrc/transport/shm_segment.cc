@@ -1,8 +1,8 @@
+// Creation and mapping of the shared-memory segments of one host, and their layout.
 #include "transport/shm_segment.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -10,15 +10,14 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <sstream>
-#include <thread>
 
+#include "base/backoff.h"
+#include "base/config.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "bootstrap/rendezvous.h"
-#include "core/config.h"
-#include "core/error.h"
-#include "core/log.h"
 
 namespace plexus {
 
@@ -191,6 +190,11 @@ char* ShmHost::ring_data(int channel, int owner_local, int from_local) const {
   return bases_[owner_local] + layout_.ring_offset(channel, from_local) + sizeof(RingHeader);
 }
 
+std::atomic<uint64_t>& ShmHost::counter(int local, RoundCounter c) const {
+  SegmentHeader& h = header(local);
+  return c == RoundCounter::kArrived ? h.arrived : c == RoundCounter::kReduced ? h.reduced : h.done;
+}
+
 char* ShmHost::staging(int local, int parity) const {
   return bases_[local] + layout_.staging_offset(parity);
 }
@@ -212,51 +216,6 @@ void ShmHost::check_peer(int local) const {
   if (h.pid_ns == my_pid_ns_ && h.pid > 0 && kill(h.pid, 0) != 0 && errno == ESRCH)
     throw PeerError(rank, names_of_[local] + " (pid " + std::to_string(h.pid) +
                               ") died: its process is gone");
-}
-
-namespace {
-// Pause instructions before a waiter starts yielding its core. Oversubscribed hosts (more local
-// ranks than CPUs) yield almost at once: spinning there burns the core the awaited rank needs.
-// Process-wide, and once oversubscribed always so: a sub-group does not undo what the world saw.
-std::atomic<uint64_t> g_spin_limit{2000};
-std::atomic<int> g_most_local_ranks{0};
-
-int usable_cpus() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-}  // namespace
-
-void Backoff::set_local_ranks(int local_ranks) {
-  int most = g_most_local_ranks.load();
-  while (most < local_ranks && !g_most_local_ranks.compare_exchange_weak(most, local_ranks)) {
-  }
-  most = std::max(most, local_ranks);
-  const uint64_t fallback = most > usable_cpus() ? 50 : 2000;
-  g_spin_limit.store(std::min<uint64_t>(env_bytes("PLEXUS_SHM_SPIN", fallback), uint64_t{1} << 40));
-}
-
-void Backoff::pause() {
-  ++spins_;
-  const uint64_t spin = g_spin_limit.load(std::memory_order_relaxed);
-  if (spins_ < spin) {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#endif
-  } else if (spins_ < spin + 2000) {
-    sched_yield();
-  } else {
-    std::this_thread::sleep_for(std::chrono::microseconds(50));
-  }
-}
-
-bool Backoff::time_to_check() {
-  if ((spins_ & 255) != 0 && spins_ < g_spin_limit.load(std::memory_order_relaxed) + 2000) return false;
-  auto now = Clock::now();
-  if (now - last_check_ < std::chrono::milliseconds(1)) return false;
-  last_check_ = now;
-  return true;
 }
 
 }  // namespace plexus

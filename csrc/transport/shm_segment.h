@@ -17,20 +17,11 @@
 #include <string>
 #include <vector>
 
+#include "base/deadline.h"
 #include "bootstrap/store.h"
-#include "core/deadline.h"
-#include "core/signature.h"
+#include "transport/host_memory.h"
 
 namespace plexus {
-
-constexpr size_t kCacheLine = 64;
-
-// Which op a staging buffer currently holds, so that readers can check they agree.
-struct alignas(kCacheLine) OpStamp {
-  std::atomic<uint64_t> seq;
-  std::atomic<uint64_t> round;
-  Signature sig;
-};
 
 struct alignas(kCacheLine) SegmentHeader {
   uint64_t magic;
@@ -40,9 +31,7 @@ struct alignas(kCacheLine) SegmentHeader {
   uint64_t pid_ns;  // inode of the owner's pid namespace: pids are comparable only within one
   alignas(kCacheLine) std::atomic<uint64_t> aborted;
   char abort_message[2048];
-  // Progress of the owner through the direct algorithms' rounds (monotonic over the
-  // communicator's life): rounds whose input is published, whose result is published, and
-  // which the owner has finished reading from the others.
+  // The owner's RoundCounters.
   alignas(kCacheLine) std::atomic<uint64_t> arrived;
   alignas(kCacheLine) std::atomic<uint64_t> reduced;
   alignas(kCacheLine) std::atomic<uint64_t> done;
@@ -67,7 +56,7 @@ struct ShmLayout {
 };
 
 // All local segments of one communicator, mapped in this process.
-class ShmHost {
+class ShmHost : public HostMemory {
  public:
   // Collective over the local ranks (`local_ranks`: communicator ranks on this host, sorted).
   // Returns nullptr, after logging why, when shared memory cannot be used (too little space in
@@ -76,25 +65,25 @@ class ShmHost {
   static std::unique_ptr<ShmHost> create(Store& store, uint64_t comm_id, int rank,
                                          const std::vector<int>& local_ranks,
                                          std::vector<std::string> names, Deadline deadline);
-  ~ShmHost();
+  ~ShmHost() override;
 
-  int local_size() const { return static_cast<int>(local_ranks_.size()); }
-  int local_index() const { return local_index_; }
-  // Local index of communicator rank `rank`, or -1 if it is on another host.
-  int local_index_of(int rank) const;
-  int rank_of(int local) const { return local_ranks_[local]; }
-  const std::string& name_of(int local) const { return names_of_[local]; }
+  int local_size() const override { return static_cast<int>(local_ranks_.size()); }
+  int local_index() const override { return local_index_; }
+  int local_index_of(int rank) const override;
+  const std::string& name_of(int local) const override { return names_of_[local]; }
+  std::atomic<uint64_t>& counter(int local, RoundCounter c) const override;
+  OpStamp& stamp(int local, int parity) const override { return header(local).stamp[parity]; }
+  char* staging(int local, int parity) const override;
+  size_t staging_bytes() const override { return layout_.staging_bytes; }
+  void check_peer(int local) const override;
+
   const ShmLayout& layout() const { return layout_; }
-
   SegmentHeader& header(int local) const;
   RingHeader& ring(int channel, int owner_local, int from_local) const;
   char* ring_data(int channel, int owner_local, int from_local) const;
-  char* staging(int local, int parity) const;
 
   // Records this rank's failure in its segment, once; the others see it while they wait.
   void mark_aborted(const std::string& why);
-  // Throws PeerError if local rank `local` has failed or its process is gone.
-  void check_peer(int local) const;
 
  private:
   ShmHost() = default;
@@ -105,23 +94,6 @@ class ShmHost {
   std::vector<std::string> names_;     // segment names in /dev/shm
   std::vector<std::string> names_of_;  // rank names for messages
   uint64_t my_pid_ns_ = 0;
-};
-
-// Waits with a spin, then yields, then short sleeps: prompt when the peer is on another core,
-// still fair when there are more ranks than cores.
-class Backoff {
- public:
-  // How long waiters spin before yielding, from the number of ranks sharing this host's CPUs
-  // (PLEXUS_SHM_SPIN overrides it).
-  static void set_local_ranks(int local_ranks);
-  void pause();
-  // True about every millisecond of waiting: time for the slower checks (liveness, deadline).
-  bool time_to_check();
-  void reset() { spins_ = 0; }
-
- private:
-  uint64_t spins_ = 0;
-  Clock::time_point last_check_ = Clock::now();
 };
 
 }  // namespace plexus

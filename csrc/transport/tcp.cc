@@ -1,12 +1,19 @@
-#include "transport/tcp.h"
-
+// TCP transport: per communicator and channel one listening socket, and one stream per
+// connected peer pair (the lower rank dials). A connection starts with an authenticated
+// handshake: the connector proves it knows the communicator's id and secret (handed out
+// through the rendezvous store) or is refused.
 #include <errno.h>
 #include <sys/socket.h>
 
+#include <array>
+#include <cstdlib>
 #include <cstring>
 
-#include "core/error.h"
-#include "core/log.h"
+#include "base/config.h"
+#include "base/error.h"
+#include "base/log.h"
+#include "bootstrap/socket.h"
+#include "transport/transport.h"
 
 namespace plexus {
 
@@ -39,7 +46,32 @@ bool same_secret(const uint8_t* a, const uint8_t* b) {
   return diff == 0;
 }
 
-}  // namespace
+// The IP to advertise: PLEXUS_SOCKET_IFNAME's address, else the address this host uses to
+// reach the store, else loopback.
+std::string advertise_address(const Store& store) {
+  std::string ifname = env_string("PLEXUS_SOCKET_IFNAME");
+  if (!ifname.empty()) {
+    std::string ip = interface_ipv4(ifname);
+    if (ip.empty()) throw InvalidArgument("PLEXUS_SOCKET_IFNAME=" + ifname + " has no IPv4 address");
+    return ip;
+  }
+  std::string ip = store.local_address();
+  if (ip.empty() || ip.find(':') != std::string::npos) return "127.0.0.1";
+  return ip;
+}
+
+class TcpConnection : public Connection {
+ public:
+  TcpConnection(int peer, std::string peer_name, Fd fd);
+  size_t write_some(const iovec* iov, int iovcnt) override;
+  size_t read_some(void* dst, size_t n) override;
+  int fd() const override { return fd_.get(); }
+  void shutdown() override;
+
+ private:
+  [[noreturn]] void broken(const char* what, int err);
+  Fd fd_;
+};
 
 TcpConnection::TcpConnection(int peer, std::string peer_name, Fd fd)
     : Connection(peer, std::move(peer_name)), fd_(std::move(fd)) {
@@ -83,12 +115,78 @@ void TcpConnection::shutdown() {
   if (fd_.valid()) ::shutdown(fd_.get(), SHUT_WR);
 }
 
-TcpTransport::TcpTransport(const CommIdentity& id, const std::string& bind_ip) : id_(id) {
-  listen_ = listen_tcp(bind_ip, 0, &port_);
+class TcpTransport : public Transport {
+ public:
+  explicit TcpTransport(const TransportSetup& setup);
+  // "ip:port,port": the listeners of the channels, in channel order.
+  std::string address() const override;
+  void start(const TransportSetup& setup, const std::vector<PeerEndpoint>& peers) override;
+  bool can_connect(int peer) const override { return peers_[peer].port[0] != 0; }
+  std::string why_not(int peer) const override;
+  std::unique_ptr<Connection> connect(int peer, int channel, Deadline deadline) override;
+  int listen_fd(int channel) const override { return listen_[channel].get(); }
+  std::unique_ptr<Connection> accept_one(int channel) override;
+  int port(int channel) const override { return port_[channel]; }
+  std::string peer_address(int peer, int channel) const override;
+
+ private:
+  struct Peer {
+    std::string host;
+    std::array<int, kChannels> port{};
+  };
+  CommIdentity id_;
+  std::vector<std::string> names_;
+  std::string ip_;
+  Fd listen_[kChannels];
+  int port_[kChannels] = {};
+  std::vector<Peer> peers_;  // by rank, once started
+};
+
+TcpTransport::TcpTransport(const TransportSetup& setup)
+    : id_(setup.id), names_(setup.names), ip_(advertise_address(setup.store)) {
+  // With an explicit interface, listen only there; otherwise on every interface.
+  const std::string bind_ip = env_string("PLEXUS_SOCKET_IFNAME").empty() ? "0.0.0.0" : ip_;
+  for (int ch = 0; ch < kChannels; ++ch) listen_[ch] = listen_tcp(bind_ip, 0, &port_[ch]);
 }
 
-std::unique_ptr<Connection> TcpTransport::connect(int peer, const std::string& peer_name,
-                                                  const HostPort& ep, Deadline deadline) {
+std::string TcpTransport::address() const {
+  std::string s = ip_;
+  for (int ch = 0; ch < kChannels; ++ch) s += (ch == 0 ? ":" : ",") + std::to_string(port_[ch]);
+  return s;
+}
+
+void TcpTransport::start(const TransportSetup&, const std::vector<PeerEndpoint>& peers) {
+  peers_.assign(peers.size(), Peer{});
+  for (size_t p = 0; p < peers.size(); ++p) {
+    if (!peers[p].uses) continue;
+    const std::string& a = peers[p].address;
+    size_t at = a.rfind(':');
+    bool ok = at != std::string::npos;
+    peers_[p].host = a.substr(0, ok ? at : 0);
+    for (int ch = 0; ch < kChannels && ok; ++ch) {
+      char* end = nullptr;
+      peers_[p].port[ch] = static_cast<int>(std::strtol(a.c_str() + at + 1, &end, 10));
+      at = static_cast<size_t>(end - a.c_str());
+      ok = peers_[p].port[ch] > 0 && (ch + 1 < kChannels ? a[at] == ',' : at == a.size());
+    }
+    if (!ok) throw Error("malformed TCP address of " + names_[p] + ": '" + a + "'");
+  }
+}
+
+std::string TcpTransport::why_not(int peer) const {
+  return names_[peer] + " does not use tcp (PLEXUS_TRANSPORTS differs there)";
+}
+
+std::string TcpTransport::peer_address(int peer, int channel) const {
+  return HostPort{peers_[peer].host, peers_[peer].port[channel]}.str();
+}
+
+std::unique_ptr<Connection> TcpTransport::connect(int peer, int channel, Deadline deadline) {
+  // The lower rank dials. Dialing blocks only on higher ranks, which never dial us: no cycle,
+  // no deadlock.
+  if (peer < id_.rank) return nullptr;
+  const HostPort ep{peers_[peer].host, peers_[peer].port[channel]};
+  const std::string& peer_name = names_[peer];
   Fd fd;
   try {
     fd = connect_tcp(ep.host, ep.port, deadline);
@@ -110,8 +208,8 @@ std::unique_ptr<Connection> TcpTransport::connect(int peer, const std::string& p
   return std::make_unique<TcpConnection>(peer, peer_name, std::move(fd));
 }
 
-std::unique_ptr<Connection> TcpTransport::accept_one(const std::function<std::string(int)>& name_of) {
-  Fd fd = accept_tcp(listen_.get());
+std::unique_ptr<Connection> TcpTransport::accept_one(int channel) {
+  Fd fd = accept_tcp(listen_[channel].get());
   if (!fd.valid()) return nullptr;
   std::string who = peer_ip(fd.get());
   Hello h{};
@@ -136,8 +234,12 @@ std::unique_ptr<Connection> TcpTransport::accept_one(const std::function<std::st
   } catch (const Error&) {
     return nullptr;
   }
-  PLEXUS_TRACE("accepted " << name_of(h.from_rank) << " from " << who);
-  return std::make_unique<TcpConnection>(h.from_rank, name_of(h.from_rank), std::move(fd));
+  PLEXUS_TRACE("accepted " << names_[h.from_rank] << " from " << who);
+  return std::make_unique<TcpConnection>(h.from_rank, names_[h.from_rank], std::move(fd));
 }
+
+}  // namespace
+
+std::unique_ptr<Transport> open_tcp(const TransportSetup& setup) { return std::make_unique<TcpTransport>(setup); }
 
 }  // namespace plexus

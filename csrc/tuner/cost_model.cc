@@ -1,14 +1,18 @@
+// Reads the cost model's values from PLEXUS_TUNER_FILE and PLEXUS_TUNER.
 #include "tuner/cost_model.h"
 
 #include <fstream>
 #include <sstream>
+#include <string>
 
-#include "core/config.h"
-#include "core/error.h"
+#include "base/config.h"
+#include "base/error.h"
 
 namespace plexus {
 
-void CostModel::apply(const std::string& text, const std::string& origin) {
+namespace {
+
+void apply(CostModel& m, const std::string& text, const std::string& origin) {
   std::string normalized = text;
   for (char& c : normalized)
     if (c == ';') c = '\n';
@@ -29,19 +33,21 @@ void CostModel::apply(const std::string& text, const std::string& origin) {
     double v = std::strtod(value.c_str(), &end);
     if (end == value.c_str() || *end != '\0' || !(v > 0))
       throw InvalidArgument(origin + ": " + name + " = '" + value + "' is not a positive number");
-    if (name == "shm_alpha_us") shm.alpha_s = v * 1e-6;
-    else if (name == "shm_gbps") shm.bytes_per_s = v * 1e9;
-    else if (name == "tcp_alpha_us") local_tcp.alpha_s = v * 1e-6;
-    else if (name == "tcp_gbps") local_tcp.bytes_per_s = v * 1e9;
-    else if (name == "net_alpha_us") network.alpha_s = v * 1e-6;
-    else if (name == "net_gbps") network.bytes_per_s = v * 1e9;
+    if (name == "shm_alpha_us") m.shm.alpha_s = v * 1e-6;
+    else if (name == "shm_gbps") m.shm.bytes_per_s = v * 1e9;
+    else if (name == "tcp_alpha_us") m.local_tcp.alpha_s = v * 1e-6;
+    else if (name == "tcp_gbps") m.local_tcp.bytes_per_s = v * 1e9;
+    else if (name == "net_alpha_us") m.network.alpha_s = v * 1e-6;
+    else if (name == "net_gbps") m.network.bytes_per_s = v * 1e9;
     else
       throw InvalidArgument(origin + ": unknown setting '" + name +
                             "' (known: shm_alpha_us, shm_gbps, tcp_alpha_us, tcp_gbps, net_alpha_us, net_gbps)");
   }
 }
 
-CostModel CostModel::from_env() {
+}  // namespace
+
+CostModel cost_model_from_env() {
   CostModel m;
   std::string path = env_string("PLEXUS_TUNER_FILE");
   if (!path.empty()) {
@@ -49,24 +55,11 @@ CostModel CostModel::from_env() {
     if (!f) throw InvalidArgument("PLEXUS_TUNER_FILE=" + path + " cannot be read");
     std::stringstream buf;
     buf << f.rdbuf();
-    m.apply(buf.str(), "PLEXUS_TUNER_FILE=" + path);
+    apply(m, buf.str(), "PLEXUS_TUNER_FILE=" + path);
   }
   std::string inline_settings = env_string("PLEXUS_TUNER");
-  if (!inline_settings.empty()) m.apply(inline_settings, "PLEXUS_TUNER");
+  if (!inline_settings.empty()) apply(m, inline_settings, "PLEXUS_TUNER");
   return m;
-}
-
-std::string CostModel::describe() const {
-  std::ostringstream os;
-  auto one = [&](const char* name, const LinkCost& l) {
-    os << name << ": alpha " << l.alpha_s * 1e6 << " us, beta " << l.bytes_per_s / 1e9 << " GB/s";
-  };
-  one("shm", shm);
-  os << "; ";
-  one("tcp (same host)", local_tcp);
-  os << "; ";
-  one("network", network);
-  return os.str();
 }
 
 }  // namespace plexus

@@ -1,51 +1,15 @@
-// The alpha-beta cost model: moving b bytes over a link takes alpha + b / beta. Each algorithm
-// predicts its time from the shape of the group and the links between its ranks; the tuner
-// runs the cheapest (NCCL's src/graph/tuning.cc does the same with more link classes).
+// The values of the cost model (algorithms/cost.h) this process tunes with: defaults, or what
+// plexus-bench --calibrate measured on this machine.
 #pragma once
 
-#include <cstddef>
-#include <string>
+#include "algorithms/cost.h"
 
 namespace plexus {
 
-struct LinkCost {
-  double alpha_s = 0;       // per message
-  double bytes_per_s = 1e9;
-  double time(double bytes) const { return alpha_s + bytes / bytes_per_s; }
-};
-
-struct CostModel {
-  LinkCost shm{2e-6, 4e9};          // same host, shared memory
-  LinkCost local_tcp{30e-6, 1e9};   // same host over TCP loopback (shared memory turned off)
-  LinkCost network{30e-6, 1.25e9};  // between hosts (10 Gb/s unless told better)
-  // Reads "name = value" lines (alpha in microseconds, beta in GB/s), as written by
-  // plexus-bench --calibrate: shm_alpha_us, shm_gbps, tcp_alpha_us, tcp_gbps, net_alpha_us,
-  // net_gbps. Unknown names are errors; absent ones keep their defaults.
-  void apply(const std::string& text, const std::string& origin);
-  // Defaults, then PLEXUS_TUNER_FILE (a file) and PLEXUS_TUNER (the same lines, ';'-separated).
-  static CostModel from_env();
-  std::string describe() const;
-};
-
-// What the cost of an algorithm depends on.
-struct GroupShape {
-  int ranks = 1;
-  int hosts = 1;
-  int local = 1;         // most ranks on one host
-  bool uniform = true;   // every host has the same number of ranks
-  bool shm = false;      // ranks of a host share memory
-};
-
-// The link that bounds an algorithm whose steps cross the whole group.
-inline const LinkCost& bottleneck(const GroupShape& g, const CostModel& m) {
-  if (g.hosts > 1) return m.network;
-  return g.shm ? m.shm : m.local_tcp;
-}
-
-inline int ceil_log2(int n) {
-  int d = 0;
-  while ((1 << d) < n) ++d;
-  return d;
-}
+// Defaults, then PLEXUS_TUNER_FILE (a file) and PLEXUS_TUNER (the same lines, ';'-separated).
+// Lines are "name = value" (alpha in microseconds, beta in GB/s), as written by plexus-bench
+// --calibrate: shm_alpha_us, shm_gbps, tcp_alpha_us, tcp_gbps, net_alpha_us, net_gbps.
+// Unknown names are errors; absent ones keep their defaults.
+CostModel cost_model_from_env();
 
 }  // namespace plexus

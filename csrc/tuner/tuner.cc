@@ -1,9 +1,10 @@
+// PLEXUS_ALGO parsing, predictions, and the choice of an algorithm per call.
 #include "tuner/tuner.h"
 
 #include <cstdlib>
 
-#include "core/config.h"
-#include "core/error.h"
+#include "base/config.h"
+#include "base/error.h"
 
 namespace plexus {
 
@@ -112,17 +113,18 @@ const Algorithm& cheapest(CollKind kind, double bytes, const GroupShape& g, cons
   return *best;
 }
 
-const Algorithm& choose_algorithm(CollKind kind, size_t bytes, const Communicator& comm, std::string* why) {
+const Algorithm& choose_algorithm(CollKind kind, size_t bytes, const GroupShape& g, const CostModel& m,
+                                  bool internal, std::string* why) {
   for (const auto& o : overrides()) {
-    if (comm.internal() || o.kind != kind || bytes < o.lo || bytes >= o.hi) continue;
+    if (internal || o.kind != kind || bytes < o.lo || bytes >= o.hi) continue;
     const Algorithm& a = find_algorithm(kind, o.name);
-    if (!a.can_run(comm.shape()))
+    if (!a.can_run(g))
       throw InvalidArgument("PLEXUS_ALGO asks for " + o.name + " for " + coll_name(kind) +
                             ", which cannot run on this group (" + a.summary + ")");
     if (why) *why = "forced by PLEXUS_ALGO";
     return a;
   }
-  const Algorithm& a = cheapest(kind, static_cast<double>(bytes), comm.shape(), comm.cost_model());
+  const Algorithm& a = cheapest(kind, static_cast<double>(bytes), g, m);
   if (why) *why = "lowest predicted time";
   return a;
 }

@@ -1,5 +1,5 @@
 // Chooses the algorithm of each collective call: PLEXUS_ALGO overrides first, then the
-// cheapest algorithm under the cost model (tuner/cost_model.h) for the group's shape.
+// cheapest algorithm under the cost model (algorithms/cost.h) for the group's shape.
 //
 // PLEXUS_ALGO uses UCC's syntax: entries "collective[:lo-hi]:@algorithm" joined by '#', e.g.
 // "allreduce:0-64K:@shm_oneshot#allreduce:64K-inf:@ring#broadcast:@chain".
@@ -35,9 +35,10 @@ struct Prediction {
 std::vector<Prediction> predict_all(CollKind kind, double bytes, const GroupShape& g, const CostModel& m);
 // The cheapest runnable algorithm (no overrides): what `plexus info` shows for a described machine.
 const Algorithm& cheapest(CollKind kind, double bytes, const GroupShape& g, const CostModel& m);
-// What a live group runs: a PLEXUS_ALGO override if one covers `bytes`, else the cheapest.
+// What a live group of shape `g` runs: a PLEXUS_ALGO override if one covers `bytes` (unless
+// the group is `internal`, part of another group's algorithm), else the cheapest under `m`.
 // Set `why` to get the reason in words.
-const Algorithm& choose_algorithm(CollKind kind, size_t bytes, const Communicator& comm,
-                                  std::string* why = nullptr);
+const Algorithm& choose_algorithm(CollKind kind, size_t bytes, const GroupShape& g, const CostModel& m,
+                                  bool internal, std::string* why = nullptr);
 
 }  // namespace plexus

@@ -12,7 +12,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "reduce/cuda_reduce.h"
 
 namespace plexus {

@@ -8,7 +8,7 @@
 #include <cstring>
 #include <mutex>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace plexus {
 namespace cuda_ipc {

@@ -1,4 +1,5 @@
-#include "core/log.h"
+// The log level (PLEXUS_DEBUG), rank-prefixed lines on stderr, and errno in words.
+#include "base/log.h"
 
 #include <unistd.h>
 
@@ -8,7 +9,7 @@
 #include <cstring>
 #include <mutex>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace plexus {
 

@@ -1,4 +1,5 @@
-#include "core/signature.h"
+// How a call is named in messages.
+#include "base/signature.h"
 
 namespace plexus {
 

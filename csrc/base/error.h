@@ -1,4 +1,4 @@
-// Exceptions of the core. The bindings map them to Python: InvalidArgument -> ValueError,
+// Exceptions of every layer. The bindings map them to Python: InvalidArgument -> ValueError,
 // TypeMismatch -> TypeError, everything else derived from Error -> plexus.PlexusError
 // (a RuntimeError), Timeout -> plexus.PlexusTimeout.
 #pragma once

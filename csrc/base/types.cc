@@ -1,4 +1,5 @@
-#include "core/types.h"
+// Sizes and names of dtypes, ops and collectives, and which ops apply to which dtypes.
+#include "base/types.h"
 
 namespace plexus {
 

@@ -1,8 +1,9 @@
-#include "core/config.h"
+// PLEXUS_* settings: strings, sizes with K/M/G suffixes, seconds.
+#include "base/config.h"
 
 #include <cstdlib>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace plexus {
 
