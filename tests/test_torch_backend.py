@@ -204,3 +204,36 @@ def test_argument_errors_name_the_argument():
 @pytest.mark.parametrize("world", [2, 3])
 def test_ddp_hooks_static_graph_and_join_match_gloo(world):
     assert _run(world, "ddp_features") == ["ok"] * world
+
+
+def test_one_rank_group_edge_cases():
+    """Coalesced calls of nothing complete at once; a gather whose list overlaps its input
+    (other than at the root's own slot) is refused before anything is sent."""
+    from plexus import _collectives as coll
+    from plexus.torch_backend.ops import buffer
+    from plexus.torch_backend.process_group import PlexusProcessGroup
+
+    pg = PlexusProcessGroup(dist.HashStore(), 0, 1)
+    try:
+        for w in (pg.allreduce_coalesced([]), pg.allgather_coalesced([[]], []),
+                  pg.all_gather_single_coalesced([], []), pg.reduce_scatter_single_coalesced([], [])):
+            assert w.wait() and w.is_completed()
+        with pytest.raises(TypeError, match=r"tensors\[1\] has dtype torch.int16"):
+            pg.allreduce_coalesced([torch.ones(2), torch.ones(2, dtype=torch.int16)])
+    finally:
+        pg.shutdown()
+
+    class TwoRanks:
+        def rank(self):
+            return 0
+
+        def size(self):
+            return 2
+
+    def conv(t, what, writable, reduce_op=-1):
+        return buffer(t, what, reduce_op)
+
+    x = torch.ones(4)
+    with pytest.raises(ValueError, match=r"gather_list\[1\] overlaps the input tensor"):
+        coll.gather(TwoRanks(), "w", conv, x, [torch.zeros(4), x], 0)
+    assert coll.gather(TwoRanks(), "w", conv, x, [x, torch.zeros(4)], 0).kind == "gather"  # in place: its slot

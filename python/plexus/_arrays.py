@@ -32,18 +32,22 @@ class Buffer:
     dtype name and `numel` its element count, for messages and checks; `device` is None for host
     memory, else the library whose streams and copies serve it ("cupy" or "torch")."""
 
-    __slots__ = ("obj", "ptr", "count", "code", "itemsize", "dtype", "shape", "device")
+    __slots__ = ("obj", "ptr", "count", "code", "itemsize", "dtype", "device", "_shape")
 
-    def __init__(self, obj: Any, ptr: int, count: int, code: int, itemsize: int, dtype: str, shape: tuple,
-                 device: Optional[str] = None):
+    def __init__(self, obj: Any, ptr: int, count: int, code: int, itemsize: int, dtype: str,
+                 device: Optional[str] = None, shape: Optional[tuple] = None):
         self.obj = obj  # the array itself, kept alive while an op uses it
         self.ptr = ptr
         self.count = count
         self.code = code
         self.itemsize = itemsize
         self.dtype = dtype
-        self.shape = shape
         self.device = device
+        self._shape = shape  # None: the array's own .shape (asked only when needed)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.obj.shape) if self._shape is None else self._shape
 
     @property
     def nbytes(self) -> int:
@@ -68,7 +72,8 @@ def _unsupported_dtype(what: str, dtype: str) -> TypeError:
 
 def as_buffer(x: Any, what: str, writable: bool, reduce_op: int = -1, torch_dtypes: bool = False) -> Buffer:
     """A Buffer over `x`. `what` names the call, the rank and the argument in error messages;
-    `writable`: the call writes it. As it is, the numpy API's converter (plexus._collectives).
+    `writable`: the call writes it (read-only numpy and CAI arrays are refused; torch tensors
+    have no such flag). As it is, the numpy API's converter (plexus._collectives).
 
     With `torch_dtypes` (the torch backend), torch tensors of any dtype are taken as torch's own
     backends take them: complex as its real view (reductions: SUM, AVG, PREMUL_SUM only), dtypes
@@ -78,14 +83,14 @@ def as_buffer(x: Any, what: str, writable: bool, reduce_op: int = -1, torch_dtyp
         return _numpy_buffer(x, what, writable)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
-        return _torch_buffer(torch, x, what, torch_dtypes, reduce_op)
+        return torch_buffer(torch, x, what, torch_dtypes, reduce_op)
     if isinstance(x, np.ndarray):
         return _numpy_buffer(x, what, writable)
     if device_kind(x) is not None:
         a = describe(x, what)
         if writable and a.readonly:
             raise ValueError(f"{what} is read-only but receives the result")
-        return Buffer(x, a.ptr, a.nbytes // a.itemsize, DTYPE_CODES[a.dtype], a.itemsize, a.dtype, a.shape, "cupy")
+        return Buffer(x, a.ptr, a.nbytes // a.itemsize, DTYPE_CODES[a.dtype], a.itemsize, a.dtype, a.kind, a.shape)
     raise TypeError(f"{what} must be a numpy array, a torch tensor or a device array (cupy), got {type(x).__name__}")
 
 
@@ -105,13 +110,28 @@ def _numpy_buffer(x: np.ndarray, what: str, writable: bool) -> Buffer:
         raise ValueError(f"{what} must be C-contiguous (use numpy.ascontiguousarray)")
     if writable and not flags.writeable:
         raise ValueError(f"{what} is read-only but receives the result")
-    return Buffer(x, _C.array_address(x), x.size, code, dtype.itemsize, name, x.shape)
+    return Buffer(x, _C.array_address(x), x.size, code, dtype.itemsize, name)
 
 
 _COMPLEX_PARTS = {"complex64": "float32", "complex128": "float64", "complex32": "float16"}
+# torch dtype -> (name, core dtype code or None, itemsize, elements per tensor element):
+# native dtypes 1 element, complex 2 (its real view), the rest None (bytes, or refused).
+_TORCH_DTYPES: dict = {}
 
 
-def _torch_buffer(torch: Any, t: Any, what: str, torch_dtypes: bool, reduce_op: int) -> Buffer:
+def _torch_dtype(dtype: Any) -> tuple:
+    name = str(dtype)[6:]  # "torch.float32" -> "float32"
+    itemsize = dtype.itemsize
+    if name in DTYPE_CODES:
+        return name, DTYPE_CODES[name], itemsize, 1
+    part = _COMPLEX_PARTS.get(name)
+    if part is not None:
+        return name, DTYPE_CODES[part], itemsize // 2, 2
+    return name, None, itemsize, 0
+
+
+def torch_buffer(torch: Any, t: Any, what: str, torch_dtypes: bool, reduce_op: int) -> Buffer:
+    """as_buffer() of torch tensor `t` (`torch`: the module)."""
     if t.layout != torch.strided:
         raise TypeError(f"{what} is a {t.layout} tensor; plexus needs dense (strided) tensors")
     if t.is_cpu:
@@ -122,24 +142,24 @@ def _torch_buffer(torch: Any, t: Any, what: str, torch_dtypes: bool, reduce_op: 
         raise TypeError(f"{what} is on device {t.device}; plexus takes CPU and CUDA tensors")
     if not t.is_contiguous():
         raise ValueError(f"{what} must be contiguous (use tensor.contiguous())")
-    name = str(t.dtype)[6:]  # "torch.float32" -> "float32"
-    shape = tuple(t.shape)
-    code = DTYPE_CODES.get(name)
-    if code is not None:
-        return Buffer(t, t.data_ptr(), t.numel(), code, t.element_size(), name, shape, device)
+    info = _TORCH_DTYPES.get(t.dtype)
+    if info is None:
+        info = _TORCH_DTYPES[t.dtype] = _torch_dtype(t.dtype)
+    name, code, itemsize, per = info
+    if per == 1:
+        return Buffer(t, t.data_ptr(), t.numel(), code, itemsize, name, device)
     if not torch_dtypes:
         raise _unsupported_dtype(what, name)
-    part = _COMPLEX_PARTS.get(name)
-    if part is not None:
+    if per == 2:
         if reduce_op >= 0 and reduce_op not in _COMPLEX_OK:
             raise TypeError(f"{what}: a complex tensor ({t.dtype}) can only be reduced with SUM, AVG or "
                             f"PREMUL_SUM, not {_OP_NAMES[reduce_op]}")
-        return Buffer(t, t.data_ptr(), t.numel() * 2, DTYPE_CODES[part], t.element_size() // 2, name, shape, device)
+        return Buffer(t, t.data_ptr(), t.numel() * 2, code, itemsize, name, device)
     if reduce_op >= 0:
         supported = ", ".join(list(_C.DTYPES) + ["complex64", "complex128"])
         raise TypeError(f"{what} has dtype {t.dtype}, which plexus cannot reduce; supported: {supported}")
     # Data movement only: the bytes, whatever they mean.
-    return Buffer(t, t.data_ptr(), t.numel() * t.element_size(), _UINT8, 1, name, shape, device)
+    return Buffer(t, t.data_ptr(), t.numel() * itemsize, _UINT8, 1, name, device)
 
 
 def same_kind(where: str, a: Buffer, b: Buffer, what_b: str, what_a: str) -> None:
@@ -148,6 +168,9 @@ def same_kind(where: str, a: Buffer, b: Buffer, what_b: str, what_a: str) -> Non
     if a.dtype != b.dtype:
         raise TypeError(f"{where}: {what_b} has dtype {b.dtype} but {what_a} has dtype {a.dtype}")
     if a.device != b.device:
+        if a.device and b.device:
+            raise TypeError(f"{where}: {what_b} is a {b.device} array but {what_a} is a {a.device} array: pass "
+                            "arrays of one library")
         raise TypeError(f"{where}: {what_b} and {what_a} must both be device arrays or both host arrays")
 
 

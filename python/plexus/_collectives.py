@@ -11,7 +11,7 @@ A call goes through two steps:
    memory to plexus.device, whose table says how each collective runs there (CUDA IPC between the
    ranks of one host, or through host memory).
 
-run() returns the call's core work, or None when the call already finished (a blocking call).
+run() returns the call's core work, or None when the call already finished (blocking calls may).
 """
 
 from __future__ import annotations
@@ -147,22 +147,24 @@ _HOST["all_to_all_single"] = _HOST["all_to_all"]
 
 
 def run_host(group: ProcessGroup, call: Call, blocking: bool) -> Any:
+    """Runs a call on host memory in the C++ core."""
     return _HOST[call.kind](group.comm, call, blocking)
 
 
 def run(group: ProcessGroup, call: Call, blocking: bool) -> Any:
-    """Runs `call` on the group: its core work, or None when it already completed (`blocking`:
-    the caller waits at once, so the op may run on this thread)."""
+    """Runs `call` on the group: its core work, or None when it already completed. `blocking`:
+    the caller waits at once (so a host op may run on this thread, and a device op need not
+    give back a work)."""
     if call.device is None:
-        return _HOST[call.kind](group.comm, call, blocking)
+        return _HOST[call.kind](group.comm, call, blocking)  # run_host's line, one frame less: hot path
     return device.run(group, call, blocking, run_host)
 
 
 # --- the plans: one per collective, every check written once -------------------------------------
 
 
-def _list_of_buffers(conv: Converter, tensors: Any, argname: str, where: str, n: int, ref: Buffer, writable: bool,
-                     reduce_op: int = -1) -> List[Buffer]:
+def _list_of_buffers(conv: Converter, tensors: Any, argname: str, where: str, n: int, ref: Buffer, ref_name: str,
+                     writable: bool, reduce_op: int = -1) -> List[Buffer]:
     if not isinstance(tensors, (list, tuple)):
         raise TypeError(f"{where}: {argname} must be a list of {n} arrays, got {type(tensors).__name__}")
     if len(tensors) != n:
@@ -170,9 +172,9 @@ def _list_of_buffers(conv: Converter, tensors: Any, argname: str, where: str, n:
     bufs = []
     for i, t in enumerate(tensors):
         b = conv(t, f"{where}: {argname}[{i}]", writable, reduce_op)
-        same_kind(where, ref, b, f"{argname}[{i}]", "the tensor")
+        same_kind(where, ref, b, f"{argname}[{i}]", ref_name)
         if b.count != ref.count:
-            raise ValueError(f"{where}: {argname}[{i}] has {b.numel} elements but the tensor has {ref.numel}")
+            raise ValueError(f"{where}: {argname}[{i}] has {b.numel} elements but {ref_name} has {ref.numel}")
         bufs.append(b)
     if writable:
         order = sorted(range(n), key=lambda i: bufs[i].ptr)
@@ -182,17 +184,19 @@ def _list_of_buffers(conv: Converter, tensors: Any, argname: str, where: str, n:
     return bufs
 
 
-def all_reduce(g: ProcessGroup, where: str, conv: Converter, tensor: Any, out: Any, op: int, factor: float) -> Call:
-    """`tensor` reduced into itself, or into `out` (leaving `tensor` as it was)."""
-    buf = conv(tensor, f"{where}: tensor", out is None, op)
+def all_reduce(g: ProcessGroup, where: str, conv: Converter, tensor: Any, out: Any, op: int, factor: float,
+               name: str = "tensor") -> Call:
+    """`tensor` reduced into itself, or into `out` (leaving `tensor` as it was). `name`: how
+    messages call `tensor` (a coalesced call names each of its tensors)."""
+    buf = conv(tensor, f"{where}: {name}", out is None, op)
     dst = buf
     if out is not None:
         dst = conv(out, f"{where}: out", True, op)
-        same_kind(where, buf, dst, "out", "tensor")
+        same_kind(where, buf, dst, "out", name)
         if dst.count != buf.count:
-            raise ValueError(f"{where}: out has {dst.numel} elements but tensor has {buf.numel}")
+            raise ValueError(f"{where}: out has {dst.numel} elements but {name} has {buf.numel}")
         if dst.overlaps(buf) and dst.ptr != buf.ptr:
-            raise ValueError(f"{where}: out partly overlaps tensor")
+            raise ValueError(f"{where}: out partly overlaps {name}")
     check_op(where, op, buf)
     return Call("all_reduce", where, [buf], [dst], [buf.ptr], [dst.ptr], buf.count, buf.code, op, factor)
 
@@ -200,7 +204,7 @@ def all_reduce(g: ProcessGroup, where: str, conv: Converter, tensor: Any, out: A
 def all_gather(g: ProcessGroup, where: str, conv: Converter, tensor_list: Any, tensor: Any) -> Call:
     """Every rank's `tensor` into `tensor_list` (one entry per rank, in rank order)."""
     src = conv(tensor, f"{where}: tensor", False, -1)
-    outs = _list_of_buffers(conv, tensor_list, "tensor_list", where, g.size(), src, True)
+    outs = _list_of_buffers(conv, tensor_list, "tensor_list", where, g.size(), src, "the tensor", True)
     for i, b in enumerate(outs):
         if b.overlaps(src) and not (i == g.rank() and b.ptr == src.ptr):
             raise ValueError(f"{where}: tensor_list[{i}] overlaps the input tensor")
@@ -216,7 +220,8 @@ def all_gather_into_tensor(g: ProcessGroup, where: str, conv: Converter, output_
     same_kind(where, src, dst, "output_tensor", "input_tensor")
     n, r = g.size(), g.rank()
     if dst.count != src.count * n:
-        raise ValueError(f"{where}: output_tensor has {dst.numel} elements but must have {n} x {src.numel}")
+        raise ValueError(f"{where}: output_tensor has {dst.numel} elements but must have {n} x {src.numel} "
+                         "(world size x input_tensor)")
     slots = [dst.ptr + i * src.nbytes for i in range(n)]
     if src.overlaps(dst) and src.ptr != slots[r]:
         raise ValueError(f"{where}: input_tensor overlaps output_tensor but is not this rank's slice of it")
@@ -227,7 +232,7 @@ def reduce_scatter(g: ProcessGroup, where: str, conv: Converter, output: Any, in
                    factor: float) -> Call:
     """input_list[i] reduced across ranks into `output` of rank i."""
     dst = conv(output, f"{where}: output", True, op)
-    ins = _list_of_buffers(conv, input_list, "input_list", where, g.size(), dst, False, op)
+    ins = _list_of_buffers(conv, input_list, "input_list", where, g.size(), dst, "output", False, op)
     for i, b in enumerate(ins):
         if b.overlaps(dst) and not (i == g.rank() and b.ptr == dst.ptr):
             raise ValueError(f"{where}: output overlaps input_list[{i}]")
@@ -245,7 +250,8 @@ def reduce_scatter_tensor(g: ProcessGroup, where: str, conv: Converter, output: 
     same_kind(where, dst, src, "input", "output")
     n = g.size()
     if src.count != dst.count * n:
-        raise ValueError(f"{where}: input has {src.numel} elements but must have {n} x {dst.numel}")
+        raise ValueError(f"{where}: input has {src.numel} elements but must have {n} x {dst.numel} "
+                         "(world size x output)")
     blocks = [src.ptr + i * dst.nbytes for i in range(n)]
     if dst.overlaps(src) and dst.ptr != blocks[g.rank()]:
         raise ValueError(f"{where}: output overlaps input but is not this rank's block of it")
@@ -275,7 +281,10 @@ def gather(g: ProcessGroup, where: str, conv: Converter, tensor: Any, gather_lis
     if g.rank() == root:
         if gather_list is None:
             raise ValueError(f"{where}: the destination rank needs a gather_list")
-        outs = _list_of_buffers(conv, gather_list, "gather_list", where, g.size(), src, True)
+        outs = _list_of_buffers(conv, gather_list, "gather_list", where, g.size(), src, "the tensor", True)
+        for i, b in enumerate(outs):
+            if b.overlaps(src) and not (i == root and b.ptr == src.ptr):
+                raise ValueError(f"{where}: gather_list[{i}] overlaps the input tensor")
     elif gather_list:
         raise ValueError(f"{where}: gather_list must be None or empty on ranks other than dst")
     return Call("gather", where, [src], outs, [src.ptr], [b.ptr for b in outs], src.count, src.code, -1, 1.0, root)
@@ -289,7 +298,7 @@ def scatter(g: ProcessGroup, where: str, conv: Converter, tensor: Any, scatter_l
     if g.rank() == root:
         if scatter_list is None:
             raise ValueError(f"{where}: the source rank needs a scatter_list")
-        ins = _list_of_buffers(conv, scatter_list, "scatter_list", where, g.size(), dst, False)
+        ins = _list_of_buffers(conv, scatter_list, "scatter_list", where, g.size(), dst, "tensor", False)
     elif scatter_list:
         raise ValueError(f"{where}: scatter_list must be None or empty on ranks other than src")
     return Call("scatter", where, ins, [dst], [b.ptr for b in ins], [dst.ptr], dst.count, dst.code, -1, 1.0, root)

@@ -7,6 +7,7 @@ dist.Work subclass). It holds the call's core works: the C++ core's, or those of
 
 from __future__ import annotations
 
+import time
 from typing import Any, List, Optional
 
 
@@ -43,8 +44,12 @@ class Work:
     def host_wait(self, timeout: Optional[float] = None) -> bool:
         """Blocks this thread until the op is done, GPU work included (futures, shutdown); False
         if it is still running after `timeout` seconds. Raises the op's error."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         for c in self._cores:
-            if c is not None and not getattr(c, "host_wait", c.wait)(timeout):
+            if c is None or c.is_completed():
+                continue
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not getattr(c, "host_wait", c.wait)(left):
                 return False
         return True
 

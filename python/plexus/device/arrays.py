@@ -30,26 +30,15 @@ def device_kind(x: Any) -> Optional[str]:
         return None
 
 
-def has_device(values: Any) -> bool:
-    """Whether any value (or any entry of a list/tuple value) is a device array."""
-    for v in values:
-        if isinstance(v, (list, tuple)):
-            if has_device(v):
-                return True
-        elif device_kind(v) is not None:
-            return True
-    return False
-
-
 class DeviceArray:
-    """One CAI array as the collective layer sees it."""
+    """One CAI array as the collective layer sees it; `kind`: the library that serves its
+    streams and copies (cupy, for any CAI object)."""
 
-    __slots__ = ("obj", "kind", "ptr", "nbytes", "dtype", "shape", "readonly", "name", "itemsize")
+    __slots__ = ("kind", "ptr", "nbytes", "dtype", "shape", "readonly", "itemsize")
 
-    def __init__(self, obj, kind, ptr, nbytes, dtype, shape, readonly, name, itemsize):
-        self.obj, self.kind, self.ptr, self.nbytes = obj, kind, ptr, nbytes
-        self.dtype, self.shape, self.readonly, self.name = dtype, shape, readonly, name
-        self.itemsize = itemsize
+    def __init__(self, kind, ptr, nbytes, dtype, shape, readonly, itemsize):
+        self.kind, self.ptr, self.nbytes, self.dtype = kind, ptr, nbytes, dtype
+        self.shape, self.readonly, self.itemsize = shape, readonly, itemsize
 
 
 def _c_contiguous(shape: tuple, strides: Optional[tuple], itemsize: int) -> bool:
@@ -84,5 +73,4 @@ def describe(x: Any, name: str) -> DeviceArray:
     if not _c_contiguous(shape, None if strides is None else tuple(strides), itemsize):
         raise ValueError(f"{name} must be C-contiguous (use cupy.ascontiguousarray)")
     ptr, readonly = cai["data"]
-    return DeviceArray(x, "cupy", int(ptr), math.prod(shape) * itemsize, dtype, shape,
-                       bool(readonly), name, itemsize)
+    return DeviceArray("cupy", int(ptr), math.prod(shape) * itemsize, dtype, shape, bool(readonly), itemsize)

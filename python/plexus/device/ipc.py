@@ -69,8 +69,6 @@ class Declined:
         self.why = why
 
 
-
-
 class CudaDriver:
     """The CUDA calls the IPC path makes: plexus._C. Tests put a host-memory fake in its place
     (set_driver) to run this module's logic across real processes without a GPU."""

@@ -40,21 +40,24 @@ class Stage:
     until finish() (outputs copied back, host blocks recycled)."""
 
     def __init__(self, call: Any):
-        distinct: Dict[tuple, Any] = {}  # each buffer once (a call may name an array twice)
+        # Each array once: a call may name one twice (an output that is also an input), as two
+        # Buffers of the same memory.
+        keys: Dict[tuple, Any] = {}
         for b in call.reads + call.writes:
-            distinct.setdefault((id(b.obj), b.ptr, b.nbytes), b)
-        self.buffers = list(distinct.values())
+            keys.setdefault((id(b.obj), b.ptr, b.nbytes), b)
+        self.buffers = list(keys.values())
         read = {(id(b.obj), b.ptr, b.nbytes) for b in call.reads}
-        self.outputs = list({(id(b.obj), b.ptr, b.nbytes): b for b in call.writes}.values())
+        written = {(id(b.obj), b.ptr, b.nbytes) for b in call.writes}
+        self.outputs = [b for k, b in keys.items() if k in written]
         self.lock = threading.Lock()
         self.done = False
-        self.copies: List[Any] = []  # events after the copies back
+        self.copies: List[Tuple[str, Any]] = []  # (library, event after its copies back)
         self.handles = {id(b): ops_for(b.device).wrap(b.obj) for b in self.buffers}  # cupy wraps foreign arrays
         devices = {ops_for(b.device).device_of(self.handles[id(b)]) for b in self.buffers}
         if len(devices) > 1:
             raise ValueError(f"{call.where}: the arrays of one call are on several GPUs {sorted(devices)}")
-        device = devices.pop() if devices else 0
-        self.streams = {k: ops_for(k).current_stream(device) for k in {b.device for b in self.buffers}}
+        self.device = devices.pop() if devices else 0
+        self.streams = {k: ops_for(k).current_stream(self.device) for k in {b.device for b in self.buffers}}
         regions, of = plan_regions([(b.ptr, b.nbytes) for b in self.buffers])
         kinds = ["cupy"] * len(regions)
         for b, r in zip(self.buffers, of):
@@ -63,6 +66,7 @@ class Stage:
         self.blocks = [POOL.acquire(k, end - start, ops_for(k).alloc_host) for k, (start, end) in zip(kinds, regions)]
         self.starts = [start for start, _ in regions]
         self.ends = [end for _, end in regions]
+        self.bases = [block.host.ctypes.data for block in self.blocks]
         self.place = {id(b): (self.blocks[r], b.ptr - regions[r][0]) for b, r in zip(self.buffers, of) if r >= 0}
         for b in self.buffers:
             if b.nbytes and (id(b.obj), b.ptr, b.nbytes) in read:
@@ -71,36 +75,49 @@ class Stage:
         for kind, stream in self.streams.items():
             ops_for(kind).synchronize(stream)  # the caller's earlier work and these copies
 
-    def wait_copies(self) -> None:
-        """Blocks the host until the copies back are done."""
-        for e in self.copies:
-            e.wait()
-
     def translate(self, ptr: int) -> int:
         """The host address of device address `ptr` (unchanged outside every buffer: an empty
         block's address, never read)."""
         r = bisect.bisect_right(self.starts, ptr) - 1
         if r < 0 or ptr >= self.ends[r]:
             return ptr
-        return self.blocks[r].host.ctypes.data + (ptr - self.starts[r])
+        return self.bases[r] + (ptr - self.starts[r])
 
     def finish(self, ok: bool = True) -> None:
-        """Copies the outputs back on the caller's stream (when ok) and recycles the host memory.
-        After a failure the host memory is dropped, not reused: the op may not have let go of it."""
+        """Copies the outputs back on the caller's stream at the call (when ok) and recycles the
+        host memory; once, whichever thread comes first (the others wait until it is done).
+        After a failure the host memory is dropped, not reused: the op may not have let go."""
         with self.lock:
             if self.done:
                 return
             self.done = True
-        if not ok:
-            return
-        for b in self.outputs:
-            if b.nbytes:
-                block, off = self.place[id(b)]
-                ops_for(b.device).to_device(self.handles[id(b)], b.ptr, block, off, b.nbytes, self.streams[b.device])
-        events = self.copies = [ops_for(k).record(s) for k, s in self.streams.items()]
-        event = events[0] if len(events) == 1 else _AllDone(events)
-        for block in self.blocks:
-            POOL.release(block, event)
+            if not ok:
+                return
+            for b in self.outputs:
+                if b.nbytes:
+                    block, off = self.place[id(b)]
+                    ops_for(b.device).to_device(self.handles[id(b)], b.ptr, block, off, b.nbytes,
+                                                self.streams[b.device])
+            self.copies = [(k, ops_for(k).record(s)) for k, s in self.streams.items()]
+            events = [e for _, e in self.copies]
+            event = events[0] if len(events) == 1 else _AllDone(events)
+            for block in self.blocks:
+                POOL.release(block, event)
+
+    def copied(self) -> bool:
+        """Whether the copies back are done (on the GPU)."""
+        return all(e.done() for _, e in self.copies)
+
+    def wait_copies(self) -> None:
+        """Blocks the host until the copies back are done."""
+        for _, e in self.copies:
+            e.wait()
+
+    def order_current_streams(self) -> None:
+        """Makes the caller's current streams wait for the copies back (work it queues next sees
+        the result, whichever stream the call was made on)."""
+        for kind, e in self.copies:
+            e.stream_wait(ops_for(kind).current_stream(self.device))
 
 
 class _AllDone:
@@ -112,9 +129,10 @@ class _AllDone:
 
 
 class StagedWork:
-    """The core work of a staged call: once the host op is done, the outputs are copied back, in
-    wait(), or in is_completed() when that sees it done first (the host then waits for the
-    copies: whichever thread asked may not be the caller's)."""
+    """The core work of a staged call. Once the host op is done, the outputs are copied back on
+    the stream of the call, by the first of: wait() (which then makes the current stream wait for
+    the copies, as NCCL's Work.wait does), host_wait() (which then blocks until they are done:
+    futures), is_completed() (True once they are done on the GPU; it never blocks)."""
 
     __slots__ = ("core", "stage")
 
@@ -122,8 +140,21 @@ class StagedWork:
         self.core, self.stage = core, stage
 
     def wait(self, timeout: Optional[float] = None) -> bool:
+        ok = self._wait_host_op(timeout)
+        if ok:
+            self.stage.order_current_streams()
+        return ok
+
+    def host_wait(self, timeout: Optional[float] = None) -> bool:
+        ok = self._wait_host_op(timeout)
+        if ok:
+            self.stage.wait_copies()
+        return ok
+
+    def _wait_host_op(self, timeout: Optional[float]) -> bool:
+        """Waits for the host op, then has the outputs copied back (raises the op's error)."""
         try:
-            ok = self.core.wait(timeout)  # raises the op's error
+            ok = self.core.wait(timeout)
         except BaseException:
             self.stage.finish(ok=False)
             raise
@@ -131,19 +162,11 @@ class StagedWork:
             self.stage.finish()
         return ok
 
-    def host_wait(self, timeout: Optional[float] = None) -> bool:
-        if not self.wait(timeout):
-            return False
-        self.stage.wait_copies()
-        return True
-
     def is_completed(self) -> bool:
         if not self.core.is_completed():
             return False
-        if not self.stage.done:
-            self.stage.finish(ok=not self.core.failed())
-            self.stage.wait_copies()
-        return True
+        self.stage.finish(ok=not self.core.failed())
+        return self.stage.copied()
 
     def failed(self) -> bool:
         return self.core.failed()
@@ -173,7 +196,7 @@ def run(call: Any, blocking: bool, run_host: Callable[[Any, bool], Any]) -> Any:
         stage.finish()
         return None
     work = StagedWork(core, stage)
-    if blocking:
-        work.wait(None)
+    if blocking:  # the caller waits at once, on the stream of the call
+        work._wait_host_op(None)
         return None
     return work

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _C
-from .._arrays import Buffer, as_buffer
+from .._arrays import Buffer, torch_buffer
 
 _OP = {name.upper(): code for code, name in enumerate(_C.OPS)}
 _RT = dist.ReduceOp.RedOpType
@@ -35,11 +35,17 @@ SUM = _OP["SUM"]
 PREMUL_SUM = _OP["PREMUL_SUM"]
 
 
-def buffer(t: Any, what: str, reduce_op: int = -1) -> Buffer:
-    """The Buffer of tensor `t`; `reduce_op` >= 0 when the call reduces (which limits dtypes)."""
+def converter(t: Any, what: str, writable: bool, reduce_op: int = -1) -> Buffer:
+    """The Buffer of tensor `t`, as the collective layer asks its converter; `reduce_op` >= 0
+    when the call reduces (which limits dtypes). Torch tensors have no read-only flag."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
-    return as_buffer(t, what, True, reduce_op, torch_dtypes=True)
+    return torch_buffer(torch, t, what, True, reduce_op)
+
+
+def buffer(t: Any, what: str, reduce_op: int = -1) -> Buffer:
+    """The Buffer of tensor `t`; `reduce_op` >= 0 when the call reduces (which limits dtypes)."""
+    return converter(t, what, True, reduce_op)
 
 
 def one(tensors: Any, call: str, argname: str = "tensors") -> torch.Tensor:

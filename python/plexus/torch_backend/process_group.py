@@ -27,7 +27,7 @@ from .. import _C, _collectives as coll
 from .._collectives import ProcessGroup
 from .._stores import TorchStore, generation_prefix, route_address
 from .._work import Work as CoreWork
-from .ops import buffer, one, reduce_op
+from .ops import converter, one, reduce_op
 from .work import Completer, Work
 
 BACKEND_NAME = "plexus"
@@ -54,9 +54,8 @@ def _seconds(timeout: Any) -> float:
     return timeout if timeout > 0 else 1800.0
 
 
-def _conv(t: Any, what: str, writable: bool, reduce_op: int = -1) -> Any:
-    """torch's tensors as the collective layer's buffers (any torch dtype; see ops.buffer)."""
-    return buffer(t, what, reduce_op)
+# torch's tensors as the collective layer's buffers (any torch dtype; see ops.buffer).
+_conv = converter
 
 
 class PlexusProcessGroup(dist.ProcessGroup):
@@ -120,11 +119,17 @@ class PlexusProcessGroup(dist.ProcessGroup):
             raise _C.PlexusError(f"{where}: the process group was shut down")
         return where
 
-    def _run(self, calls: List[coll.Call], blocking: bool, result: Any, keep: Any, p2p: bool = False) -> Work:
-        """Runs checked calls (every check passed before the first is submitted) as one Work."""
-        cores = [coll.run(self._group, c, blocking) for c in calls]
-        self._group.track(cores, keep)
-        return Work(CoreWork(cores, [], what=calls[0].where), result, self, p2p)
+    def _run(self, where: str, calls: List[coll.Call], blocking: bool, result: Any, keep: Any,
+             p2p: bool = False) -> Work:
+        """Runs checked calls (every check passed before the first is submitted) as one Work.
+        Calls on CUDA tensors never block the host: their work is on the stream, as NCCL's."""
+        cores: List[Any] = []
+        try:
+            for c in calls:
+                cores.append(coll.run(self._group, c, blocking and c.device is None))
+        finally:
+            self._group.track(cores, keep)  # those submitted before a failure run on
+        return Work(CoreWork(cores, [], what=where), result, self, p2p)
 
     # -- reductions -------------------------------------------------------------------------
     def allreduce(self, tensors: List[torch.Tensor], opts: Any = None) -> Work:
@@ -132,14 +137,15 @@ class PlexusProcessGroup(dist.ProcessGroup):
         opts = opts if opts is not None else dist.AllreduceOptions()
         code, factor = reduce_op(opts.reduceOp, where)
         call = coll.all_reduce(self._group, where, _conv, one(tensors, where), None, code, factor)
-        return self._run([call], not opts.asyncOp, tensors, tensors)
+        return self._run(where, [call], not opts.asyncOp, tensors, tensors)
 
     def allreduce_coalesced(self, tensors: List[torch.Tensor], opts: Any = None) -> Work:
         where = self._where("allreduce_coalesced")
         opts = opts if opts is not None else dist.AllreduceCoalescedOptions()
         code, factor = reduce_op(opts.reduceOp, where)
-        calls = [coll.all_reduce(self._group, where, _conv, t, None, code, factor) for t in tensors]
-        return self._run(calls, False, list(tensors), list(tensors))
+        calls = [coll.all_reduce(self._group, where, _conv, t, None, code, factor, f"tensors[{i}]")
+                 for i, t in enumerate(tensors)]
+        return self._run(where, calls, False, list(tensors), list(tensors))
 
     def reduce(self, tensors: List[torch.Tensor], opts: Any) -> Work:
         # Like plexus.reduce: only the root's tensor changes (gloo may scribble on the others'
@@ -147,7 +153,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         where = self._where("reduce")
         code, factor = reduce_op(opts.reduceOp, where)
         call = coll.reduce(self._group, where, _conv, one(tensors, where), opts.rootRank, code, factor)
-        return self._run([call], not opts.asyncOp, tensors, tensors)
+        return self._run(where, [call], not opts.asyncOp, tensors, tensors)
 
     def reduce_scatter(self, outputs: List[torch.Tensor], input_lists: List[List[torch.Tensor]], opts: Any) -> Work:
         where = self._where("reduce_scatter")
@@ -155,14 +161,14 @@ class PlexusProcessGroup(dist.ProcessGroup):
         ins = one(input_lists, where, "input_lists")
         code, factor = reduce_op(opts.reduceOp, where)
         call = coll.reduce_scatter(self._group, where, _conv, out, ins, code, factor)
-        return self._run([call], not opts.asyncOp, outputs, [outputs, input_lists])
+        return self._run(where, [call], not opts.asyncOp, outputs, [outputs, input_lists])
 
     def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
         where = self._where("reduce_scatter_tensor")
         opts = opts if opts is not None else dist.ReduceScatterOptions()
         code, factor = reduce_op(opts.reduceOp, where)
         call = coll.reduce_scatter_tensor(self._group, where, _conv, output, input, code, factor)
-        return self._run([call], not opts.asyncOp, [output], (output, input))
+        return self._run(where, [call], not opts.asyncOp, [output], (output, input))
 
     def reduce_scatter_single_coalesced(self, outputs: List[torch.Tensor], inputs: List[torch.Tensor],
                                         opts: Any = None) -> Work:
@@ -173,7 +179,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         code, factor = reduce_op(opts.reduceOp, where)
         calls = [coll.reduce_scatter_tensor(self._group, where, _conv, o, i, code, factor)
                  for o, i in zip(outputs, inputs)]
-        return self._run(calls, False, list(outputs), (list(outputs), list(inputs)))
+        return self._run(where, calls, False, list(outputs), (list(outputs), list(inputs)))
 
     # -- gathers ----------------------------------------------------------------------------
     def allgather(self, output_lists: List[List[torch.Tensor]], inputs: List[torch.Tensor], opts: Any = None) -> Work:
@@ -182,7 +188,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         inp = one(inputs, where, "input_tensors")
         outs = one(output_lists, where, "output_tensor_lists")
         call = coll.all_gather(self._group, where, _conv, outs, inp)
-        return self._run([call], not opts.asyncOp, output_lists, (output_lists, inputs))
+        return self._run(where, [call], not opts.asyncOp, output_lists, (output_lists, inputs))
 
     def allgather_coalesced(self, output_lists: List[List[torch.Tensor]], inputs: List[torch.Tensor],
                             opts: Any = None) -> Work:
@@ -197,13 +203,13 @@ class PlexusProcessGroup(dist.ProcessGroup):
                                  f"has {len(inputs)}")
         calls = [coll.all_gather(self._group, where, _conv, [output_lists[r][i] for r in range(n)], t)
                  for i, t in enumerate(inputs)]
-        return self._run(calls, False, output_lists, (output_lists, inputs))
+        return self._run(where, calls, False, output_lists, (output_lists, inputs))
 
     def all_gather_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
         where = self._where("all_gather_into_tensor")
         opts = opts if opts is not None else dist.AllgatherOptions()
         call = coll.all_gather_into_tensor(self._group, where, _conv, output, input)
-        return self._run([call], not opts.asyncOp, [output], (output, input))
+        return self._run(where, [call], not opts.asyncOp, [output], (output, input))
 
     def all_gather_single_coalesced(self, outputs: List[torch.Tensor], inputs: List[torch.Tensor],
                                     opts: Any = None) -> Work:
@@ -211,7 +217,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         if len(outputs) != len(inputs):
             raise ValueError(f"{where}: {len(outputs)} outputs but {len(inputs)} inputs")
         calls = [coll.all_gather_into_tensor(self._group, where, _conv, o, i) for o, i in zip(outputs, inputs)]
-        return self._run(calls, False, list(outputs), (list(outputs), list(inputs)))
+        return self._run(where, calls, False, list(outputs), (list(outputs), list(inputs)))
 
     def gather(self, output_lists: List[List[torch.Tensor]], inputs: List[torch.Tensor], opts: Any) -> Work:
         where = self._where("gather")
@@ -220,7 +226,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         gather_list = one(output_lists, where, "output_tensor_lists") if self.rank() == root else \
             [t for lst in output_lists or [] for t in lst]
         call = coll.gather(self._group, where, _conv, inp, gather_list, root)
-        return self._run([call], not opts.asyncOp, output_lists, (output_lists, inputs))
+        return self._run(where, [call], not opts.asyncOp, output_lists, (output_lists, inputs))
 
     def scatter(self, outputs: List[torch.Tensor], input_lists: List[List[torch.Tensor]], opts: Any) -> Work:
         where = self._where("scatter")
@@ -229,7 +235,7 @@ class PlexusProcessGroup(dist.ProcessGroup):
         scatter_list = one(input_lists, where, "input_tensor_lists") if self.rank() == root else \
             [t for lst in input_lists or [] for t in lst]
         call = coll.scatter(self._group, where, _conv, out, scatter_list, root)
-        return self._run([call], not opts.asyncOp, outputs, (outputs, input_lists))
+        return self._run(where, [call], not opts.asyncOp, outputs, (outputs, input_lists))
 
     def broadcast(self, tensors: List[torch.Tensor], opts: Any = None) -> Work:
         where = self._where("broadcast")
@@ -237,43 +243,43 @@ class PlexusProcessGroup(dist.ProcessGroup):
         if opts.rootTensor != 0:
             raise ValueError(f"{where}: rootTensor must be 0, got {opts.rootTensor}")
         call = coll.broadcast(self._group, where, _conv, one(tensors, where), opts.rootRank)
-        return self._run([call], not opts.asyncOp, tensors, tensors)
+        return self._run(where, [call], not opts.asyncOp, tensors, tensors)
 
     # -- all-to-all -------------------------------------------------------------------------
     def alltoall(self, outputs: List[torch.Tensor], inputs: List[torch.Tensor], opts: Any = None) -> Work:
         where = self._where("all_to_all")
         opts = opts if opts is not None else dist.AllToAllOptions()
         call = coll.all_to_all(self._group, where, _conv, outputs, inputs)
-        return self._run([call], not opts.asyncOp, list(outputs), (list(outputs), list(inputs)))
+        return self._run(where, [call], not opts.asyncOp, list(outputs), (list(outputs), list(inputs)))
 
     def all_to_all_single(self, output: torch.Tensor, input: torch.Tensor, output_split_sizes: List[int],
                           input_split_sizes: List[int], opts: Any = None) -> Work:
         where = self._where("all_to_all_single")
         opts = opts if opts is not None else dist.AllToAllOptions()
         call = coll.all_to_all_single(self._group, where, _conv, output, input, output_split_sizes, input_split_sizes)
-        return self._run([call], not opts.asyncOp, [output], (output, input))
+        return self._run(where, [call], not opts.asyncOp, [output], (output, input))
 
     # -- barrier ----------------------------------------------------------------------------
     def barrier(self, opts: Any = None) -> Work:
         where = self._where("barrier")
         blocking = not opts.asyncOp if opts is not None else False
-        return self._run([coll.barrier(self._group, where)], blocking, [], None)
+        return self._run(where, [coll.barrier(self._group, where)], blocking, [], None)
 
     # -- point-to-point (never blocks: batch_isend_irecv posts ops one by one) ---------------
     def send(self, tensors: List[torch.Tensor], dstRank: int, tag: int) -> Work:
         where = self._where("send")
         call = coll.send(self._group, where, _conv, one(tensors, where), int(dstRank), int(tag))
-        return self._run([call], False, tensors, tensors, p2p=True)
+        return self._run(where, [call], False, tensors, tensors, p2p=True)
 
     def recv(self, tensors: List[torch.Tensor], srcRank: int, tag: int) -> Work:
         where = self._where("recv")
         call = coll.recv(self._group, where, _conv, one(tensors, where), int(srcRank), int(tag))
-        return self._run([call], False, tensors, tensors, p2p=True)
+        return self._run(where, [call], False, tensors, tensors, p2p=True)
 
     def recv_anysource(self, tensors: List[torch.Tensor], tag: int) -> Work:
         where = self._where("recv")
         call = coll.recv(self._group, where, _conv, one(tensors, where), -1, int(tag))
-        return self._run([call], False, tensors, tensors, p2p=True)
+        return self._run(where, [call], False, tensors, tensors, p2p=True)
 
     # -- names of earlier torch releases --------------------------------------------------------
     _allgather_base = all_gather_single
