@@ -19,6 +19,17 @@ def test_table_lists_shm_then_tcp_with_summaries():
     assert all(isinstance(summary, str) and summary for _, summary in rows), rows
 
 
+def test_plexus_info_prints_the_table():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "plexus.cli", "info", "--ranks", "2"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("transports"))
+    assert [f"{name}: {summary}" in line for name, summary in _C.transports()] == [True, True], line
+
+
 def join_and_report(rank, world):
     """Joins a group through the test's store; returns (exception type, message), or ("ok",
     the transport to each peer)."""

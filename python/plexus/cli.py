@@ -7,7 +7,7 @@ import os
 import sys
 from typing import List, Optional
 
-from . import device, tuning
+from . import _C, device, tuning
 from .topology import Topology
 
 
@@ -23,6 +23,8 @@ def _info(args: argparse.Namespace) -> int:
     print()
     print("cost model: " + "; ".join(f"{k}: alpha {v['alpha_us']:g} us, beta {v['gbps']:g} GB/s" for k, v in model.items()))
     print(f"group shape: {tuning.shape_of(topo)}")
+    print("transports (in order of preference; PLEXUS_TRANSPORTS picks among them): " +
+          "; ".join(f"{name}: {summary}" for name, summary in _C.transports()))
     print(f"device arrays: {device.describe_paths()}")
     collectives = args.collective or tuning.COLLECTIVES
     for coll, bands in tuning.plan(topo, collectives, model=model).items():
