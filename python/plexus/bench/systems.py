@@ -181,6 +181,11 @@ class _TorchSystem(System):
         self.ops = {"sum": R.SUM, "prod": R.PRODUCT, "min": R.MIN, "max": R.MAX, "avg": R.AVG}
         self.group = None
 
+    def close(self) -> None:
+        # Left to the interpreter's exit, gloo's threads sometimes end in std::terminate.
+        if self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
     def _steps(self, coll: Collective, ti, to, in_place: bool, op, root: int) -> Step:
         dist, g, is_root = self.dist, self.group, self.rank == root
         rop = self.ops.get(op)
