@@ -131,8 +131,12 @@ def _gather_topology(store: "_C.Store", rank: int, size: int, timeout: float) ->
             raise ValueError(f"PLEXUS_TOPO_FILE describes {topo.world_size} ranks but the group has {size}")
         maybe_dump(topo)
         store.set("merged", topo.to_json().encode())
-        return topo
-    return Topology.from_json(bytes(store.get("merged", timeout)).decode())
+    else:
+        topo = Topology.from_json(bytes(store.get("merged", timeout)).decode())
+    # Rank 0 usually hosts the store: it must not return (and maybe leave) before every rank has
+    # read the merged topology.
+    _C.store_barrier(store, "merged-read", rank, size, timeout)
+    return topo
 
 
 def get_topology() -> Topology:
@@ -343,7 +347,12 @@ def barrier(group: Any = None, async_op: bool = False, device_ids: Any = None):
     g = _group(group, "barrier")
     if g is None:
         return None
-    return _run(g, coll.barrier(g, g.where("barrier")), async_op, [], [])
+    core = g.comm.barrier(not async_op)  # nothing to check: straight to the core
+    if not async_op:
+        if core is not None:
+            core.wait(None)
+        return None
+    return Work([core], [])
 
 
 def gather(tensor: Any, gather_list: Optional[List[Any]] = None, dst: int = 0, group: Any = None, async_op: bool = False):
