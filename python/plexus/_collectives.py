@@ -184,6 +184,26 @@ def _list_of_buffers(conv: Converter, tensors: Any, argname: str, where: str, n:
     return bufs
 
 
+def _root_list(g: ProcessGroup, where: str, conv: Converter, tensors: Any, argname: str, root: int, role: str,
+               ref: Buffer, ref_name: str, writable: bool) -> List[Buffer]:
+    """The list of a rooted call (gather's outputs, scatter's inputs): one buffer per rank on the
+    root (`role`: how the call names it), None or empty elsewhere."""
+    if g.rank() != root:
+        if tensors:
+            raise ValueError(f"{where}: {argname} must be None or empty on ranks other than {role}")
+        return []
+    if tensors is None:
+        raise ValueError(f"{where}: the {'destination' if role == 'dst' else 'source'} rank needs a {argname}")
+    return _list_of_buffers(conv, tensors, argname, where, g.size(), ref, ref_name, writable)
+
+
+def _only_own_slot_overlaps(where: str, outs: List[Buffer], argname: str, src: Buffer, own: int) -> None:
+    """A gather's outputs may hold its input only as entry `own`, exactly (in place)."""
+    for i, b in enumerate(outs):
+        if b.overlaps(src) and not (i == own and b.ptr == src.ptr):
+            raise ValueError(f"{where}: {argname}[{i}] overlaps the input tensor")
+
+
 def all_reduce(g: ProcessGroup, where: str, conv: Converter, tensor: Any, out: Any, op: int, factor: float,
                name: str = "tensor") -> Call:
     """`tensor` reduced into itself, or into `out` (leaving `tensor` as it was). `name`: how
@@ -205,9 +225,7 @@ def all_gather(g: ProcessGroup, where: str, conv: Converter, tensor_list: Any, t
     """Every rank's `tensor` into `tensor_list` (one entry per rank, in rank order)."""
     src = conv(tensor, f"{where}: tensor", False, -1)
     outs = _list_of_buffers(conv, tensor_list, "tensor_list", where, g.size(), src, "the tensor", True)
-    for i, b in enumerate(outs):
-        if b.overlaps(src) and not (i == g.rank() and b.ptr == src.ptr):
-            raise ValueError(f"{where}: tensor_list[{i}] overlaps the input tensor")
+    _only_own_slot_overlaps(where, outs, "tensor_list", src, g.rank())
     return Call("all_gather", where, [src], outs, [src.ptr], [b.ptr for b in outs], src.count, src.code)
 
 
@@ -277,16 +295,8 @@ def gather(g: ProcessGroup, where: str, conv: Converter, tensor: Any, gather_lis
     """Every rank's `tensor` into `gather_list` (one entry per rank) of group rank `root`; the
     other ranks pass None or an empty list."""
     src = conv(tensor, f"{where}: tensor", False, -1)
-    outs: List[Buffer] = []
-    if g.rank() == root:
-        if gather_list is None:
-            raise ValueError(f"{where}: the destination rank needs a gather_list")
-        outs = _list_of_buffers(conv, gather_list, "gather_list", where, g.size(), src, "the tensor", True)
-        for i, b in enumerate(outs):
-            if b.overlaps(src) and not (i == root and b.ptr == src.ptr):
-                raise ValueError(f"{where}: gather_list[{i}] overlaps the input tensor")
-    elif gather_list:
-        raise ValueError(f"{where}: gather_list must be None or empty on ranks other than dst")
+    outs = _root_list(g, where, conv, gather_list, "gather_list", root, "dst", src, "the tensor", True)
+    _only_own_slot_overlaps(where, outs, "gather_list", src, root)
     return Call("gather", where, [src], outs, [src.ptr], [b.ptr for b in outs], src.count, src.code, -1, 1.0, root)
 
 
@@ -294,13 +304,7 @@ def scatter(g: ProcessGroup, where: str, conv: Converter, tensor: Any, scatter_l
     """scatter_list[i] of group rank `root` into `tensor` of rank i; the other ranks pass None or
     an empty list."""
     dst = conv(tensor, f"{where}: tensor", True, -1)
-    ins: List[Buffer] = []
-    if g.rank() == root:
-        if scatter_list is None:
-            raise ValueError(f"{where}: the source rank needs a scatter_list")
-        ins = _list_of_buffers(conv, scatter_list, "scatter_list", where, g.size(), dst, "tensor", False)
-    elif scatter_list:
-        raise ValueError(f"{where}: scatter_list must be None or empty on ranks other than src")
+    ins = _root_list(g, where, conv, scatter_list, "scatter_list", root, "src", dst, "tensor", False)
     return Call("scatter", where, ins, [dst], [b.ptr for b in ins], [dst.ptr], dst.count, dst.code, -1, 1.0, root)
 
 
