@@ -46,6 +46,7 @@ class FakeCuda:
         self.calls = collections.Counter()
         self.opened = collections.Counter()  # segment name -> times mapped
         self.events = 0
+        self.busy = False  # True: the "GPU" has not finished what was queued (events not done)
 
     # --- memory the tests allocate --------------------------------------------------------
     def array(self, values: np.ndarray, offset: int = 0) -> FakeDeviceArray:
@@ -115,10 +116,11 @@ class FakeCuda:
         self.calls["wait"] += 1
 
     def query(self, device, ev):
-        return True
+        return not self.busy
 
     def synchronize(self, device, ev):
         self.calls["synchronize"] += 1
+        self.busy = False  # the host waited: the GPU is done
 
     def synchronize_device(self, device):
         self.calls["synchronize_device"] += 1

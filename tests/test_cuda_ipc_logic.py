@@ -137,6 +137,24 @@ def test_async_work_waits_on_the_stream(tmp_path):
     assert run_ranks(3, _work_and_order, str(tmp_path)) == [True] * 3
 
 
+def _nccl_work_rules(rank, world, folder):
+    fake = _fake(folder, rank)
+    x = fake.array(np.full(8, rank + 1.0, np.float32))
+    w = plexus.all_reduce(x, async_op=True)
+    fake.busy = True  # the kernels are still running on the GPU
+    waits = fake.calls["wait"]
+    assert w.wait() and fake.calls["wait"] == waits + 1 and fake.calls["synchronize"] == 0  # the stream waits
+    assert not w.is_completed()  # wait() did not wait for the GPU
+    w.synchronize()  # the host does
+    assert fake.calls["synchronize"] == 1 and w.is_completed() and w.is_success()
+    return True
+
+
+def test_work_follows_nccls_rules(tmp_path):
+    """wait() orders the current stream, is_completed() asks the GPU, synchronize() blocks."""
+    assert run_ranks(2, _nccl_work_rules, str(tmp_path)) == [True] * 2
+
+
 def _many_ranks_reduce_in_two_steps(rank, world, folder):
     fake = _fake(folder, rank)
     x = fake.array(np.arange(50, dtype=np.int64) * (rank + 1))

@@ -12,12 +12,14 @@ from typing import Any, List, Optional
 
 
 class Work:
-    """Returned by collectives called with async_op=True.
+    """Returned by collectives called with async_op=True. Its rules are NCCL's:
 
-    wait(timeout=None) blocks (without holding the GIL) until the op is done and raises its
-    error if it failed; with a timeout in seconds it raises TimeoutError when the op is still
-    running by then (the op itself goes on). For device arrays, wait() makes the caller's
-    current stream wait for the op instead of the host, as NCCL's Work does.
+    - wait(timeout=None): host arrays: blocks (without holding the GIL) until the op is done and
+      raises its error if it failed; with a timeout in seconds it raises TimeoutError when the op
+      is still running by then (the op itself goes on). Device arrays: makes the caller's current
+      stream wait for the op, and returns without waiting for the GPU;
+    - is_completed(): True once the op is done, GPU work included (it asks the GPU, never blocks);
+    - synchronize(): blocks the host until the op is done, GPU work included.
     """
 
     __slots__ = ("_cores", "_outputs", "_group", "_what")
@@ -40,6 +42,13 @@ class Work:
             if c is not None and not c.wait(timeout):  # GIL released; raises the op's error
                 raise TimeoutError(f"{self.what} did not complete within {timeout} s")
         return True
+
+    def synchronize(self) -> None:
+        """Blocks the host until the op is done, GPU work included; raises its error."""
+        self.host_wait(None)
+        error = self.exception()
+        if error is not None:
+            raise error
 
     def host_wait(self, timeout: Optional[float] = None) -> bool:
         """Blocks this thread until the op is done, GPU work included (futures, shutdown); False

@@ -218,7 +218,8 @@ def check_streams_and_async(L, rank, world):
     ref.assert_equal(L.host(y), np.full(1 << 22, 2 * total, np.float32), "SUM", f"{L.name} stream order")
     x = L.dev(np.full(4096, rank + 1, np.float32))
     w = plexus.all_reduce(x, async_op=True)
-    w.wait()
+    w.wait()  # NCCL's rule: the current stream waits; the GPU may still be running (is_completed False)
+    w.synchronize()  # the host waits
     assert w.is_completed() and w.is_success()
     ref.assert_equal(L.host(x), np.full(4096, total, np.float32), "SUM", f"{L.name} async")
     assert w.result()[0] is x

@@ -78,7 +78,8 @@ class Work(dist.Work):
                                        "(Work.wait timeout)") from None
 
     def synchronize(self) -> None:
-        self.wait()
+        """Blocks the host until the op is done, GPU work included (NCCL's rule); raises its error."""
+        self._work.synchronize()
 
     def result(self) -> List[torch.Tensor]:
         self.wait()
