@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The one-command GPU check of issue 6. On a machine with a GPU, nvcc, cupy and torch (and
+# The one-command GPU check. On a machine with a GPU, nvcc, cupy and torch (and
 # pytest, ml_dtypes, scikit-build-core, pybind11, cmake) already installed, without any package
 # registry:
 #   1. builds plexus in place (pip install --no-build-isolation --no-index -e .), with CUDA;
 #   2. benchmarks the CUDA reduction kernel against a device-to-device copy (bench/gpu_kernels.py);
-#   3. runs the 2- and 4-rank same-GPU all-reduce sweep against cupy a + b (through CUDA IPC; then
-#      the 2-rank sweep staged through host memory, PLEXUS_CUDA_IPC=0, to show what IPC saves);
-#   4. runs tests/gpu (every collective on cupy and torch CUDA arrays, the torch backend on CUDA
-#      tensors, DDP) + the CPU-side CUDA build, staging and IPC-logic tests.
+#   3. starts the MPS daemon (several ranks share the GPU: without it their kernels are
+#      time-sliced), when nvidia-cuda-mps-control is there and this is root, and stops it at the end;
+#   4. runs plexus-bench --device cuda on 2 and 4 ranks sharing the GPU, beside NCCL (through
+#      torch; NCCL_MULTI_RANK_GPU_ENABLE=1) and cupy's a + b, then the 2-rank all-reduce sweep
+#      staged through host memory (PLEXUS_CUDA_IPC=0), to show what IPC saves;
+#   5. runs tests/gpu (every collective on cupy and torch CUDA arrays, the torch backend on CUDA
+#      tensors, DDP) + the CPU-side CUDA build, staging, IPC-logic and device-bench tests.
 # Benchmarks run before the tests so the figures exist even if the tests run long. Everything
 # ends within GPU_CHECK_SECONDS (default 440: with kill grace, under 8 minutes). Results: $OUT if set, else
 # bench/results/gpu-check-<time>/ (gpu_check.log, summary.txt, *.json, tests_gpu.xml).
@@ -77,13 +80,43 @@ fi
 step "CUDA reduction kernel vs device-to-device copy"
 run kernels "$(budget 90 150)" "$PY" bench/gpu_kernels.py kernels --out "$RESULTS"
 
-step "same-GPU all-reduce sweep (2 and 4 ranks) vs cupy a + b"
-SWEEP=$(budget 150 100)
-run allreduce $((SWEEP + 15)) "$PY" bench/gpu_kernels.py allreduce --np 2 4 --timeout "$SWEEP" --out "$RESULTS"
+step "MPS (several ranks share this GPU)"
+MPS="off"
+if ! command -v nvidia-cuda-mps-control >/dev/null; then
+  MPS="off (no nvidia-cuda-mps-control here)"
+elif (($(id -u) != 0)); then
+  MPS="off (starting the daemon needs root)"
+else
+  export CUDA_MPS_PIPE_DIRECTORY=${CUDA_MPS_PIPE_DIRECTORY:-/tmp/plexus-mps-pipe}
+  export CUDA_MPS_LOG_DIRECTORY=${CUDA_MPS_LOG_DIRECTORY:-/tmp/plexus-mps-log}
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d; then
+    MPS="on"
+    trap 'echo quit | nvidia-cuda-mps-control >/dev/null 2>&1' EXIT
+  else
+    MPS="off (nvidia-cuda-mps-control -d failed)"
+  fi
+fi
+echo "MPS: $MPS"
+echo "MPS: $MPS" >> "$RESULTS/summary.txt"
 
-step "tests: tests/gpu, tests/test_cuda_build.py, tests/test_device_logic.py, tests/test_cuda_ipc_logic.py"
+BENCH=("$PY" -m plexus.bench --device cuda --vs nccl --vs cupy-add -b 4K -e 256M -f 4 -n 20 -w 5)
+export NCCL_MULTI_RANK_GPU_ENABLE=1
+for NP in 2 4; do
+  step "plexus-bench --device cuda: all_reduce, $NP ranks on one GPU, vs NCCL and cupy a + b"
+  run "bench-$NP" "$(budget 120 $((NP == 2 ? 230 : 140)))" "${BENCH[@]}" -np "$NP" \
+    --json "$RESULTS/bench_cuda_np$NP.json" && tail -n +1 "$RESULTS/bench_cuda_np$NP.txt" >> "$RESULTS/summary.txt"
+done
+step "plexus-bench --device cuda --collective all, 2 ranks (every collective, #wrong checked)"
+run bench-all "$(budget 90 110)" "$PY" -m plexus.bench --device cuda --vs nccl --collective all -b 4K -e 16M -f 16 \
+  -n 10 -w 2 -np 2 --json "$RESULTS/bench_cuda_all.json"
+step "the 2-rank all_reduce staged through host memory (PLEXUS_CUDA_IPC=0)"
+PLEXUS_CUDA_IPC=0 run bench-staged "$(budget 60 95)" "$PY" -m plexus.bench --device cuda -b 4K -e 64M -f 16 -n 5 \
+  -w 2 -np 2 --json "$RESULTS/bench_cuda_staged.json"
+
+step "tests: tests/gpu, tests/test_cuda_build.py, tests/test_device_logic.py, tests/test_cuda_ipc_logic.py, tests/test_bench_device.py"
 run tests "$(budget 400 5)" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$RESULTS/tests_gpu.xml" \
-  tests/gpu tests/test_cuda_build.py tests/test_device_logic.py tests/test_cuda_ipc_logic.py
+  tests/gpu tests/test_cuda_build.py tests/test_device_logic.py tests/test_cuda_ipc_logic.py tests/test_bench_device.py
 
 step "summary"
 [[ -f $RESULTS/summary.txt ]] && cat "$RESULTS/summary.txt"

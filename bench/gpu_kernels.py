@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""GPU benchmarks of issue 6, run by bench/gpu_check.sh (or alone):
+"""GPU benchmarks (`kernels` runs in bench/gpu_check.sh; the all-reduce sweep there is now
+plexus-bench --device cuda, beside NCCL and cupy a + b; `allreduce` here is the older cupy-only one):
 
   kernels    the CUDA reduction kernel (_C._cuda_reduce, SUM of 2 inputs into a third buffer) at
              256 MiB per buffer, against a device-to-device copy of the same bytes: GB/s counted as

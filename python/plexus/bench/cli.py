@@ -3,6 +3,7 @@
     plexus-bench -np 4 -b 8 -e 64M -f 4 --vs gloo
     torchrun --nproc-per-node 4 -m plexus.bench -b 8 -e 64M
     mpirun -np 4 python -m plexus.bench --vs mpi
+    plexus-bench -np 2 --device cuda --vs nccl --vs cupy-add     # GPU buffers (torch CUDA tensors)
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import re
 import sys
 from typing import List, Optional, Sequence
 
-from . import data, launch, report, sweep
+from . import data, launch, memory, report, sweep
 from .collectives import COLLECTIVES, op_for
 from .systems import PeerUnavailable, check_importable, make_systems
 
-PEERS = ("gloo", "mpi", "nccl")
+PEERS = ("gloo", "mpi", "nccl", "cupy-add")
 COLLECTIVE_CHOICES = tuple(COLLECTIVES) + ("all",)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -85,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "float64/double, int32, int64, int8, uint8")
     p.add_argument("-r", "--root", type=_non_negative, default=0, help="root of broadcast and reduce (default 0)")
     p.add_argument("--collective", default="all_reduce", choices=COLLECTIVE_CHOICES, help="what to run (default all_reduce)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where buffers live (cpu only for now)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where buffers live: cpu (numpy arrays, default) or cuda (torch CUDA tensors, GPU local_rank %% "
+                   "GPUs; ranks share GPUs when there are more of them)")
     p.add_argument("--vs", action="append", default=[], choices=PEERS, help="also run this peer on the same sizes (repeatable)")
     p.add_argument("--json", metavar="PATH", help="write every result and the machine to PATH (and the table to PATH.txt)")
     p.add_argument("--plot", metavar="PNG", help="plot busbw against size into this file (needs matplotlib)")
@@ -105,7 +108,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     except ValueError as e:
         p.error(f"-d/--datatype: {e}")
     if args.device == "cuda":
-        p.error("--device cuda: no CUDA support in this build (plexus runs on CPU buffers for now)")
+        problem = cuda_problem()
+        if problem:
+            p.error(f"--device cuda: {problem}")
     if not args.sizes:
         if args.minbytes < 1:
             p.error("-b/--minbytes must be at least 1")
@@ -136,6 +141,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def cuda_problem() -> Optional[str]:
+    """Why --device cuda cannot run here, or None."""
+    try:
+        import torch
+    except ImportError:
+        return "needs torch with CUDA (pip install torch)"
+    if not torch.cuda.is_available():
+        return "no CUDA device here (torch.cuda.is_available() is False)"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -152,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # --- one rank ----------------------------------------------------------------------------------
 
 
-def _header(args, world, where, systems, notes, machine, hosts) -> List[str]:
+def _header(args, world, where, systems, notes, machine, hosts, devices) -> List[str]:
     n = world.size
     here = sum(1 for h in hosts if h.split(" ", 1)[1] == hosts[0].split(" ", 1)[1])
     colls = ", ".join(args.collectives)
@@ -175,8 +191,8 @@ def _header(args, world, where, systems, notes, machine, hosts) -> List[str]:
                      "times include waiting for a core")
     lines += [f"# note: {note}" for note in notes]
     lines += ["#", "# Using devices"]
-    lines += [f"#  Rank {r:2d} Group  0 Pid {h.split(' ', 1)[0]:>6s} on {h.split(' ', 1)[1]:>10s} cpu"
-              for r, h in enumerate(hosts)]
+    lines += [f"#  Rank {r:2d} Group  0 Pid {h.split(' ', 1)[0]:>6s} on {h.split(' ', 1)[1]:>10s} {d}"
+              for r, (h, d) in enumerate(zip(hosts, devices))]
     return lines + ["#"]
 
 
@@ -207,15 +223,17 @@ def run_rank(args: argparse.Namespace, where: "launch.Launch") -> int:
     timeout = float(os.environ.get("PLEXUS_TIMEOUT") or 600)
     world = launch.init_plexus(where, timeout)
     printer = report.Printer(world.rank == 0)
+    buffers = memory.make(args.device, where.local_rank)
     try:
-        systems, notes = make_systems(args.vs, world, where.local_rank, timeout)
+        systems, notes = make_systems(args.vs, world, where.local_rank, timeout, buffers)
     except PeerUnavailable as e:
         if world.rank == 0:
             print(f"plexus-bench: error: {e}", file=sys.stderr)
         return 2
     machine = report.machine()
     hosts = world.gather_str(f"{os.getpid()} {machine['host']}")
-    for line in _header(args, world, where, systems, notes, machine, hosts):
+    devices = world.gather_str(buffers.describe(where.local_rank))
+    for line in _header(args, world, where, systems, notes, machine, hosts, devices):
         printer.line(line)
 
     settings = sweep.Settings(args.datatype, args.op, args.root, args.iters, args.warmup_iters, bool(args.check),
@@ -246,7 +264,7 @@ def run_rank(args: argparse.Namespace, where: "launch.Launch") -> int:
             for warning in report.peer_warnings(row, peers):
                 printer.line(warning)
 
-        rows = sweep.run(coll, args.size_list, runnable, settings, world, on_row, printer.progress)
+        rows = sweep.run(coll, args.size_list, runnable, settings, world, on_row, printer.progress, buffers)
         for line in report.footer(rows, primary, peers):
             printer.line(line)
         all_rows += rows
@@ -256,6 +274,7 @@ def run_rank(args: argparse.Namespace, where: "launch.Launch") -> int:
         if args.json:
             head = {"tool": "plexus-bench", "machine": machine, "ranks": world.size, "launcher": where.description,
                     "settings": {"collectives": args.collectives, "sizes": args.size_list, "dtype": args.datatype,
+                                 "device": args.device,
                                  "op": args.op, "root": args.root, "iters": args.iters, "rounds": args.rounds,
                                  "warmup_iters": args.warmup_iters, "check": bool(args.check)},
                     "systems": {s.name: s.version for s in systems}, "notes": notes}

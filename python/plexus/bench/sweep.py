@@ -2,8 +2,9 @@
 (`rounds` times over, interleaved, keeping each one's median time).
 
 Per (system, placement): fill the inputs, run `warmup` untimed iterations, barrier, time `iters`
-iterations (time = wall time / iters on this rank; the table shows the slowest rank), then refill
-the inputs, run once more and count the wrong elements of that result (summed over ranks).
+iterations (time = wall time / iters on this rank, until the device is done with them; the table
+shows the slowest rank), then refill the inputs, run once more and count the wrong elements of
+that result (summed over ranks). Buffers live where `memory` says (bench/memory.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from . import data
 from .collectives import Collective, bandwidths, describe_op, describe_root, op_for
+from .memory import HostMemory
 from .systems import Buffers, System
 
 PLACEMENTS = ("out", "in")
@@ -56,33 +58,38 @@ class Row:
 
 def _run_one(system: System, coll: Collective, bufs: Buffers, src: np.ndarray, s: Settings,
              want_for: Callable[[bool], Optional[np.ndarray]], op: Optional[str], barrier: Callable[[], None],
-             check: bool):
+             check: bool, memory):
     """(seconds per iteration on this rank, wrong elements or -1)."""
 
     def reset() -> None:
-        data.poison(bufs.base if bufs.in_place else bufs.out)
-        np.copyto(bufs.inp, src)
+        memory.poison(bufs.base if bufs.in_place else bufs.out)
+        memory.upload(bufs.inp, src)
+        memory.sync()
 
     reset()
     step, _ = system.prepare(coll, bufs, op, s.root)
     for _ in range(s.warmup):
         step()
+    memory.sync()
     barrier()
     t0 = time.perf_counter()
     for _ in range(s.iters):
         step()
+    memory.sync()  # until the device is done, not until the work is queued
     seconds = (time.perf_counter() - t0) / s.iters
-    if not check:
+    if not check or not system.checks:
         return seconds, -1
     reset()
     step, result = system.prepare(coll, bufs, op, s.root)
     step()
-    return seconds, data.count_wrong(result(), want_for(bufs.in_place), op)
+    memory.sync()
+    return seconds, data.count_wrong(memory.download(result()), want_for(bufs.in_place), op)
 
 
 def run(coll: Collective, sizes: List[int], systems: List[System], s: Settings, world,
         on_row: Callable[[Row], None] = lambda row: None,
-        progress: Callable[[str], None] = lambda text: None) -> List[Row]:
+        progress: Callable[[str], None] = lambda text: None, memory=None) -> List[Row]:
+    memory = memory or HostMemory()
     n, rank = world.size, world.rank
     dtype = data.np_dtype(s.dtype)
     op = op_for(coll, s.op)
@@ -93,8 +100,8 @@ def run(coll: Collective, sizes: List[int], systems: List[System], s: Settings, 
         send, recv = coll.counts(count, n)
         src = np.empty(send, dtype=dtype)
         data.fill(src, op, rank, n)
-        oop = Buffers(np.empty(send, dtype=dtype), np.empty(recv, dtype=dtype), False)
-        base = np.empty(max(send, recv), dtype=dtype)
+        oop = Buffers(memory.empty(send, dtype), memory.empty(recv, dtype), False)
+        base = memory.empty(max(send, recv), dtype)
         ip = Buffers(*coll.in_place_views(base, rank, n, block), True, base)
         wants: Dict[bool, Optional[np.ndarray]] = {}
 
@@ -115,7 +122,7 @@ def run(coll: Collective, sizes: List[int], systems: List[System], s: Settings, 
                              f"({index + 1}/{len(sizes)}) {system.name} {PLACEMENT_NAMES[placement]}"
                              + (f" round {rnd + 1}/{s.rounds}" if s.rounds > 1 else ""))
                     seconds, wrong = _run_one(system, coll, bufs, src, s, want_for, op, world.barrier,
-                                              check=s.check and rnd == 0)
+                                              s.check and rnd == 0, memory)
                     times.setdefault((system.name, placement), []).append(seconds)
                     wrong_of.setdefault((system.name, placement), wrong)
         local: List[float] = []
@@ -135,7 +142,7 @@ def run(coll: Collective, sizes: List[int], systems: List[System], s: Settings, 
             for placement in PLACEMENTS:
                 algbw, busbw = bandwidths(nbytes, seconds[k], coll.factor(n))
                 row.results[system.name][placement] = Measurement(
-                    seconds[k] * 1e6, algbw, busbw, int(wrong[k]) if s.check else None)
+                    seconds[k] * 1e6, algbw, busbw, int(wrong[k]) if s.check and system.checks else None)
                 k += 1
         rows.append(row)
         on_row(row)

