@@ -14,6 +14,7 @@
 
 #include "base/error.h"
 #include "reduce/cuda_reduce.h"
+#include "reduce/half_bits.h"
 
 namespace plexus {
 namespace cuda {
@@ -42,18 +43,21 @@ struct Acc {
 template <>
 struct Acc<Half> {
   using type = float;
-  __device__ static float load(Half h) {
-    // The hardware conversion may canonicalise NaNs; the CPU keeps sign and payload (quieted).
-    uint32_t b = h.bits;
-    if ((b & 0x7C00u) == 0x7C00u && (b & 0x3FFu))
-      return __uint_as_float(((b & 0x8000u) << 16) | 0x7FC00000u | ((b & 0x3FFu) << 13));
-    return __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
+  // Integer operations and a multiply (reduce/half_bits.h), not the conversion unit; NaNs keep
+  // sign and payload (quieted), as on the CPU, where the hardware conversion may canonicalise.
+  __device__ static float load(Half h) { return half_bits_to_float(h.bits); }
+  // The hardware's round to nearest even, with NaNs turned into the CPU's NaN (a select).
+  __device__ static Half store(float f) { return Half{nan_as_cpu(f, __half_as_ushort(__float2half_rn(f)))}; }
+  // Two at a time: one conversion instruction for both (cvt.rn.f16x2.f32 on sm_80 and later).
+  __device__ static void store2(float a, float b, Half& ha, Half& hb) {
+    const __half2 h = __floats2half2_rn(a, b);
+    ha.bits = nan_as_cpu(a, __half_as_ushort(__low2half(h)));
+    hb.bits = nan_as_cpu(b, __half_as_ushort(__high2half(h)));
   }
-  __device__ static Half store(float f) {
-    uint32_t u = __float_as_uint(f);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u)
-      return Half{static_cast<uint16_t>(((u >> 16) & 0x8000u) | 0x7E00u | ((u >> 13) & 0x3FFu))};
-    return Half{__half_as_ushort(__float2half_rn(f))};
+  __device__ static uint16_t nan_as_cpu(float f, uint16_t converted) {
+    const uint32_t u = __float_as_uint(f);
+    const uint16_t nan = static_cast<uint16_t>(((u >> 16) & 0x8000u) | 0x7E00u | ((u >> 13) & 0x3FFu));
+    return (u & 0x7FFFFFFFu) > 0x7F800000u ? nan : converted;
   }
 };
 template <>
@@ -159,6 +163,18 @@ __device__ void apply_scale(A (&acc)[N], double post_scale) {
   }
 }
 
+// A vector's results into storage: pairwise where the storage type converts two at once.
+template <typename T, int N>
+__device__ void store_vec(const typename Acc<T>::type (&acc)[N], T (&out)[N]) {
+  if constexpr (std::is_same_v<T, Half>) {
+#pragma unroll
+    for (int k = 0; k < N; k += 2) Acc<Half>::store2(acc[k], acc[k + 1], out[k], out[k + 1]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) out[k] = Acc<T>::store(acc[k]);
+  }
+}
+
 // Vectors [0, nvec) start at element `head`; the scalars are [0, head) and [head + nvec*V, n).
 template <typename T, typename Op>
 __global__ void __launch_bounds__(kThreads)
@@ -182,8 +198,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     apply_scale(acc, post_scale);
     Vec<T> out;
-#pragma unroll
-    for (int k = 0; k < V; ++k) out.e[k] = Acc<T>::store(acc[k]);
+    store_vec<T>(acc, out.e);
     for (int d = 0; d < dst.n; ++d) *reinterpret_cast<uint4*>(dst.p[d] + off) = out.raw;
   }
 
