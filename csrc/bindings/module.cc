@@ -365,6 +365,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("size", &Communicator::size)
       .def_property_readonly("id", &Communicator::id)
       .def_property_readonly("listen_port", &Communicator::listen_port)
+      .def_property_readonly("listen_ports", &Communicator::listen_ports)
       .def_property_readonly("timeout", &Communicator::timeout_s)
       .def_property_readonly("host_ids",
                              [](Communicator& c) {

@@ -239,7 +239,7 @@ Connection& Communicator::connection(int peer, Deadline deadline) {
 
 bool Communicator::wait_for_wake_or_dial(int timeout_ms) {
   std::vector<pollfd> fds{{wake_fd_, POLLIN, 0}};
-  for (int fd : listen_fds()) fds.push_back({fd, POLLIN, 0});
+  for (int fd : dial_fds()) fds.push_back({fd, POLLIN, 0});
   ::poll(fds.data(), fds.size(), timeout_ms);
   if (fds[0].revents) drain_wake();
   return std::any_of(fds.begin() + 1, fds.end(), [](const pollfd& p) { return p.revents != 0; });

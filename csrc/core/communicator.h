@@ -43,6 +43,12 @@ class Communicator {
   std::string name_of(int r) const;
   // The port peers dial for collectives (0 when no transport listens).
   int listen_port() const { return transports_->port(kCollectiveChannel); }
+  // The ports peers dial, one per channel (collectives, point-to-point); 0 where none.
+  std::vector<int> listen_ports() const {
+    std::vector<int> ports;
+    for (int ch = 0; ch < kChannels; ++ch) ports.push_back(transports_->port(ch));
+    return ports;
+  }
   const std::vector<Endpoint>& endpoints() const { return endpoints_; }
   // Memory shared with the ranks on this host, or nullptr when no transport maps any (alone on
   // the host, or shared memory not allowed by PLEXUS_TRANSPORTS or not usable).
@@ -78,8 +84,9 @@ class Communicator {
   // The connection to `peer`, connecting first if needed, or waiting for the peer to.
   Connection& connection(int peer, Deadline deadline);
   int wake_fd() const { return wake_fd_; }
-  // Readable when a peer dials in for collectives (accept_pending takes it).
-  const std::vector<int>& listen_fds() const { return transports_->listen_fds(kCollectiveChannel); }
+  // Readable when a peer dials in for collectives, or goes on with its handshake
+  // (accept_pending takes the streams that are ready).
+  std::vector<int> dial_fds() const { return transports_->dial_fds(kCollectiveChannel); }
   void drain_wake();
   void accept_pending();
   // Throws if abort() was called.

@@ -225,8 +225,6 @@ void Exchange::drive() {
     fds.clear();
     polled.clear();
     fds.push_back({comm_.wake_fd(), POLLIN, 0});
-    for (int fd : comm_.listen_fds()) fds.push_back({fd, POLLIN, 0});
-    const size_t listeners_end = fds.size();
     for (auto& s : streams_) {
       if (s.done()) continue;
       bool want_write = false, want_read = false;
@@ -255,12 +253,15 @@ void Exchange::drive() {
     }
     comm_.check_abort();
     if (ctx_.deadline.passed()) throw_timeout();
+    // Peers dialing in (and strangers' handshakes) matter only while this rank would wait.
+    const size_t dialers = fds.size();
+    for (int fd : comm_.dial_fds()) fds.push_back({fd, POLLIN, 0});
     ::poll(fds.data(), fds.size(), polled.empty() ? ctx_.deadline.poll_ms(1000) : 0);
     if (fds[0].revents) {
       comm_.drain_wake();
       comm_.check_abort();
     }
-    for (size_t i = 1; i < listeners_end; ++i)
+    for (size_t i = dialers; i < fds.size(); ++i)
       if (fds[i].revents) {
         comm_.accept_pending();
         break;

@@ -307,7 +307,7 @@ void P2PEngine::loop() {
       bool moved = false, spin = false;
       fds.clear();
       fds.push_back({wake_fd_, POLLIN, 0});
-      for (int fd : transports_.listen_fds(kP2PChannel)) fds.push_back({fd, POLLIN, 0});
+      for (int fd : transports_.dial_fds(kP2PChannel)) fds.push_back({fd, POLLIN, 0});
       for (int p = 0; p < static_cast<int>(peers_.size()); ++p) {
         Peer& peer = peers_[p];
         if (!peer.conn) continue;

@@ -1,13 +1,22 @@
 // TCP transport: per communicator and channel one listening socket, and one stream per
 // connected peer pair (the lower rank dials). A connection starts with an authenticated
 // handshake: the connector proves it knows the communicator's id and secret (handed out
-// through the rendezvous store) or is refused.
+// through the rendezvous store) or is refused. Dialed-in streams wait in a short queue while
+// their hello arrives, read without blocking: a stranger (a port scanner, a health check) that
+// connects and sends nothing or a few bytes holds up nobody; it is dropped after its deadline,
+// or first when too many wait. The listener and the waiting streams sit in one epoll set per
+// channel, so whoever waits for peers polls one descriptor however many strangers wait.
 #include <errno.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
+
+#include <algorithm>
 
 #include <array>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <mutex>
 
 #include "base/config.h"
 #include "base/error.h"
@@ -21,8 +30,10 @@ namespace {
 
 constexpr uint32_t kHelloMagic = 0x504C5848;  // "PLXH"
 constexpr uint32_t kAckMagic = 0x504C5841;    // "PLXA"
-// How long an accepted connection may take to present its hello.
+// How long an accepted connection may take to present its hello, and how many may be waiting
+// for theirs at once (the oldest goes first beyond that).
 constexpr double kHandshakeSeconds = 5.0;
+constexpr size_t kMaxPending = 64;
 
 #pragma pack(push, 1)
 struct Hello {
@@ -124,7 +135,7 @@ class TcpTransport : public Transport {
   bool can_connect(int peer) const override { return peers_[peer].port[0] != 0; }
   std::string why_not(int peer) const override;
   std::unique_ptr<Connection> connect(int peer, int channel, Deadline deadline) override;
-  int listen_fd(int channel) const override { return listen_[channel].get(); }
+  void dial_fds(int channel, std::vector<int>& out) const override;
   std::unique_ptr<Connection> accept_one(int channel) override;
   int port(int channel) const override { return port_[channel]; }
   std::string peer_address(int peer, int channel) const override;
@@ -134,19 +145,45 @@ class TcpTransport : public Transport {
     std::string host;
     std::array<int, kChannels> port{};
   };
+  // A stream dialed in whose hello has not all arrived yet.
+  struct Pending {
+    Fd fd;
+    std::string who;  // its address, for messages
+    Deadline deadline;
+    Hello hello{};
+    size_t got = 0;  // bytes of the hello read so far
+  };
+  // Accepts what is waiting on the listener, drops what is late or too many; under the lock.
+  void take_new(int channel);
+  // Adds `fd` to the channel's epoll set, or takes it out.
+  void watch(int channel, int fd, bool on);
+  // Drops a pending stream (out of the epoll set, closed); returns what follows it.
+  std::deque<Pending>::iterator forget(int channel, std::deque<Pending>::iterator it);
+  // Reads what arrived of `p`'s hello: the connection once it is complete and valid, else
+  // nullptr; `drop` says whether to forget it (refused, closed, or broken).
+  std::unique_ptr<Connection> progress(Pending& p, bool* drop);
   CommIdentity id_;
   std::vector<std::string> names_;
   std::string ip_;
   Fd listen_[kChannels];
   int port_[kChannels] = {};
   std::vector<Peer> peers_;  // by rank, once started
+  // Per channel: its owner accepts, but another thread may ask for its descriptors.
+  std::mutex pending_mu_[kChannels];
+  std::deque<Pending> pending_[kChannels];
+  Fd epoll_[kChannels];  // the listener and the pending streams of each channel
 };
 
 TcpTransport::TcpTransport(const TransportSetup& setup)
     : id_(setup.id), names_(setup.names), ip_(advertise_address(setup.store)) {
   // With an explicit interface, listen only there; otherwise on every interface.
   const std::string bind_ip = env_string("PLEXUS_SOCKET_IFNAME").empty() ? "0.0.0.0" : ip_;
-  for (int ch = 0; ch < kChannels; ++ch) listen_[ch] = listen_tcp(bind_ip, 0, &port_[ch]);
+  for (int ch = 0; ch < kChannels; ++ch) {
+    listen_[ch] = listen_tcp(bind_ip, 0, &port_[ch]);
+    epoll_[ch] = Fd(::epoll_create1(EPOLL_CLOEXEC));
+    if (!epoll_[ch].valid()) throw Error(std::string("epoll_create1: ") + errno_text(errno));
+    watch(ch, listen_[ch].get(), true);
+  }
 }
 
 std::string TcpTransport::address() const {
@@ -208,34 +245,117 @@ std::unique_ptr<Connection> TcpTransport::connect(int peer, int channel, Deadlin
   return std::make_unique<TcpConnection>(peer, peer_name, std::move(fd));
 }
 
-std::unique_ptr<Connection> TcpTransport::accept_one(int channel) {
-  Fd fd = accept_tcp(listen_[channel].get());
-  if (!fd.valid()) return nullptr;
-  std::string who = peer_ip(fd.get());
-  Hello h{};
-  try {
-    recv_all(fd.get(), &h, sizeof(h), Deadline::after_seconds(kHandshakeSeconds));
-  } catch (const Error& e) {
-    PLEXUS_WARN("refused a connection from " << who << ": no valid handshake (" << e.what() << ")");
+void TcpTransport::dial_fds(int channel, std::vector<int>& out) const { out.push_back(epoll_[channel].get()); }
+
+void TcpTransport::watch(int channel, int fd, bool on) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = fd;
+  if (::epoll_ctl(epoll_[channel].get(), on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, fd, &ev) != 0)
+    throw Error(std::string("epoll_ctl: ") + errno_text(errno));
+}
+
+std::deque<TcpTransport::Pending>::iterator TcpTransport::forget(int channel, std::deque<Pending>::iterator it) {
+  watch(channel, it->fd.get(), false);
+  return pending_[channel].erase(it);
+}
+
+void TcpTransport::take_new(int channel) {
+  auto& pending = pending_[channel];
+  while (true) {
+    Fd fd = accept_tcp(listen_[channel].get());
+    if (!fd.valid()) break;
+    set_nonblocking(fd.get(), true);
+    std::string who = peer_ip(fd.get());
+    watch(channel, fd.get(), true);
+    pending.push_back(Pending{std::move(fd), who, Deadline::after_seconds(kHandshakeSeconds)});
+    if (pending.size() > kMaxPending) {
+      PLEXUS_WARN("refused a connection from " << pending.front().who << ": " << kMaxPending
+                                               << " connections wait for their handshake; this one is the oldest");
+      forget(channel, pending.begin());
+    }
+  }
+  for (auto it = pending.begin(); it != pending.end();) {
+    if (it->deadline.passed()) {
+      PLEXUS_WARN("refused a connection from " << it->who << ": no valid handshake within " << kHandshakeSeconds
+                                               << " s (" << it->got << " of " << sizeof(Hello) << " bytes)");
+      it = forget(channel, it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+std::unique_ptr<Connection> TcpTransport::progress(Pending& p, bool* drop) {
+  *drop = true;
+  while (p.got < sizeof(Hello)) {
+    ssize_t k = ::recv(p.fd.get(), reinterpret_cast<char*>(&p.hello) + p.got, sizeof(Hello) - p.got, MSG_DONTWAIT);
+    if (k > 0) {
+      p.got += static_cast<size_t>(k);
+      continue;
+    }
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      *drop = false;  // the rest has not arrived yet
+      return nullptr;
+    }
+    PLEXUS_WARN("refused a connection from " << p.who << ": closed before its handshake (" << p.got << " of "
+                                             << sizeof(Hello) << " bytes)");
     return nullptr;
   }
+  const Hello& h = p.hello;
   const char* problem = nullptr;
   if (h.magic != kHelloMagic || h.version != 1) problem = "not a plexus peer";
   else if (h.comm_id != id_.comm_id) problem = "it belongs to another communicator";
   else if (!same_secret(h.secret, id_.secret.data())) problem = "wrong secret";
   else if (h.to_rank != id_.rank || h.from_rank < 0 || h.from_rank >= id_.size) problem = "bad ranks";
   if (problem) {
-    PLEXUS_WARN("refused a connection from " << who << ": " << problem);
+    PLEXUS_WARN("refused a connection from " << p.who << ": " << problem);
     return nullptr;
   }
+  // 8 bytes into an empty socket buffer: sent at once, or the peer is gone.
   Ack ack{kAckMagic, 0};
-  try {
-    send_all(fd.get(), &ack, sizeof(ack), Deadline::after_seconds(kHandshakeSeconds));
-  } catch (const Error&) {
+  if (::send(p.fd.get(), &ack, sizeof(ack), MSG_NOSIGNAL | MSG_DONTWAIT) != static_cast<ssize_t>(sizeof(ack))) {
+    PLEXUS_WARN("refused a connection from " << p.who << ": it did not take the handshake's answer");
     return nullptr;
   }
-  PLEXUS_TRACE("accepted " << names_[h.from_rank] << " from " << who);
-  return std::make_unique<TcpConnection>(h.from_rank, names_[h.from_rank], std::move(fd));
+  PLEXUS_TRACE("accepted " << names_[h.from_rank] << " from " << p.who);
+  return std::make_unique<TcpConnection>(h.from_rank, names_[h.from_rank], std::move(p.fd));
+}
+
+std::unique_ptr<Connection> TcpTransport::accept_one(int channel) {
+  std::lock_guard<std::mutex> lock(pending_mu_[channel]);
+  epoll_event events[kMaxPending + 1];
+  const int ready = ::epoll_wait(epoll_[channel].get(), events, kMaxPending + 1, 0);
+  bool dialed = false;
+  std::vector<int> news;  // pending streams with bytes (or an end) to read
+  for (int i = 0; i < ready; ++i) {
+    if (events[i].data.fd == listen_[channel].get()) dialed = true;
+    else news.push_back(events[i].data.fd);
+  }
+  if (dialed) take_new(channel);
+  auto& pending = pending_[channel];
+  for (auto it = pending.begin(); it != pending.end();) {
+    const int fd = it->fd.get();
+    if (std::find(news.begin(), news.end(), fd) == news.end()) {
+      ++it;
+      continue;
+    }
+    bool drop = false;
+    std::unique_ptr<Connection> conn = progress(*it, &drop);
+    if (conn) {  // its descriptor moved into the connection: stop watching it here
+      epoll_event ev{};
+      ::epoll_ctl(epoll_[channel].get(), EPOLL_CTL_DEL, fd, &ev);
+      pending.erase(it);
+      return conn;
+    }
+    if (drop) {
+      it = forget(channel, it);
+    } else {
+      ++it;
+    }
+  }
+  return nullptr;
 }
 
 }  // namespace

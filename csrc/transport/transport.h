@@ -59,11 +59,14 @@ class Transport {
   virtual std::string why_not(int peer) const = 0;
 
   // A stream to `peer` on `channel`, or nullptr when the peer dials this rank instead: the
-  // stream then comes from accept_one(channel) once listen_fd(channel) is readable.
+  // stream then comes from accept_one(channel) once one of dial_fds(channel) is readable.
   virtual std::unique_ptr<Connection> connect(int peer, int channel, Deadline deadline) = 0;
-  // A descriptor that is readable when a peer dials in on `channel`; -1 when nobody dials.
-  virtual int listen_fd(int channel) const { return -1; }
-  // Takes one stream dialed in on `channel`; nullptr when none is pending (or it was refused).
+  // Appends the descriptors that become readable when a peer dials in on `channel`, or sends
+  // more of the handshake of a stream it dialed (nothing when nobody dials).
+  virtual void dial_fds(int channel, std::vector<int>& out) const {}
+  // Takes one stream dialed in on `channel` whose handshake is complete; nullptr when none is
+  // (refused ones are closed and logged). Never blocks: a stranger that connects and sends
+  // nothing, or too little, must not hold up the caller (who may be running a collective).
   virtual std::unique_ptr<Connection> accept_one(int channel) { return nullptr; }
   // The port peers dial on `channel` (0: none), and where `peer` listens, for messages.
   virtual int port(int channel) const { return 0; }

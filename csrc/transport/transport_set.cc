@@ -49,9 +49,12 @@ TransportSet::TransportSet(const TransportSetup& setup)
   // another still waits there, and all report the same error.
   for (const TransportInfo* info : allowed_transports(setting_, &setting_error_))
     opened_.push_back({info, info->open(setup)});
-  for (int ch = 0; ch < kChannels; ++ch)
-    for (const auto& o : opened_)
-      if (o.transport->listen_fd(ch) >= 0) listen_fds_[ch].push_back(o.transport->listen_fd(ch));
+}
+
+std::vector<int> TransportSet::dial_fds(int channel) const {
+  std::vector<int> fds;
+  for (const auto& o : opened_) o.transport->dial_fds(channel, fds);
+  return fds;
 }
 
 std::map<std::string, std::string> TransportSet::addresses() const {
@@ -96,8 +99,7 @@ const char* TransportSet::name_to(int rank) const {
 
 std::unique_ptr<Connection> TransportSet::accept_one(int channel) {
   for (const auto& o : opened_)
-    if (o.transport->listen_fd(channel) >= 0)
-      if (auto conn = o.transport->accept_one(channel)) return conn;
+    if (auto conn = o.transport->accept_one(channel)) return conn;
   return nullptr;
 }
 

@@ -33,8 +33,8 @@ class TransportSet {
   Transport& to(int rank) const { return *opened_[choice_[rank]].transport; }
   const char* name_to(int rank) const;
 
-  // Descriptors that are readable when peers dial in on `channel`.
-  const std::vector<int>& listen_fds(int channel) const { return listen_fds_[channel]; }
+  // Descriptors that are readable when peers dial in on `channel` (or go on with a handshake).
+  std::vector<int> dial_fds(int channel) const;
   // One stream dialed in on `channel` by any transport, or nullptr.
   std::unique_ptr<Connection> accept_one(int channel);
   // The first port peers dial on `channel` (0: none).
@@ -53,7 +53,6 @@ class TransportSet {
   std::string setting_error_;   // what is wrong with it, if anything
   std::vector<Opened> opened_;  // in the table's order
   std::vector<int> choice_;     // by rank: index into opened_, -1 for none (this rank only)
-  std::vector<int> listen_fds_[kChannels];
 };
 
 }  // namespace plexus
