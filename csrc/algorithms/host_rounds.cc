@@ -17,7 +17,10 @@ void HostRounds::wait_all(RoundCounter c, uint64_t target, int only) {
     while (v.load(std::memory_order_acquire) < target) {
       backoff.pause();
       if (!backoff.time_to_check()) continue;
-      host_.check_peer(p);
+      // Every local peer, not just the awaited one: one that failed or aborted dooms the call,
+      // and the error should name it, not whoever comes late next.
+      for (int q = 0; q < n_; ++q)
+        if (q != me_) host_.check_peer(q);
       ctx_.check_abort();
       if (ctx_.deadline.passed())
         throw Timeout("timed out after " + std::to_string(static_cast<int>(ctx_.timeout_s())) +

@@ -69,7 +69,8 @@ Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, dou
   setup_shape(*store, deadline);
   p2p_ = std::make_unique<P2PEngine>(*this, *transports_);
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0) throw Error("eventfd failed: " + errno_text(errno));
+  abort_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0 || abort_fd_ < 0) throw Error("eventfd failed: " + errno_text(errno));
   thread_ = std::thread([this] { progress_loop(); });
   try {
     // Nobody leaves the rendezvous before all ranks have read every endpoint: rank 0 may shut
@@ -79,6 +80,7 @@ Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, dou
     abort("rendezvous failed");
     thread_.join();
     close(wake_fd_);
+    close(abort_fd_);
     throw;
   }
   std::string reachable;
@@ -150,6 +152,7 @@ Communicator::~Communicator() {
   for (auto& c : conns_)
     if (c) c->shutdown();
   if (wake_fd_ >= 0) close(wake_fd_);
+  if (abort_fd_ >= 0) close(abort_fd_);
 }
 
 std::shared_ptr<Work> Communicator::submit(const Signature& sig,
@@ -162,8 +165,13 @@ std::shared_ptr<Work> Communicator::submit(const Signature& sig,
   bool run_here = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) {  // the progress thread may be gone: nobody would run it
+      work->set_failed(std::make_exception_ptr(
+          Error("plexus " + name_of(rank()) + ": " + sig.describe() + " failed: aborted: " + abort_reason_)));
+      return work;
+    }
     op.seq = next_seq_++;
-    run_here = blocking && in_flight_ == 0 && !stopping_;
+    run_here = blocking && in_flight_ == 0;
     ++in_flight_;
     if (!run_here) queue_.push_back(std::move(op));
   }
@@ -188,6 +196,8 @@ void Communicator::abort(const std::string& why) {
     abort_reason_ = why;
   }
   aborted_.store(true);
+  uint64_t one = 1;
+  (void)!::write(abort_fd_, &one, sizeof(one));  // never drained: readable for every waiter
   if (p2p_) p2p_->abort(why);
   if (cross_) cross_->abort(why);
   wake();
@@ -232,21 +242,21 @@ Connection& Communicator::connection(int peer, Deadline deadline) {
       throw PeerError(peer, "timed out waiting for " + name_of(peer) + (where.empty() ? "" : " (" + where + ")") +
                                 " to connect");
     }
-    if (wait_for_wake_or_dial(deadline.poll_ms(1000))) accept_pending();
+    if (wait_for_dial(deadline.poll_ms(1000), false)) accept_pending();
   }
   return *conns_[peer];
 }
 
-bool Communicator::wait_for_wake_or_dial(int timeout_ms) {
-  std::vector<pollfd> fds{{wake_fd_, POLLIN, 0}};
+bool Communicator::wait_for_dial(int timeout_ms, bool progress_thread) {
+  std::vector<pollfd> fds{{abort_fd_, POLLIN, 0}, {progress_thread ? wake_fd_ : -1, POLLIN, 0}};
   for (int fd : dial_fds()) fds.push_back({fd, POLLIN, 0});
   ::poll(fds.data(), fds.size(), timeout_ms);
-  if (fds[0].revents) drain_wake();
-  return std::any_of(fds.begin() + 1, fds.end(), [](const pollfd& p) { return p.revents != 0; });
+  if (fds[1].revents) drain_wake();
+  return std::any_of(fds.begin() + 2, fds.end(), [](const pollfd& p) { return p.revents != 0; });
 }
 
 void Communicator::idle_wait() {
-  if (!wait_for_wake_or_dial(1000)) return;
+  if (!wait_for_dial(1000, true)) return;
   std::unique_lock<std::mutex> exec(exec_mu_, std::try_to_lock);
   if (exec.owns_lock())
     accept_pending();
@@ -277,6 +287,15 @@ void Communicator::progress_loop() {
     std::lock_guard<std::mutex> lock(mu_);
     --in_flight_;
   }
+  // Stopped (abort(), or the communicator goes): peers that wait on this rank, or will, learn
+  // why now (an error frame, the shared-memory abort flag) rather than at their timeout.
+  std::string why;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    why = "aborted: " + abort_reason_;
+  }
+  std::lock_guard<std::mutex> exec(exec_mu_);
+  if (failure_.empty()) fail_connections(why);
 }
 
 void Communicator::run_op(Op& op) {

@@ -83,11 +83,11 @@ class Communicator {
   // --- for the progress engine (progress thread only) ---
   // The connection to `peer`, connecting first if needed, or waiting for the peer to.
   Connection& connection(int peer, Deadline deadline);
-  int wake_fd() const { return wake_fd_; }
+  // Readable for good once abort() was called (no waiter drains it, so every waiter sees it).
+  int abort_fd() const { return abort_fd_; }
   // Readable when a peer dials in for collectives, or goes on with its handshake
   // (accept_pending takes the streams that are ready).
   std::vector<int> dial_fds() const { return transports_->dial_fds(kCollectiveChannel); }
-  void drain_wake();
   void accept_pending();
   // Throws if abort() was called.
   void check_abort();
@@ -101,9 +101,10 @@ class Communicator {
   };
   // Computes shape_ (agreeing on shared memory across hosts) and creates cross_ if useful.
   void setup_shape(Store& store, Deadline deadline);
-  // Polls the wake-up descriptor and the listeners for up to `timeout_ms`; drains a wake-up and
-  // returns whether a peer is dialing in.
-  bool wait_for_wake_or_dial(int timeout_ms);
+  // Polls the abort descriptor and the dialers (and the progress thread's wake-ups, which it
+  // drains: only it may) for up to `timeout_ms`; returns whether a peer is dialing in.
+  bool wait_for_dial(int timeout_ms, bool progress_thread);
+  void drain_wake();
   void progress_loop();
   void run_op(Op& op);
   void idle_wait();
@@ -132,7 +133,8 @@ class Communicator {
   std::string abort_reason_;
   std::atomic<bool> aborted_{false};
   uint64_t next_seq_ = 1;
-  int wake_fd_ = -1;
+  int wake_fd_ = -1;   // new ops for the progress thread (it drains it)
+  int abort_fd_ = -1;  // written once by abort(), never drained
 
   std::string failure_;  // set once an op failed; progress thread only
   std::thread thread_;

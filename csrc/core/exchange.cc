@@ -224,7 +224,7 @@ void Exchange::drive() {
     bool all_done = true, moved = false;
     fds.clear();
     polled.clear();
-    fds.push_back({comm_.wake_fd(), POLLIN, 0});
+    fds.push_back({comm_.abort_fd(), POLLIN, 0});
     for (auto& s : streams_) {
       if (s.done()) continue;
       bool want_write = false, want_read = false;
@@ -257,10 +257,7 @@ void Exchange::drive() {
     const size_t dialers = fds.size();
     for (int fd : comm_.dial_fds()) fds.push_back({fd, POLLIN, 0});
     ::poll(fds.data(), fds.size(), polled.empty() ? ctx_.deadline.poll_ms(1000) : 0);
-    if (fds[0].revents) {
-      comm_.drain_wake();
-      comm_.check_abort();
-    }
+    if (fds[0].revents) comm_.check_abort();
     for (size_t i = dialers; i < fds.size(); ++i)
       if (fds[i].revents) {
         comm_.accept_pending();

@@ -16,6 +16,7 @@ from .topology import Topology
 from .distributed import (
     GroupMember,
     ProcessGroup,
+    abort,
     all_gather,
     all_gather_into_tensor,
     all_reduce,
@@ -61,6 +62,7 @@ __all__ = [
     "ReduceOp",
     "Topology",
     "Work",
+    "abort",
     "algorithms",
     "all_gather",
     "all_gather_into_tensor",

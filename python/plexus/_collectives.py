@@ -87,6 +87,12 @@ class ProcessGroup:
                 except Exception:  # noqa: BLE001 - a failed op is finished too
                     pass
 
+    def abort(self, why: str) -> None:
+        """Fails every call blocked on the group, at once, and every later one; the peers learn
+        why (their calls with this rank fail naming it). Any thread may call it. What device
+        calls mapped stays mapped until close(): a GPU kernel may still read it."""
+        self.comm.abort(why)
+
     def close(self, why: str) -> None:
         """Releases what device calls opened (first: it waits for the GPU work that still reads
         peers' memory), then fails every op in flight and closes the connections."""

@@ -169,6 +169,20 @@ def destroy_process_group(group: Optional[ProcessGroup] = None) -> None:
         _state.groups.remove(group)
 
 
+def abort(group: Optional[ProcessGroup] = None) -> None:
+    """Aborts `group`, or every group when None, as ncclCommAbort does: from any thread, every
+    call blocked on it raises (a PlexusError) on this rank at once, later calls too, and the
+    peers' calls with this rank fail naming it instead of waiting for their timeout. The
+    groups stay until destroy_process_group(), which releases what they hold."""
+    _world("abort")
+    if group is GroupMember.NON_GROUP_MEMBER:
+        return
+    me = _state.world.ranks[_state.world.rank()]
+    why = f"plexus.abort() was called on rank {me}"
+    for g in ([_state.world] + list(_state.groups)) if group is None else [group]:
+        g.abort(why)
+
+
 def _world(what: str) -> ProcessGroup:
     if _state.world is None:
         raise RuntimeError(f"{what}: the default process group is not initialized; call plexus.init_process_group() first")

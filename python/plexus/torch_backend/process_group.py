@@ -303,9 +303,9 @@ class PlexusProcessGroup(dist.ProcessGroup):
         self._completer.stop()
 
     def abort(self) -> None:
-        """Fails every op in flight at once and closes the connections."""
+        """Fails every op in flight at once, and the peers' ops with this rank (plexus.abort)."""
         self._closed = True
-        self._group.comm.abort("the process group was aborted")
+        self._group.abort(f"the process group was aborted on rank {self._group.ranks[self.rank()]}")
         self._completer.stop()
 
 
