@@ -3,6 +3,7 @@
 
 #include "base/backoff.h"
 #include "base/error.h"
+#include "base/fault.h"
 
 namespace plexus {
 
@@ -43,6 +44,7 @@ void HostRounds::publish_input() {
   st.round.store(round_, std::memory_order_relaxed);
   st.seq.store(ctx_.seq, std::memory_order_relaxed);
   host_.counter(me_, RoundCounter::kArrived).store(round_ + 1, std::memory_order_release);
+  fault_point("shm_round");  // our input is published, the others may be reading it
 }
 
 void HostRounds::check_stamp(int local) {

@@ -13,6 +13,7 @@
 #include "base/log.h"
 #include "bootstrap/rendezvous.h"
 #include "bootstrap/tcp_store.h"
+#include "base/fault.h"
 #include "core/collectives.h"
 #include "core/communicator.h"
 #include "reduce/cpu_reduce.h"
@@ -305,6 +306,9 @@ PYBIND11_MODULE(_C, m) {
     for (const auto& t : transport_table()) rows.emplace_back(t.name, t.summary);
     return rows;
   }, "The transports, in order of preference: [(name, summary)].");
+  m.def("_arm_fault", &arm_fault, py::arg("point"), py::arg("after") = 1,
+        "Tests only: SIGKILL this process at its `after`-th arrival at fault point `point` (base/fault.h).");
+
   m.def("algorithms", [](const std::string& collective) {
     std::vector<std::string> names;
     for (const auto& a : algorithm_table())

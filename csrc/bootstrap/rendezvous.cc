@@ -11,6 +11,7 @@
 
 #include "base/config.h"
 #include "base/error.h"
+#include "base/fault.h"
 #include "base/log.h"
 
 namespace plexus {
@@ -98,6 +99,7 @@ Endpoint decode_endpoint(const std::string& v, int rank) {
 
 std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const Endpoint& mine,
                                          Deadline deadline) {
+  fault_point("rendezvous");  // the identity is agreed, this rank's endpoint not published
   store.set("endpoint/" + std::to_string(rank), encode_endpoint(mine));
   std::vector<Endpoint> all(static_cast<size_t>(size));
   for (int p = 0; p < size; ++p) {
@@ -107,6 +109,11 @@ std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const
     } catch (const Timeout&) {
       throw Timeout("rank " + std::to_string(rank) + " timed out waiting for rank " +
                     std::to_string(p) + " to join the rendezvous");
+    } catch (const Error& e) {
+      // The store closed while we waited: its host gave up on the same rank a moment earlier.
+      throw Timeout("rank " + std::to_string(rank) + ": rank " + std::to_string(p) +
+                    " never joined the rendezvous (the store closed while this rank waited for it: " +
+                    e.what() + ")");
     }
     all[p] = decode_endpoint(v, p);
   }
@@ -114,18 +121,35 @@ std::vector<Endpoint> exchange_endpoints(Store& store, int rank, int size, const
 }
 
 void store_barrier(Store& store, const std::string& name, int rank, int size, Deadline deadline) {
-  auto wait_key = [&](const std::string& key) {
+  // Which ranks have not set `stage`'s key of theirs (asked only once the wait has run out).
+  auto missing = [&](const std::string& stage) {
+    std::string who;
+    for (int r = 0; r < size; ++r) {
+      try {
+        store.get(stage + name + "/" + std::to_string(r), Deadline::after_seconds(0.1));
+      } catch (const Error&) {
+        who += (who.empty() ? "rank " : ", ") + std::to_string(r);
+      }
+    }
+    return who.empty() ? std::string("a rank") : who;
+  };
+  auto wait_key = [&](const std::string& key, const std::string& stage, const char* what) {
     try {
       store.get(key, deadline);
     } catch (const Timeout&) {
-      throw Timeout("timed out in the rendezvous barrier '" + name + "': not all " +
-                    std::to_string(size) + " ranks arrived");
+      throw Timeout("timed out in the rendezvous barrier '" + name + "' of " + std::to_string(size) +
+                    " ranks: " + missing(stage) + " " + what + " (dead, stuck, or not calling it)");
+    } catch (const Error& e) {  // the store's host gave up first; who was missing is gone with it
+      throw Timeout("the rendezvous barrier '" + name + "' of " + std::to_string(size) +
+                    " ranks did not complete: the store closed while this rank waited (" + e.what() + ")");
     }
   };
+  store.set("barrier_in/" + name + "/" + std::to_string(rank), "1");
   if (store.add("barrier/" + name, 1) == size) store.set("barrier_done/" + name, "1");
-  wait_key("barrier_done/" + name);
+  wait_key("barrier_done/" + name, "barrier_in/", "never arrived");
+  store.set("barrier_out/" + name + "/" + std::to_string(rank), "1");
   if (store.add("barrier_left/" + name, 1) == size) store.set("barrier_all_left/" + name, "1");
-  if (rank == 0) wait_key("barrier_all_left/" + name);
+  if (rank == 0) wait_key("barrier_all_left/" + name, "barrier_out/", "never left");
 }
 
 std::string this_host_id() {

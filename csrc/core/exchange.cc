@@ -8,6 +8,7 @@
 
 #include "base/backoff.h"
 #include "base/error.h"
+#include "base/fault.h"
 #include "base/log.h"
 #include "core/communicator.h"
 
@@ -72,6 +73,7 @@ bool Exchange::pump_sends(Stream& s, bool* want_write) {
     }
     moved = true;
     s.out_done += k;
+    fault_point("send");  // part of a frame is on the wire
     s.conn->frame_left = hsize + item.bytes - s.out_done;
     if (s.conn->frame_left == 0) {
       s.out_done = 0;

@@ -9,6 +9,7 @@
 
 #include "base/backoff.h"
 #include "base/error.h"
+#include "base/fault.h"
 #include "base/log.h"
 #include "core/communicator.h"
 #include "transport/transport_set.h"
@@ -160,6 +161,7 @@ bool P2PEngine::pump_send(int p) {
     if (k == 0) break;
     moved = true;
     peer.out_done += k;
+    fault_point("p2p_send");
     if (peer.out_done == kHeader + r.bytes) {
       peer.out_done = 0;
       r.work->set_done();
@@ -246,11 +248,18 @@ void P2PEngine::check_deadlines() {
       throw Timeout("recv from " + (r->peer == kAnySource ? std::string("any rank") : comm_.name_of(r->peer)) +
                     " with tag " + std::to_string(r->tag) + " timed out after " +
                     std::to_string(static_cast<int>(comm_.timeout_s())) + " s");
-  for (size_t p = 0; p < peers_.size(); ++p)
+  for (size_t p = 0; p < peers_.size(); ++p) {
     if (!peers_[p].sends.empty() && late(peers_[p].sends.front()))
       throw Timeout("send to " + comm_.name_of(static_cast<int>(p)) + " with tag " +
                     std::to_string(peers_[p].sends.front()->tag) + " timed out after " +
                     std::to_string(static_cast<int>(comm_.timeout_s())) + " s (is it receiving?)");
+    const auto& target = peers_[p].in_target;  // a message that stopped coming in
+    if (target && late(target))
+      throw Timeout("recv from " + comm_.name_of(static_cast<int>(p)) + " with tag " + std::to_string(target->tag) +
+                    " timed out after " + std::to_string(static_cast<int>(comm_.timeout_s())) + " s, " +
+                    std::to_string(peers_[p].in_payload_got) + " of its " + std::to_string(target->bytes) +
+                    " bytes in");
+  }
 }
 
 void P2PEngine::peer_closed(int p, const PeerError& why) {

@@ -11,11 +11,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <sstream>
 
 #include "base/backoff.h"
 #include "base/config.h"
 #include "base/error.h"
+#include "base/fault.h"
 #include "base/log.h"
 #include "bootstrap/rendezvous.h"
 
@@ -33,6 +35,20 @@ uint64_t pid_namespace() {
   return static_cast<uint64_t>(st.st_ino);
 }
 
+// Whether process `pid` has ended: no such process, or a zombie (killed, and its parent, a
+// launcher, has not reaped it yet: kill(pid, 0) still succeeds then). The zombie check reads
+// /proc, so a waiter does it on one call in 32 (about every 30 ms of waiting).
+bool process_gone(int pid) {
+  if (kill(pid, 0) != 0) return errno == ESRCH;
+  thread_local unsigned calls = 0;
+  if (++calls % 32 != 0) return false;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  const size_t end_of_name = line.rfind(')');  // "pid (name) state ..."; the name may hold spaces
+  return end_of_name != std::string::npos && line.size() > end_of_name + 2 && line[end_of_name + 2] == 'Z';
+}
+
 std::string segment_name(uint64_t comm_id, int rank) {
   std::ostringstream os;
   os << "/plexus-" << std::hex << comm_id << std::dec << "-" << rank;
@@ -46,7 +62,13 @@ bool agree(Store& store, const std::string& phase, int rank, const std::vector<i
   store.set("shm/" + phase + "/" + std::to_string(rank), my_problem.empty() ? "ok" : my_problem);
   bool all_ok = true;
   for (int r : local_ranks) {
-    std::string v = store.get("shm/" + phase + "/" + std::to_string(r), deadline);
+    std::string v;
+    try {
+      v = store.get("shm/" + phase + "/" + std::to_string(r), deadline);
+    } catch (const Error&) {  // the wait ran out, or the store closed (its host gave up first)
+      throw Timeout("timed out setting up shared memory: rank " + std::to_string(r) +
+                    " never said it had " + phase + " its segment (dead, stuck, or not joining)");
+    }
     if (v != "ok") {
       if (all_ok) *first_problem = "rank " + std::to_string(r) + ": " + v;
       all_ok = false;
@@ -131,8 +153,15 @@ std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int ran
       if (!problem.empty()) shm_unlink(mine.c_str());
     }
   }
+  fault_point("shm_setup");  // our segment exists, the others' are not mapped yet
   std::string first_problem;
-  bool ok = agree(store, "created", rank, local_ranks, problem, deadline, &first_problem);
+  bool ok = false;
+  try {
+    ok = agree(store, "created", rank, local_ranks, problem, deadline, &first_problem);
+  } catch (...) {  // a local rank never answered: nothing of this setup may stay in /dev/shm
+    for (const std::string& name : host->names_) shm_unlink(name.c_str());
+    throw;
+  }
 
   // Phase 2: map everyone else's.
   problem.clear();
@@ -153,9 +182,15 @@ std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int ran
     if (host->header(i).magic != kSegmentMagic || host->header(i).comm_id != comm_id)
       problem = host->names_[i] + " is not this communicator's segment";
   }
-  if (ok) ok = agree(store, "mapped", rank, local_ranks, problem, deadline, &first_problem);
-  // Everyone has mapped (or given up): the name is no longer needed.
-  shm_unlink(mine.c_str());
+  try {
+    if (ok) ok = agree(store, "mapped", rank, local_ranks, problem, deadline, &first_problem);
+  } catch (...) {
+    for (const std::string& name : host->names_) shm_unlink(name.c_str());
+    throw;
+  }
+  // Everyone has mapped (or given up): the names are no longer needed. Each rank unlinks them
+  // all, so a rank that dies during setup leaves nothing behind in /dev/shm either.
+  for (const std::string& name : host->names_) shm_unlink(name.c_str());
   if (!ok) {
     // Leave together: the rank hosting the store must not go (if it then fails) while the
     // others still read the answers above.
@@ -213,7 +248,7 @@ void ShmHost::check_peer(int local) const {
   const int rank = local_ranks_[local];
   if (h.aborted.load(std::memory_order_acquire))
     throw PeerReportedError(rank, names_of_[local] + " reported an error: " + std::string(h.abort_message));
-  if (h.pid_ns == my_pid_ns_ && h.pid > 0 && kill(h.pid, 0) != 0 && errno == ESRCH)
+  if (h.pid_ns == my_pid_ns_ && h.pid > 0 && process_gone(h.pid))
     throw PeerError(rank, names_of_[local] + " (pid " + std::to_string(h.pid) +
                               ") died: its process is gone");
 }
