@@ -36,6 +36,7 @@ LogLevel log_level() {
 }
 
 void set_log_rank(int rank) { g_rank.store(rank); }
+int log_rank() { return g_rank.load(); }
 
 void log_line(LogLevel level, const std::string& text) {
   static std::mutex mu;

@@ -11,6 +11,7 @@ enum class LogLevel { kNone = 0, kWarn = 1, kInfo = 2, kTrace = 3 };
 LogLevel log_level();
 // The rank printed in front of lines logged by this process (the world rank, once known).
 void set_log_rank(int rank);
+int log_rank();  // -1 until set
 void log_line(LogLevel level, const std::string& text);
 
 }  // namespace plexus

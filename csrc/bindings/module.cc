@@ -15,6 +15,7 @@
 #include "bootstrap/tcp_store.h"
 #include "base/fault.h"
 #include "core/collectives.h"
+#include "core/flight_recorder.h"
 #include "core/communicator.h"
 #include "reduce/cpu_reduce.h"
 #include "transport/host_memory.h"
@@ -306,6 +307,10 @@ PYBIND11_MODULE(_C, m) {
     for (const auto& t : transport_table()) rows.emplace_back(t.name, t.summary);
     return rows;
   }, "The transports, in order of preference: [(name, summary)].");
+  m.def("_flight_dump", &flight_dump_json, py::call_guard<py::gil_scoped_release>(),
+        "Every flight recorder of this process (the last calls of each communicator), as JSON.");
+  m.def("_flight_dump_to_dir", &flight_dump_to_dir, py::arg("why"), py::call_guard<py::gil_scoped_release>(),
+        "Writes _flight_dump() into PLEXUS_TRACE_DIR; returns the path.");
   m.def("_arm_fault", &arm_fault, py::arg("point"), py::arg("after") = 1,
         "Tests only: SIGKILL this process at its `after`-th arrival at fault point `point` (base/fault.h).");
 

@@ -72,7 +72,7 @@ std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollA
   const Algorithm& algo = choose_algorithm(kind, args.count * dtype_size(args.dtype), comm.shape(),
                                           comm.cost_model(), comm.internal());
   AlgorithmFn run = algo.run;
-  return comm.submit(sig, [run, args = std::move(args)](OpContext& ctx) { run(ctx, args); }, blocking);
+  return comm.submit(sig, [run, args = std::move(args)](OpContext& ctx) { run(ctx, args); }, algo.name, blocking);
 }
 
 }  // namespace plexus

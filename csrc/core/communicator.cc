@@ -34,6 +34,18 @@ std::exception_ptr with_context(std::exception_ptr ep, const std::string& prefix
   }
 }
 
+bool is_timeout_or_peer_error(std::exception_ptr ep) {
+  try {
+    std::rethrow_exception(ep);
+  } catch (const Timeout&) {
+    return true;
+  } catch (const PeerError&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
 std::string message_of(std::exception_ptr ep) {
   try {
     std::rethrow_exception(ep);
@@ -57,6 +69,8 @@ Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, dou
     for (int r = 0; r < size; ++r) global_ranks_.push_back(r);
   if (static_cast<int>(global_ranks_.size()) != size)
     throw InvalidArgument("global_ranks must list one rank per group rank");
+  recorder_ = std::make_unique<FlightRecorder>(id_.comm_id, rank, size, global_ranks_);
+  install_flight_dump_signal();
   std::vector<std::string> names;
   for (int r = 0; r < size; ++r) names.push_back(name_of(r));
   const TransportSetup setup{*store, id_, std::move(names), deadline};
@@ -155,8 +169,8 @@ Communicator::~Communicator() {
   if (abort_fd_ >= 0) close(abort_fd_);
 }
 
-std::shared_ptr<Work> Communicator::submit(const Signature& sig,
-                                           std::function<void(OpContext&)> body, bool blocking) {
+std::shared_ptr<Work> Communicator::submit(const Signature& sig, std::function<void(OpContext&)> body,
+                                           const char* algorithm, bool blocking) {
   Op op;
   op.sig = sig;
   op.body = std::move(body);
@@ -171,6 +185,7 @@ std::shared_ptr<Work> Communicator::submit(const Signature& sig,
       return work;
     }
     op.seq = next_seq_++;
+    recorder_->submitted(op.seq, sig, algorithm);
     run_here = blocking && in_flight_ == 0;
     ++in_flight_;
     if (!run_here) queue_.push_back(std::move(op));
@@ -306,16 +321,20 @@ void Communicator::run_op(Op& op) {
         Error(prefix() + "the communicator is unusable after an earlier failure (" + failure_ + ")")));
     return;
   }
+  recorder_->started(op.seq);
   try {
     check_abort();
     PLEXUS_TRACE("start " << ctx.describe());
     op.body(ctx);
     PLEXUS_TRACE("done " << ctx.describe());
+    recorder_->ended(op.seq, "");
     op.work->set_done();
   } catch (...) {
     auto ep = with_context(std::current_exception(), prefix());
     failure_ = message_of(ep);
     PLEXUS_WARN(failure_);
+    recorder_->ended(op.seq, failure_);
+    if (is_timeout_or_peer_error(ep)) flight_dump_to_dir(ctx.describe() + " failed");
     fail_connections(failure_);
     op.work->set_failed(ep);
   }

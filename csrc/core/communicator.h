@@ -16,6 +16,7 @@
 #include "base/signature.h"
 #include "bootstrap/rendezvous.h"
 #include "bootstrap/store.h"
+#include "core/flight_recorder.h"
 #include "core/op_context.h"
 #include "core/p2p.h"
 #include "core/work.h"
@@ -74,8 +75,9 @@ class Communicator {
 
   // Runs an op after every op submitted before it. A blocking call finding nothing queued or
   // running executes on the calling thread (no hand-off to the progress thread: lower latency);
-  // everything else is queued for the progress thread. Returns the op's Work.
-  std::shared_ptr<Work> submit(const Signature& sig, std::function<void(OpContext&)> body,
+  // everything else is queued for the progress thread. Returns the op's Work. `algorithm`
+  // names what runs it, for the flight recorder.
+  std::shared_ptr<Work> submit(const Signature& sig, std::function<void(OpContext&)> body, const char* algorithm,
                                bool blocking);
   // Fails the op in flight and everything queued, and makes the communicator unusable.
   void abort(const std::string& why);
@@ -119,6 +121,7 @@ class Communicator {
   std::unique_ptr<TransportSet> transports_;  // outlives the connections it made
   std::vector<Endpoint> endpoints_;
   std::unique_ptr<P2PEngine> p2p_;
+  std::unique_ptr<FlightRecorder> recorder_;  // the last calls, for dumps
   GroupShape shape_;
   CostModel model_;
   std::unique_ptr<Communicator> cross_;

@@ -1,4 +1,5 @@
-"""The `plexus` command: `plexus info` prints the topology and the tuner's choices."""
+"""The `plexus` command: `plexus info` prints the topology and the tuner's choices; `plexus trace
+DIR` compares the ranks' flight-recorder dumps."""
 
 from __future__ import annotations
 
@@ -44,8 +45,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     info.add_argument("--topo", metavar="FILE", help="a described machine (JSON, or the name of a shipped example)")
     info.add_argument("--ranks", type=int, help="ranks on this host when no --topo is given (default: one per core)")
     info.add_argument("--collective", action="append", choices=tuning.COLLECTIVES, help="only these (repeatable)")
+    trace = sub.add_parser("trace", help="compare the ranks' flight-recorder dumps: who is behind, which calls disagree")
+    trace.add_argument("dir", help="the folder of the dumps (PLEXUS_TRACE_DIR of the job; default $TMPDIR/plexus-trace)")
     args = p.parse_args(argv)
     try:
+        if args.command == "trace":
+            from . import _trace
+
+            print("\n".join(_trace.report(args.dir)))
+            return 0
         return _info(args)
     except (OSError, ValueError) as e:
         print(f"plexus: error: {e}", file=sys.stderr)

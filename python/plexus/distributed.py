@@ -183,6 +183,20 @@ def abort(group: Optional[ProcessGroup] = None) -> None:
         g.abort(why)
 
 
+def debug_dump(path: Optional[str] = None) -> str:
+    """Writes this process's flight recorders (the last calls of every group: sequence number,
+    signature, algorithm, state, times) as JSON to `path`, or into PLEXUS_TRACE_DIR (default
+    $TMPDIR/plexus-trace) when None; returns the path. `plexus trace DIR` reads every rank's."""
+    if path is None:
+        written = _C._flight_dump_to_dir("plexus.debug_dump()")
+        if not written:
+            raise OSError("plexus.debug_dump: cannot write into PLEXUS_TRACE_DIR")
+        return written
+    with open(path, "w") as f:
+        f.write(_C._flight_dump() + "\n")
+    return path
+
+
 def _world(what: str) -> ProcessGroup:
     if _state.world is None:
         raise RuntimeError(f"{what}: the default process group is not initialized; call plexus.init_process_group() first")
