@@ -57,6 +57,33 @@ def any_source(rank, world):
     return sorted(senders)
 
 
+def send_then_leave(rank, world):
+    """Ranks 1.. send, then destroy their group at once; rank 0 receives from any source only
+    after they left. What they sent still arrives (their leaving is not an error for a receive
+    another rank can meet); a receive from a rank that left fails at once, naming it."""
+    import time
+
+    if rank != 0:
+        plexus.send(np.array([rank * 10], dtype=np.int32), dst=0, tag=5)
+        plexus.destroy_process_group()
+        time.sleep(2.0)  # still alive while rank 0 receives: its leaving, not its death, is seen
+        return None
+    time.sleep(1.0)
+    senders = set()
+    for _ in range(world - 1):
+        x = np.zeros(1, dtype=np.int32)
+        src = plexus.recv(x, tag=5)
+        assert x[0] == src * 10
+        senders.add(src)
+    start = time.monotonic()
+    try:
+        plexus.recv(np.zeros(1, dtype=np.int32), src=1, tag=5)
+        error = "no error"
+    except plexus.PeerError as e:
+        error = str(e)
+    return sorted(senders), error, time.monotonic() - start
+
+
 def size_mismatch(rank, world):
     if rank == 0:
         plexus.send(np.zeros(10, dtype=np.float32), dst=1)
@@ -94,6 +121,14 @@ def test_tags_match_in_order_per_peer_and_tag(transport):
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
 def test_receive_from_any_source(transport):
     assert run_ranks(4, any_source, env=TRANSPORTS[transport])[0] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
+def test_messages_sent_before_leaving_arrive(transport):
+    senders, error, seconds = run_ranks(4, send_then_leave, env=TRANSPORTS[transport])[0]
+    assert senders == [1, 2, 3]
+    assert "rank 1" in error, error
+    assert seconds < 30, seconds  # not the 300 s timeout
 
 
 def test_size_mismatch_is_an_error_naming_both_sides():

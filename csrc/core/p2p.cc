@@ -76,7 +76,9 @@ void P2PEngine::take_new_requests() {
     fresh.swap(inbox_);
   }
   for (auto& r : fresh) {
-    if (r->is_send) {
+    if (r->peer != kAnySource && peers_[r->peer].closed) {
+      r->work->set_failed(peers_[r->peer].closed_why);  // it left: no message goes or comes now
+    } else if (r->is_send) {
       peers_[r->peer].sends.push_back(r);
     } else if (!match_unexpected(r)) {
       posted_.push_back(r);
@@ -267,8 +269,13 @@ void P2PEngine::peer_closed(int p, const PeerError& why) {
   peer.conn.reset();
   peer.closed = true;
   auto error = std::make_exception_ptr(PeerError(p, why.what()));
+  peer.closed_why = error;
   for (auto& r : peer.sends) r->work->set_failed(error);
   peer.sends.clear();
+  if (peer.in_target) peer.in_target->work->set_failed(error);  // its message stopped half-way
+  peer.in_target.reset();
+  peer.in_spill.reset();
+  peer.in_got = peer.in_payload_got = peer.out_done = 0;
   for (auto it = posted_.begin(); it != posted_.end();) {
     if ((*it)->peer == p) {
       (*it)->work->set_failed(error);
@@ -325,11 +332,9 @@ void P2PEngine::loop() {
           moved |= pump_recv(p);
           if (peer.conn->fd() < 0 && (!peer.sends.empty() || wants_reading(p)) && backoff.time_to_check())
             peer.conn->check_peer();
-        } catch (const PeerReportedError&) {
-          throw;
         } catch (const PeerError& e) {
-          // Gone between messages (it may simply have finished): only what needs it fails.
-          if (peer.in_got != 0 || peer.out_done != 0) throw;
+          // Gone, or its communicator stopped (it may simply have finished): only what needs
+          // it fails; a receive from any source may still be met by another rank.
           peer_closed(p, e);
           continue;
         }

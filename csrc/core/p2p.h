@@ -74,7 +74,8 @@ class P2PEngine {
     std::unique_ptr<Unexpected> in_spill;  // or where an unmatched frame goes
     size_t in_payload_got = 0;
     uint64_t sent = 0;  // messages sent to this peer (frame sequence numbers)
-    bool closed = false;  // the peer closed its end between messages (it left, or died)
+    bool closed = false;  // the peer left, died or reported an error
+    std::exception_ptr closed_why;  // what requests to it fail with from then on
   };
 
   void loop();
@@ -89,7 +90,7 @@ class P2PEngine {
   void accept_pending();
   void check_deadlines();
   void fail_all(std::exception_ptr error);
-  // The connection to `p` ended between two messages: fail only what needs that peer.
+  // The connection to `p` ended (it left, died or reported an error): fail only what needs it.
   void peer_closed(int p, const PeerError& why);
 
   Communicator& comm_;
