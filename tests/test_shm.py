@@ -158,3 +158,21 @@ def mismatch(rank, world):
 def test_collective_mismatch_over_shared_memory():
     for msg in run_ranks(2, mismatch, timeout=120):
         assert "mismatch" in msg and "all_reduce" in msg and "all_gather" in msg, msg
+
+
+def _reduce_then_leave(rank, world):
+    """Rank 1 gives its part of a reduce and leaves at once (a non-root does not wait for the
+    root), while rank 0 still waits for the late rank 2: a rank that finished the call and left
+    (its segment says so) is no error for those still in it."""
+    x = np.full(64, rank + 1.0, np.float32)
+    if rank == 2:
+        time.sleep(1.0)
+    plexus.reduce(x, dst=0)
+    if rank == 1:
+        plexus.destroy_process_group()
+        time.sleep(2.0)
+    return float(x[0]) if rank == 0 else None
+
+
+def test_a_rank_that_finished_and_left_is_no_error():
+    assert run_ranks(3, _reduce_then_leave)[0] == 6.0

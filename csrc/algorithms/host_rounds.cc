@@ -21,13 +21,24 @@ void HostRounds::wait_all(RoundCounter c, uint64_t target, int only) {
       // Every local peer, not just the awaited one: one that failed or aborted dooms the call,
       // and the error should name it, not whoever comes late next.
       for (int q = 0; q < n_; ++q)
-        if (q != me_) host_.check_peer(q);
+        if (q != me_) check_peer(q);
       ctx_.check_abort();
       if (ctx_.deadline.passed())
         throw Timeout("timed out after " + std::to_string(static_cast<int>(ctx_.timeout_s())) +
                       " s waiting for " + host_.name_of(p) +
                       " in shared memory (a peer may be stuck, dead, or in a different call)");
     }
+  }
+}
+
+void HostRounds::check_peer(int q) {
+  try {
+    host_.check_peer(q);
+  } catch (const PeerError&) {
+    // A peer that finished this call and then left (destroyed its group, exited) is no error
+    // for it: it marked its leaving after its last counter, so that counter is visible now.
+    if (host_.counter(q, RoundCounter::kDone).load(std::memory_order_acquire) >= round_ + 1) return;
+    throw;
   }
 }
 

@@ -36,6 +36,8 @@ class HostRounds {
 
  private:
   void wait_all(RoundCounter c, uint64_t target, int only = -1);
+  // Throws if local peer q failed, aborted or left, unless it finished this call before it left.
+  void check_peer(int q);
   void check_stamp(int local);
 
   OpContext& ctx_;
