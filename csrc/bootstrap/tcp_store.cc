@@ -124,7 +124,9 @@ void TcpStoreServer::serve() {
         } else {
           c.waiting = true;
           c.wait_key = key;
-          c.wait_until = Clock::now() + std::chrono::milliseconds(decode_i64(value));
+          // Bounded: a huge or negative wait from a broken client must not overflow the clock.
+          const int64_t wait_ms = std::min<int64_t>(std::max<int64_t>(decode_i64(value), 0), 24 * 3600 * 1000);
+          c.wait_until = Clock::now() + std::chrono::milliseconds(wait_ms);
         }
       } else {
         c.fd.reset();  // not a store client
