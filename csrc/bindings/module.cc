@@ -11,6 +11,7 @@
 #include "algorithms/algorithm.h"
 #include "base/error.h"
 #include "base/log.h"
+#include "bootstrap/auth.h"
 #include "bootstrap/rendezvous.h"
 #include "bootstrap/tcp_store.h"
 #include "base/fault.h"
@@ -272,6 +273,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("array_address", [](const py::array& a) { return reinterpret_cast<uintptr_t>(a.data()); });
   m.def("set_log_rank", &set_log_rank);
   m.def("interface_ipv4", &interface_ipv4, "IPv4 address of a network interface, or ''.");
+  m.def("job_authenticated", [] { return !job_token().empty(); },
+        "Whether PLEXUS_AUTH_TOKEN or PLEXUS_AUTH_FILE gives this job a token (ValueError: unreadable file).");
+  m.def("_hmac_sha256", [](const py::bytes& key, const py::bytes& message) {
+    Mac mac = hmac_sha256(std::string(key), std::string(message));
+    return py::bytes(reinterpret_cast<const char*>(mac.data()), mac.size());
+  });
   m.def("_reduce",
         [](int op, int dtype, uintptr_t dst, std::vector<uintptr_t> srcs, size_t n, double post_scale) {
           std::vector<const void*> p;

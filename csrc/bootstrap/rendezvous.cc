@@ -1,7 +1,6 @@
 // Identity, endpoint exchange and barriers over the store; which host this is.
 #include "bootstrap/rendezvous.h"
 
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,23 +12,9 @@
 #include "base/error.h"
 #include "base/fault.h"
 #include "base/log.h"
+#include "bootstrap/auth.h"
 
 namespace plexus {
-
-namespace {
-void random_bytes(void* out, size_t n) {
-  auto* p = static_cast<uint8_t*>(out);
-  while (n > 0) {
-    ssize_t k = getrandom(p, n, 0);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      throw Error("getrandom failed: " + errno_text(errno));
-    }
-    p += k;
-    n -= static_cast<size_t>(k);
-  }
-}
-}  // namespace
 
 CommIdentity agree_identity(Store& store, int rank, int size, Deadline deadline) {
   int64_t claims = store.add("rank_claim/" + std::to_string(rank), 1);
@@ -39,9 +24,11 @@ CommIdentity agree_identity(Store& store, int rank, int size, Deadline deadline)
   CommIdentity id;
   id.rank = rank;
   id.size = size;
+  id.token = job_token();
   if (rank == 0) {
     random_bytes(&id.comm_id, sizeof(id.comm_id));
-    random_bytes(id.secret.data(), id.secret.size());
+    // With a job token, peers prove they hold it instead: no secret goes into the store.
+    if (id.token.empty()) random_bytes(id.secret.data(), id.secret.size());
     std::string blob(reinterpret_cast<const char*>(&id.comm_id), 8);
     blob.append(reinterpret_cast<const char*>(id.secret.data()), id.secret.size());
     blob += std::to_string(size);

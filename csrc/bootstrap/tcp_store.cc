@@ -2,6 +2,10 @@
 //   request:  u8 cmd | u32 key_len | key | u64 value_len | value
 //   response: u8 status (0 ok, 1 not found before the wait ran out) | u64 len | value
 // GET carries its wait in milliseconds as an i64 value; ADD carries the i64 delta.
+// With a job token (auth.h) a connection starts with a challenge-response before any request:
+//   server: u32 "PLXS" | nonce_s          client: u32 "PLXK" | nonce_c | proof_c
+//   server: proof_s                      (proof_x = HMAC(token, role | nonces), auth.h)
+// A client that fails it is logged (its address) and closed; the store goes on.
 #include "bootstrap/tcp_store.h"
 
 #include <errno.h>
@@ -17,6 +21,7 @@
 
 #include "base/error.h"
 #include "base/log.h"
+#include "bootstrap/auth.h"
 
 namespace plexus {
 
@@ -26,6 +31,12 @@ enum : uint8_t { kSet = 1, kGet = 2, kAdd = 3 };
 enum : uint8_t { kOk = 0, kNotFound = 1 };
 constexpr uint32_t kMaxKey = 1 << 16;
 constexpr uint64_t kMaxValue = 64ull << 20;
+constexpr uint32_t kServerHello = 0x504C5853;  // "PLXS"
+constexpr uint32_t kClientProof = 0x504C584B;  // "PLXK"
+constexpr const char* kStoreContext = "plexus store";
+constexpr size_t kClientProofBytes = 4 + 32 + 32;
+constexpr int kAuthMillis = 5000;            // for a client to prove it holds the token
+constexpr size_t kMaxUnauthenticated = 64;   // clients waiting to do so
 
 void put_u32(std::string& s, uint32_t v) { s.append(reinterpret_cast<const char*>(&v), 4); }
 void put_u64(std::string& s, uint64_t v) { s.append(reinterpret_cast<const char*>(&v), 8); }
@@ -46,6 +57,10 @@ std::string response(uint8_t status, const std::string& value) {
 
 struct ClientState {
   Fd fd;
+  std::string who;       // its address, for messages
+  bool authed = false;   // always true in a job without a token
+  Nonce nonce{};         // the server's nonce of its handshake
+  Clock::time_point auth_until;  // when it is dropped if it has not authenticated by then
   std::string inbuf;
   bool waiting = false;  // a GET is parked until its key appears
   std::string wait_key;
@@ -54,7 +69,7 @@ struct ClientState {
 
 }  // namespace
 
-TcpStoreServer::TcpStoreServer(const std::string& bind_ip, int port) {
+TcpStoreServer::TcpStoreServer(const std::string& bind_ip, int port) : token_(job_token()) {
   listen_fd_ = listen_tcp(bind_ip, port, &port_);
   int pipefd[2];
   if (::pipe2(pipefd, O_CLOEXEC) != 0) throw Error("pipe(): " + errno_text(errno));
@@ -90,8 +105,36 @@ void TcpStoreServer::serve() {
       }
     }
   };
+  auto refuse = [](ClientState& c, const char* why) {
+    PLEXUS_WARN("store: refused a client from " << c.who << ": " << why);
+    c.fd.reset();
+  };
+  // With a token: checks the client's proof, answers with ours; false until it is all in.
+  auto authenticate = [&](ClientState& c) {
+    if (c.inbuf.size() < 4) return false;
+    uint32_t magic;
+    std::memcpy(&magic, c.inbuf.data(), 4);
+    if (magic != kClientProof) {
+      refuse(c, "no authentication (is PLEXUS_AUTH_TOKEN unset there?)");
+      return false;
+    }
+    if (c.inbuf.size() < kClientProofBytes) return false;
+    Nonce theirs;
+    std::memcpy(theirs.data(), c.inbuf.data() + 4, theirs.size());
+    Mac expected = handshake_proof(token_, "store client", kStoreContext, c.nonce, theirs);
+    if (!same_bytes(expected.data(), reinterpret_cast<const uint8_t*>(c.inbuf.data()) + 36, expected.size())) {
+      refuse(c, "it does not hold this job's token");
+      return false;
+    }
+    c.inbuf.erase(0, kClientProofBytes);
+    Mac ours = handshake_proof(token_, "store server", kStoreContext, theirs, c.nonce);
+    reply(c, std::string(reinterpret_cast<const char*>(ours.data()), ours.size()));
+    c.authed = c.fd.valid();
+    return c.authed;
+  };
   // Parses and answers every complete request in the client's buffer.
   auto handle = [&](ClientState& c) {
+    if (!c.authed && !authenticate(c)) return;
     while (!c.waiting && c.fd.valid()) {
       const std::string& b = c.inbuf;
       if (b.size() < 5) return;
@@ -139,6 +182,7 @@ void TcpStoreServer::serve() {
     auto now = Clock::now();
     int timeout_ms = 1000;
     for (auto& c : clients) {
+      if (!c->authed && c->fd.valid() && c->auth_until <= now) refuse(*c, "no valid handshake in time");
       if (!c->waiting) continue;
       if (c->wait_until <= now) {
         c->waiting = false;
@@ -170,6 +214,23 @@ void TcpStoreServer::serve() {
         if (!fd.valid()) break;
         auto c = std::make_unique<ClientState>();
         c->fd = std::move(fd);
+        c->who = peer_ip(c->fd.get());
+        c->authed = token_.empty();
+        if (!c->authed) {
+          // 36 bytes into an empty socket buffer: sent at once, or the client is gone.
+          c->nonce = fresh_nonce();
+          std::string hello(reinterpret_cast<const char*>(&kServerHello), 4);
+          hello.append(reinterpret_cast<const char*>(c->nonce.data()), c->nonce.size());
+          if (::send(c->fd.get(), hello.data(), hello.size(), MSG_NOSIGNAL | MSG_DONTWAIT) !=
+              static_cast<ssize_t>(hello.size()))
+            continue;
+          c->auth_until = Clock::now() + std::chrono::milliseconds(kAuthMillis);
+          // Too many strangers at once: the oldest goes first (the store's own ranks finish
+          // their handshakes within milliseconds).
+          auto waiting = [](const std::unique_ptr<ClientState>& x) { return !x->authed && x->fd.valid(); };
+          if (std::count_if(clients.begin(), clients.end(), waiting) >= static_cast<long>(kMaxUnauthenticated))
+            refuse(**std::find_if(clients.begin(), clients.end(), waiting), "too many clients wait to authenticate");
+        }
         clients.push_back(std::move(c));
       }
     }
@@ -199,6 +260,44 @@ TcpStoreClient::TcpStoreClient(const std::string& host, int port, double timeout
                 " within " + std::to_string(static_cast<int>(timeout_s)) + " s: " + e.what());
   }
   local_ip_ = local_ip(fd_.get());
+  const std::string token = job_token();
+  if (!token.empty()) authenticate(token);
+}
+
+void TcpStoreClient::authenticate(const std::string& token) {
+  // The server speaks first, at once: wait briefly, not the whole rendezvous timeout.
+  Deadline deadline = Deadline::after_seconds(std::min(timeout_s_, 10.0));
+  try {
+    uint32_t magic = 0;
+    Nonce theirs;
+    recv_all(fd_.get(), &magic, 4, deadline);
+    if (magic != kServerHello) throw Error("it is not a plexus store that authenticates");
+    recv_all(fd_.get(), theirs.data(), theirs.size(), deadline);
+    Nonce mine = fresh_nonce();
+    Mac proof = handshake_proof(token, "store client", kStoreContext, theirs, mine);
+    std::string msg(reinterpret_cast<const char*>(&kClientProof), 4);
+    msg.append(reinterpret_cast<const char*>(mine.data()), mine.size());
+    msg.append(reinterpret_cast<const char*>(proof.data()), proof.size());
+    send_all(fd_.get(), msg.data(), msg.size(), deadline);
+    Mac answer;
+    try {
+      recv_all(fd_.get(), answer.data(), answer.size(), deadline);
+    } catch (const Timeout&) {
+      throw;
+    } catch (const Error&) {
+      throw Error("it refused this rank's proof (PLEXUS_AUTH_TOKEN differs there)");
+    }
+    Mac expected = handshake_proof(token, "store server", kStoreContext, mine, theirs);
+    if (!same_bytes(expected.data(), answer.data(), answer.size()))
+      throw Error("it does not hold this job's token (PLEXUS_AUTH_TOKEN differs there)");
+  } catch (const Timeout&) {
+    fd_.reset();
+    throw Error("the rendezvous store at " + server() + " did not start an authenticated handshake " +
+                "(PLEXUS_AUTH_TOKEN is set here: is it set on rank 0 too?)");
+  } catch (const Error& e) {
+    fd_.reset();
+    throw Error("cannot authenticate with the rendezvous store at " + server() + ": " + e.what());
+  }
 }
 
 std::string TcpStoreClient::request(uint8_t cmd, const std::string& key, const std::string& value,
@@ -217,7 +316,10 @@ std::string TcpStoreClient::request(uint8_t cmd, const std::string& key, const s
     // The server answers a GET when its own wait ends; allow it a little longer here.
     Deadline reply_deadline{deadline.at + std::chrono::seconds(5)};
     recv_all(fd_.get(), &status, 1, reply_deadline);
+    if (status != kOk && status != kNotFound)
+      throw Error("its answer is not a store reply (does rank 0 use PLEXUS_AUTH_TOKEN and this rank not?)");
     recv_all(fd_.get(), &len, 8, reply_deadline);
+    if (len > kMaxValue) throw Error("its answer claims " + std::to_string(len) + " bytes");
     std::string out(len, '\0');
     if (len) recv_all(fd_.get(), out.data(), len, reply_deadline);
     *found = status == kOk;

@@ -21,6 +21,7 @@ class TcpStoreServer {
 
  private:
   void serve();
+  std::string token_;  // the job token; "" when the job is unauthenticated
   Fd listen_fd_;
   Fd wake_read_, wake_write_;
   int port_ = 0;
@@ -39,6 +40,8 @@ class TcpStoreClient : public Store {
   std::string server() const { return host_ + ":" + std::to_string(port_); }
 
  private:
+  // The challenge-response of a job with a token (see tcp_store.cc); throws if it fails.
+  void authenticate(const std::string& token);
   std::string request(uint8_t cmd, const std::string& key, const std::string& value,
                       Deadline deadline, bool* found);
   std::mutex mu_;

@@ -1,11 +1,13 @@
 // TCP transport: per communicator and channel one listening socket, and one stream per
-// connected peer pair (the lower rank dials). A connection starts with an authenticated
-// handshake: the connector proves it knows the communicator's id and secret (handed out
-// through the rendezvous store) or is refused. Dialed-in streams wait in a short queue while
-// their hello arrives, read without blocking: a stranger (a port scanner, a health check) that
-// connects and sends nothing or a few bytes holds up nobody; it is dropped after its deadline,
-// or first when too many wait. The listener and the waiting streams sit in one epoll set per
-// channel, so whoever waits for peers polls one descriptor however many strangers wait.
+// connected peer pair (the lower rank dials). A connection starts with a handshake: the
+// connector proves it knows the communicator's id and secret (handed out through the
+// rendezvous store), or, in a job with a token (auth.h), both sides prove they hold the token by
+// a challenge-response over both sides' nonces; else it is refused. Dialed-in streams wait in a
+// short queue while their handshake arrives, read without blocking: a stranger (a port scanner,
+// a health check) that connects and sends nothing or a few bytes holds up nobody; it is dropped
+// after its deadline, or first when too many wait. The listener and the waiting streams sit in
+// one epoll set per channel, so whoever waits for peers polls one descriptor however many
+// strangers wait.
 #include <errno.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -21,6 +23,7 @@
 #include "base/config.h"
 #include "base/error.h"
 #include "base/log.h"
+#include "bootstrap/auth.h"
 #include "bootstrap/socket.h"
 #include "transport/transport.h"
 
@@ -30,6 +33,7 @@ namespace {
 
 constexpr uint32_t kHelloMagic = 0x504C5848;  // "PLXH"
 constexpr uint32_t kAckMagic = 0x504C5841;    // "PLXA"
+constexpr uint32_t kChallengeMagic = 0x504C5843;  // "PLXC"
 // How long an accepted connection may take to present its hello, and how many may be waiting
 // for theirs at once (the oldest goes first beyond that).
 constexpr double kHandshakeSeconds = 5.0;
@@ -43,7 +47,14 @@ struct Hello {
   uint64_t comm_id;
   int32_t from_rank;
   int32_t to_rank;
-  uint8_t secret[32];
+  uint8_t secret[32];  // in a job with a token: the connector's nonce
+};
+// With a token, the acceptor's answer to a hello: its nonce and its proof; the connector then
+// sends its own proof (32 bytes) and gets the Ack.
+struct Challenge {
+  uint32_t magic;
+  uint8_t nonce[32];
+  uint8_t proof[32];
 };
 struct Ack {
   uint32_t magic;
@@ -51,11 +62,12 @@ struct Ack {
 };
 #pragma pack(pop)
 
-bool same_secret(const uint8_t* a, const uint8_t* b) {
-  uint8_t diff = 0;  // constant time: do not leak how many bytes matched
-  for (int i = 0; i < 32; ++i) diff |= static_cast<uint8_t>(a[i] ^ b[i]);
-  return diff == 0;
+// What both proofs of a peer handshake cover besides the nonces: the communicator and the pair.
+std::string handshake_context(uint64_t comm_id, int from, int to) {
+  return "plexus peer " + std::to_string(comm_id) + " " + std::to_string(from) + ">" + std::to_string(to);
 }
+constexpr const char* kAcceptorRole = "acceptor";
+constexpr const char* kConnectorRole = "connector";
 
 // The IP to advertise: PLEXUS_SOCKET_IFNAME's address, else the address this host uses to
 // reach the store, else loopback.
@@ -152,6 +164,11 @@ class TcpTransport : public Transport {
     Deadline deadline;
     Hello hello{};
     size_t got = 0;  // bytes of the hello read so far
+    // With a token, after the hello: the nonce sent in the challenge, and the proof coming back.
+    bool challenged = false;
+    Nonce nonce{};
+    Mac proof{};
+    size_t proof_got = 0;
   };
   // Accepts what is waiting on the listener, drops what is late or too many; under the lock.
   void take_new(int channel);
@@ -159,9 +176,14 @@ class TcpTransport : public Transport {
   void watch(int channel, int fd, bool on);
   // Drops a pending stream (out of the epoll set, closed); returns what follows it.
   std::deque<Pending>::iterator forget(int channel, std::deque<Pending>::iterator it);
-  // Reads what arrived of `p`'s hello: the connection once it is complete and valid, else
-  // nullptr; `drop` says whether to forget it (refused, closed, or broken).
+  // Reads what arrived of `p`'s hello (and, with a token, its proof): the connection once it is
+  // complete and valid, else nullptr; `drop` says whether to forget it (refused, closed, broken).
   std::unique_ptr<Connection> progress(Pending& p, bool* drop);
+  // Reads up to n - *got more bytes into dst; false while some have not arrived yet (`*closed`
+  // says whether the stream ended or broke instead).
+  static bool read_more(Pending& p, void* dst, size_t n, size_t* got, bool* closed);
+  // Sends the challenge to a complete hello; false when the stream does not take it.
+  bool challenge(Pending& p);
   CommIdentity id_;
   std::vector<std::string> names_;
   std::string ip_;
@@ -233,10 +255,31 @@ std::unique_ptr<Connection> TcpTransport::connect(int peer, int channel, Deadlin
     h.comm_id = id_.comm_id;
     h.from_rank = id_.rank;
     h.to_rank = peer;
-    std::memcpy(h.secret, id_.secret.data(), 32);
+    const bool authenticated = !id_.token.empty();
+    const Nonce mine = authenticated ? fresh_nonce() : Nonce{};
+    std::memcpy(h.secret, authenticated ? mine.data() : id_.secret.data(), 32);
     send_all(fd.get(), &h, sizeof(h), deadline);
+    if (authenticated) {
+      Challenge c{};
+      recv_all(fd.get(), &c.magic, sizeof(c.magic), deadline);
+      if (c.magic == kAckMagic)
+        throw Error("it does not authenticate (PLEXUS_AUTH_TOKEN is set here but not there)");
+      if (c.magic != kChallengeMagic) throw Error("handshake refused");
+      recv_all(fd.get(), c.nonce, sizeof(c.nonce) + sizeof(c.proof), deadline);
+      Nonce theirs;
+      std::memcpy(theirs.data(), c.nonce, theirs.size());
+      const std::string context = handshake_context(id_.comm_id, id_.rank, peer);
+      Mac expected = handshake_proof(id_.token, kAcceptorRole, context, mine, theirs);
+      if (!same_bytes(expected.data(), c.proof, expected.size()))
+        throw Error("it does not hold this job's token (PLEXUS_AUTH_TOKEN differs there)");
+      Mac proof = handshake_proof(id_.token, kConnectorRole, context, theirs, mine);
+      send_all(fd.get(), proof.data(), proof.size(), deadline);
+    }
     Ack ack{};
-    recv_all(fd.get(), &ack, sizeof(ack), deadline);
+    recv_all(fd.get(), &ack.magic, sizeof(ack.magic), deadline);
+    if (ack.magic == kChallengeMagic)
+      throw Error("it asks for authentication (PLEXUS_AUTH_TOKEN is set there but not here)");
+    recv_all(fd.get(), &ack.status, sizeof(ack.status), deadline);
     if (ack.magic != kAckMagic || ack.status != 0) throw Error("handshake refused");
   } catch (const Error& e) {
     throw PeerError(peer, "cannot connect to " + peer_name + " at " + ep.str() + ": " + e.what());
@@ -286,33 +329,82 @@ void TcpTransport::take_new(int channel) {
   }
 }
 
-std::unique_ptr<Connection> TcpTransport::progress(Pending& p, bool* drop) {
-  *drop = true;
-  while (p.got < sizeof(Hello)) {
-    ssize_t k = ::recv(p.fd.get(), reinterpret_cast<char*>(&p.hello) + p.got, sizeof(Hello) - p.got, MSG_DONTWAIT);
+bool TcpTransport::read_more(Pending& p, void* dst, size_t n, size_t* got, bool* closed) {
+  *closed = false;
+  while (*got < n) {
+    ssize_t k = ::recv(p.fd.get(), static_cast<char*>(dst) + *got, n - *got, MSG_DONTWAIT);
     if (k > 0) {
-      p.got += static_cast<size_t>(k);
+      *got += static_cast<size_t>(k);
       continue;
     }
     if (k < 0 && errno == EINTR) continue;
-    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      *drop = false;  // the rest has not arrived yet
+    *closed = !(k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+    return false;
+  }
+  return true;
+}
+
+bool TcpTransport::challenge(Pending& p) {
+  p.nonce = fresh_nonce();
+  Nonce theirs;
+  std::memcpy(theirs.data(), p.hello.secret, theirs.size());
+  Challenge c{};
+  c.magic = kChallengeMagic;
+  std::memcpy(c.nonce, p.nonce.data(), sizeof(c.nonce));
+  Mac proof = handshake_proof(id_.token, kAcceptorRole,
+                              handshake_context(id_.comm_id, p.hello.from_rank, p.hello.to_rank), theirs, p.nonce);
+  std::memcpy(c.proof, proof.data(), sizeof(c.proof));
+  p.challenged = true;
+  // 68 bytes into an empty socket buffer: sent at once, or the peer is gone.
+  return ::send(p.fd.get(), &c, sizeof(c), MSG_NOSIGNAL | MSG_DONTWAIT) == static_cast<ssize_t>(sizeof(c));
+}
+
+std::unique_ptr<Connection> TcpTransport::progress(Pending& p, bool* drop) {
+  *drop = true;
+  bool closed = false;
+  const bool authenticated = !id_.token.empty();
+  if (!p.challenged) {
+    if (!read_more(p, &p.hello, sizeof(Hello), &p.got, &closed)) {
+      if (closed)
+        PLEXUS_WARN("refused a connection from " << p.who << ": closed before its handshake (" << p.got << " of "
+                                                 << sizeof(Hello) << " bytes)");
+      *drop = closed;
       return nullptr;
     }
-    PLEXUS_WARN("refused a connection from " << p.who << ": closed before its handshake (" << p.got << " of "
-                                             << sizeof(Hello) << " bytes)");
-    return nullptr;
+    const Hello& h = p.hello;
+    const char* problem = nullptr;
+    if (h.magic != kHelloMagic || h.version != 1) problem = "not a plexus peer";
+    else if (h.comm_id != id_.comm_id) problem = "it belongs to another communicator";
+    else if (h.to_rank != id_.rank || h.from_rank < 0 || h.from_rank >= id_.size) problem = "bad ranks";
+    else if (!authenticated && !same_bytes(h.secret, id_.secret.data(), 32)) problem = "wrong secret";
+    if (problem) {
+      PLEXUS_WARN("refused a connection from " << p.who << ": " << problem);
+      return nullptr;
+    }
+    if (authenticated) {
+      if (!challenge(p)) {
+        PLEXUS_WARN("refused a connection from " << p.who << ": it did not take the handshake's challenge");
+        return nullptr;
+      }
+      *drop = false;
+      return nullptr;  // its proof comes next
+    }
+  } else {
+    if (!read_more(p, p.proof.data(), p.proof.size(), &p.proof_got, &closed)) {
+      if (closed) PLEXUS_WARN("refused a connection from " << p.who << ": closed before its proof");
+      *drop = closed;
+      return nullptr;
+    }
+    Nonce theirs;
+    std::memcpy(theirs.data(), p.hello.secret, theirs.size());
+    Mac expected = handshake_proof(id_.token, kConnectorRole,
+                                   handshake_context(id_.comm_id, p.hello.from_rank, p.hello.to_rank), p.nonce, theirs);
+    if (!same_bytes(expected.data(), p.proof.data(), expected.size())) {
+      PLEXUS_WARN("refused a connection from " << p.who << ": it does not hold this job's token");
+      return nullptr;
+    }
   }
   const Hello& h = p.hello;
-  const char* problem = nullptr;
-  if (h.magic != kHelloMagic || h.version != 1) problem = "not a plexus peer";
-  else if (h.comm_id != id_.comm_id) problem = "it belongs to another communicator";
-  else if (!same_secret(h.secret, id_.secret.data())) problem = "wrong secret";
-  else if (h.to_rank != id_.rank || h.from_rank < 0 || h.from_rank >= id_.size) problem = "bad ranks";
-  if (problem) {
-    PLEXUS_WARN("refused a connection from " << p.who << ": " << problem);
-    return nullptr;
-  }
   // 8 bytes into an empty socket buffer: sent at once, or the peer is gone.
   Ack ack{kAckMagic, 0};
   if (::send(p.fd.get(), &ack, sizeof(ack), MSG_NOSIGNAL | MSG_DONTWAIT) != static_cast<ssize_t>(sizeof(ack))) {

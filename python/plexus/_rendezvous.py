@@ -6,6 +6,7 @@ For file://, rank 0 serves on a free port and publishes its address in the file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import time
@@ -48,10 +49,35 @@ def _rank_and_size(rank: int, world_size: int) -> tuple:
     return rank, world_size
 
 
+def _bind_ip(host: str) -> str:
+    """Where rank 0's store listens: the address that `host` (MASTER_ADDR) names here, loopback
+    when it is loopback, so that the store is not open on every network the host is on. A host
+    name that resolves to loopback only here (Debian's 127.0.1.1 for its own name) may be a real
+    address elsewhere: every interface then, as when `host` does not resolve."""
+    try:
+        ip = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+    except (OSError, IndexError):
+        return "0.0.0.0"
+    literal = host == ip or host == "localhost"
+    if ipaddress.ip_address(ip).is_loopback and not literal:
+        return "0.0.0.0"
+    return ip
+
+
+def _store_server(bind_ip: str, port: int) -> "_C.TcpStoreServer":
+    try:
+        return _C.TcpStoreServer(bind_ip, port)
+    except RuntimeError:
+        if bind_ip == "0.0.0.0":
+            raise
+        # Not an address of this host (MASTER_ADDR behind NAT, say): every interface then.
+        return _C.TcpStoreServer("0.0.0.0", port)
+
+
 def _serve_and_connect(host: str, port: int, rank: int, timeout: float):
     server = None
     if rank == 0:
-        server = _C.TcpStoreServer("0.0.0.0", port)
+        server = _store_server(_bind_ip(host), port)
     # Rank 0 dials the public address too: the local end of that connection is the address the
     # core advertises to peers on other hosts.
     store = _C.TcpStoreClient(host, port, timeout)
@@ -77,9 +103,9 @@ def _reachable_ip() -> str:
 def _file_rendezvous(path: str, rank: int, timeout: float):
     deadline = time.monotonic() + timeout
     if rank == 0:
-        server = _C.TcpStoreServer("0.0.0.0", 0)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         ip = _reachable_ip()
+        server = _store_server(ip, 0)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         with open(tmp, "w") as f:
             f.write(f"{ip}:{server.port}\n")
         os.replace(tmp, path)  # atomic: readers never see half a file
@@ -116,8 +142,9 @@ def mpi_rendezvous(comm, timeout: float) -> Rendezvous:
     server = None
     address = None
     if rank == 0:
-        server = _C.TcpStoreServer("0.0.0.0", 0)
-        address = f"{_reachable_ip()}:{server.port}"
+        ip = _reachable_ip()
+        server = _store_server(ip, 0)
+        address = f"{ip}:{server.port}"
     address = comm.bcast(address, root=0)
     host, _, port = address.rpartition(":")
     return Rendezvous(_C.TcpStoreClient(host, int(port), timeout), rank, size, server)

@@ -1,5 +1,5 @@
 """The `plexus` command: `plexus info` prints the topology and the tuner's choices; `plexus trace
-DIR` compares the ranks' flight-recorder dumps."""
+DIR` compares the ranks' flight-recorder dumps; `plexus token` prints a fresh job token."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def _info(args: argparse.Namespace) -> int:
     print("transports (in order of preference; PLEXUS_TRANSPORTS picks among them): " +
           "; ".join(f"{name}: {summary}" for name, summary in _C.transports()))
     print(f"device arrays: {device.describe_paths()}")
+    print(f"authentication: {_auth_status()}")
     collectives = args.collective or tuning.COLLECTIVES
     for coll, bands in tuning.plan(topo, collectives, model=model).items():
         print()
@@ -38,6 +39,16 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auth_status() -> str:
+    if _C.job_authenticated():
+        source = "PLEXUS_AUTH_TOKEN" if os.environ.get("PLEXUS_AUTH_TOKEN") else "PLEXUS_AUTH_FILE"
+        return (f"a job token ({source}): the store and every peer connection prove they hold it "
+                "(HMAC-SHA256 challenge-response); it never crosses the wire")
+    return ("none: this job is unauthenticated; anyone who reaches the store port can read or change "
+            "its keys and join it. Set PLEXUS_AUTH_TOKEN (or PLEXUS_AUTH_FILE) on every rank; "
+            "`plexus token` prints one")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="plexus", description="Plexus: collective communication for AI clusters")
     sub = p.add_subparsers(dest="command", required=True)
@@ -47,8 +58,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     info.add_argument("--collective", action="append", choices=tuning.COLLECTIVES, help="only these (repeatable)")
     trace = sub.add_parser("trace", help="compare the ranks' flight-recorder dumps: who is behind, which calls disagree")
     trace.add_argument("dir", help="the folder of the dumps (PLEXUS_TRACE_DIR of the job; default $TMPDIR/plexus-trace)")
+    sub.add_parser("token", help="print a fresh random job token (for PLEXUS_AUTH_TOKEN or PLEXUS_AUTH_FILE)")
     args = p.parse_args(argv)
     try:
+        if args.command == "token":
+            import secrets
+
+            print(secrets.token_hex(32))
+            return 0
         if args.command == "trace":
             from . import _trace
 
