@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "algorithms/algorithm.h"
+#include "base/copy.h"
 
 namespace plexus {
 

@@ -180,7 +180,7 @@ void rhd_all_reduce(OpContext& ctx, const CollArgs& args) {
   if (args.op == RedOp::kPremulSum)
     cpu::scale(args.dtype, work, args.inputs[0], count, args.factor);
   else if (work != args.inputs[0] && count)
-    std::memcpy(work, args.inputs[0], count * es);
+    copy_bytes(work, args.inputs[0], count * es);
   const Fold f(n);
   const Reduction red = plan_reduction(args, n);
   Exchange ex(ctx);
@@ -223,7 +223,7 @@ void rhd_reduce_scatter(OpContext& ctx, const CollArgs& args) {
     if (args.op == RedOp::kPremulSum)
       cpu::scale(args.dtype, dst, args.inputs[b], count, args.factor);
     else if (bytes)
-      std::memcpy(dst, args.inputs[b], bytes);
+      copy_bytes(dst, args.inputs[b], bytes);
   }
   const Fold f(n);
   const Reduction red = plan_reduction(args, n);
@@ -242,7 +242,7 @@ void rhd_reduce_scatter(OpContext& ctx, const CollArgs& args) {
   post_halving(ex, f, L, f.core(r), work.data(), scratch.data(), args.dtype, red, after, w);
   if (f.absorbs(r)) send_range(ex, r - 1, work.data(), (r - 1) * count, count, es, w);
   ex.run();
-  if (bytes) std::memcpy(out, work.data() + r * bytes, bytes);
+  copy_bytes(out, work.data() + r * bytes, bytes);
 }
 
 void rhd_all_gather(OpContext& ctx, const CollArgs& args) {
@@ -254,7 +254,7 @@ void rhd_all_gather(OpContext& ctx, const CollArgs& args) {
   }
   // Doubling works on one contiguous buffer of all blocks; copied out to the outputs at the end.
   std::vector<char> work(bytes * n);
-  if (bytes) std::memcpy(work.data() + r * bytes, args.inputs[0], bytes);
+  copy_bytes(work.data() + r * bytes, args.inputs[0], bytes);
   const Fold f(n);
   Exchange ex(ctx);
   Writers w;
@@ -272,7 +272,7 @@ void rhd_all_gather(OpContext& ctx, const CollArgs& args) {
   }
   ex.run();
   for (int b = 0; b < n; ++b)
-    if (bytes) std::memcpy(args.outputs[b], work.data() + b * bytes, bytes);
+    copy_bytes(args.outputs[b], work.data() + b * bytes, bytes);
 }
 
 }  // namespace plexus

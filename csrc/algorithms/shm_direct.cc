@@ -88,7 +88,7 @@ void shm_all_reduce_oneshot(OpContext& ctx, const CollArgs& args) {
   for (size_t r = 0, rounds = num_rounds(args.count, per); r < rounds; ++r) {
     const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
     char* mine = h.begin();
-    std::memcpy(mine, in + off * es, m * es);
+    copy_bytes(mine, in + off * es, m * es);
     h.publish_input();
     h.wait_input();
     for (int p = 0; p < n; ++p) srcs[p] = p == me ? in + off * es : h.staging(p);
@@ -118,7 +118,7 @@ void shm_twoshot_rounds(OpContext& ctx, const CollArgs& args, const Reduction& r
     char* mine = h.begin();
     // Publish the slices the others reduce; slot `me` will hold our reduced slice.
     for (int p = 0; p < n; ++p)
-      if (p != me) std::memcpy(mine + L.offset(p) * es, in + (off + L.offset(p)) * es, L.size(p) * es);
+      if (p != me) copy_bytes(mine + L.offset(p) * es, in + (off + L.offset(p)) * es, L.size(p) * es);
     h.publish_input();
     h.wait_input();
     const size_t my_off = L.offset(me) * es, my_bytes = L.size(me) * es;
@@ -126,12 +126,12 @@ void shm_twoshot_rounds(OpContext& ctx, const CollArgs& args, const Reduction& r
     char* my_out = out + off * es + my_off;
     cpu::reduce(red.kernel_op, args.dtype, my_out, srcs.data(), n, L.size(me), red.post_scale);
     if (between) between(my_out, L.size(me));
-    std::memcpy(mine + my_off, my_out, my_bytes);
+    copy_bytes(mine + my_off, my_out, my_bytes);
     h.publish_result();
     h.wait_result();
     for (int p = 0; p < n; ++p)
       if (p != me)
-        std::memcpy(out + (off + L.offset(p)) * es, h.staging(p) + L.offset(p) * es, L.size(p) * es);
+        copy_bytes(out + (off + L.offset(p)) * es, h.staging(p) + L.offset(p) * es, L.size(p) * es);
     h.finish();
   }
 }
@@ -146,11 +146,11 @@ void shm_all_gather(OpContext& ctx, const CollArgs& args) {
   const size_t per = round_elems(h, es, 1);
   for (size_t r = 0, rounds = num_rounds(args.count, per); r < rounds; ++r) {
     const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
-    std::memcpy(h.begin(), in + off * es, m * es);
+    copy_bytes(h.begin(), in + off * es, m * es);
     h.publish_input();
     h.wait_input();
     for (int p = 0; p < n; ++p)
-      if (p != me) std::memcpy(static_cast<char*>(args.outputs[p]) + off * es, h.staging(p), m * es);
+      if (p != me) copy_bytes(static_cast<char*>(args.outputs[p]) + off * es, h.staging(p), m * es);
     h.finish();
   }
 }
@@ -175,7 +175,7 @@ void shm_reduce_scatter(OpContext& ctx, const CollArgs& args) {
     const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
     char* mine = h.begin();
     for (int p = 0; p < n; ++p)
-      if (p != me) std::memcpy(mine + p * per * es, static_cast<const char*>(in[p]) + off * es, m * es);
+      if (p != me) copy_bytes(mine + p * per * es, static_cast<const char*>(in[p]) + off * es, m * es);
     h.publish_input();
     h.wait_input();
     for (int p = 0; p < n; ++p)
@@ -196,10 +196,10 @@ void shm_broadcast(OpContext& ctx, const CollArgs& args) {
   for (size_t r = 0, rounds = num_rounds(args.count, per); r < rounds; ++r) {
     const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
     char* mine = h.begin();
-    if (h.me() == root) std::memcpy(mine, buf + off * es, m * es);
+    if (h.me() == root) copy_bytes(mine, buf + off * es, m * es);
     h.publish_input();
     h.wait_input(root);
-    if (h.me() != root) std::memcpy(buf + off * es, h.staging(root), m * es);
+    if (h.me() != root) copy_bytes(buf + off * es, h.staging(root), m * es);
     h.finish();
   }
 }
@@ -218,7 +218,7 @@ void shm_reduce(OpContext& ctx, const CollArgs& args) {
   for (size_t r = 0, rounds = num_rounds(args.count, per); r < rounds; ++r) {
     const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
     char* mine = h.begin();
-    if (me != root) std::memcpy(mine, in + off * es, m * es);
+    if (me != root) copy_bytes(mine, in + off * es, m * es);
     h.publish_input();
     if (me == root) {
       h.wait_input();

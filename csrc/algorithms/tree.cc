@@ -116,7 +116,7 @@ void double_tree_all_reduce(OpContext& ctx, const CollArgs& args) {
   if (args.op == RedOp::kPremulSum)
     cpu::scale(args.dtype, out, args.inputs[0], args.count, args.factor);
   else if (out != args.inputs[0] && args.count)
-    std::memcpy(out, args.inputs[0], args.count * es);
+    copy_bytes(out, args.inputs[0], args.count * es);
   const Reduction red = plan_reduction(args, n);
   const size_t half = args.count / 2, rest = args.count - half;
   std::vector<char> scratch(2 * args.count * es);

@@ -2,6 +2,7 @@
 // the poll loop over every stream of an op.
 #include "core/exchange.h"
 
+#include <algorithm>
 #include <poll.h>
 
 #include <string>
@@ -85,7 +86,8 @@ bool Exchange::pump_sends(Stream& s, bool* want_write) {
 
 void Exchange::throw_peer_error_frame(Stream& s) {
   // The peer failed and says why; read its message (bounded) and pass it on.
-  size_t len = s.in_header.payload_bytes < kMaxErrorText ? s.in_header.payload_bytes : kMaxErrorText;
+  const uint64_t claimed = s.in_header.payload_bytes;  // a copy: the header is packed
+  const size_t len = static_cast<size_t>(std::min<uint64_t>(claimed, kMaxErrorText));
   std::string text(len, '\0');
   size_t got = 0;
   Deadline d = Deadline::after_seconds(2.0);

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "base/backoff.h"
+#include "base/copy.h"
 #include "base/error.h"
 #include "base/fault.h"
 #include "base/log.h"
@@ -96,7 +97,7 @@ bool P2PEngine::match_unexpected(const std::shared_ptr<Request>& r) {
           std::to_string(r->tag) + ": " + comm_.name_of(it->peer) + " sent " + std::to_string(it->data.size()) +
           " bytes of " + dtype_name(it->dtype))));
     } else {
-      std::memcpy(r->buf, it->data.data(), r->bytes);
+      copy_bytes(r->buf, it->data.data(), r->bytes);
       r->work->set_source(it->peer);
       r->work->set_done();
     }
