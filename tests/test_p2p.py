@@ -44,10 +44,8 @@ def tags_match_in_order(rank, world):
     return seen
 
 
-def any_source(rank, world):
-    if rank != 0:
-        plexus.send(np.array([rank * 10], dtype=np.int32), dst=0, tag=5)
-        return None
+def _senders_received_from_any_source(world):
+    """Rank 0 receives one message (rank * 10, tag 5) from each other rank, from any source."""
     senders = set()
     for _ in range(world - 1):
         x = np.zeros(1, dtype=np.int32)
@@ -55,6 +53,13 @@ def any_source(rank, world):
         assert x[0] == src * 10
         senders.add(src)
     return sorted(senders)
+
+
+def any_source(rank, world):
+    if rank != 0:
+        plexus.send(np.array([rank * 10], dtype=np.int32), dst=0, tag=5)
+        return None
+    return _senders_received_from_any_source(world)
 
 
 def send_then_leave(rank, world):
@@ -69,19 +74,14 @@ def send_then_leave(rank, world):
         time.sleep(2.0)  # still alive while rank 0 receives: its leaving, not its death, is seen
         return None
     time.sleep(1.0)
-    senders = set()
-    for _ in range(world - 1):
-        x = np.zeros(1, dtype=np.int32)
-        src = plexus.recv(x, tag=5)
-        assert x[0] == src * 10
-        senders.add(src)
+    senders = _senders_received_from_any_source(world)
     start = time.monotonic()
     try:
         plexus.recv(np.zeros(1, dtype=np.int32), src=1, tag=5)
         error = "no error"
     except plexus.PeerError as e:
         error = str(e)
-    return sorted(senders), error, time.monotonic() - start
+    return senders, error, time.monotonic() - start
 
 
 def size_mismatch(rank, world):
