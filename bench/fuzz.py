@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Malformed bytes never crash, hang or corrupt (issue 16): a fuzzer for the two parsers anyone can
-reach over the network, the rendezvous store's protocol and the peer handshake, run against
-live servers in this process (a crash ends the run; a hang fails the liveness check).
+"""Malformed bytes never crash, hang or corrupt (issue 16): a fuzzer for the parsers that read the
+network, the rendezvous store's protocol, the peer handshake and the collective frames, run
+against live servers in this process (a crash ends the run; a hang fails the liveness check).
 
   store      TcpStoreServer: requests built from valid ones and broken (random command, key and
              value lengths up to 2^64, truncated, concatenated, pure noise); after every batch a
@@ -9,8 +9,15 @@ live servers in this process (a crash ends the run; a hang fails the liveness ch
   handshake  two ranks of one communicator (threads of this process): hellos built from valid
              ones (magic, version, communicator id, ranks, secret) and broken, sent to both
              ranks' listeners; after every batch the two must still all-reduce correctly.
+  frames     a real rank 0 and a rank 1 played here (it joins the rendezvous, answers the
+             handshake), which sends rank 0 the frame of a broadcast from rank 1: valid, or
+             with fields broken (magic, version, type, signature, sequence, communicator id,
+             lengths up to 2^64, an error frame), cut short, or followed by noise, then the
+             stream ends (or, rarely, stays open and silent). Rank 0 must
+             raise a PlexusError or, only when the header was valid, end with exactly the
+             payload sent; a valid frame must succeed. One fresh communicator per input.
 
-    python bench/fuzz.py --store 100000 --handshake 100000 [--seed 1]
+    python bench/fuzz.py --store 100000 --handshake 100000 --frames 100000 [--seed 1]
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ from plexus import _C
 
 MAX_KEY, MAX_VALUE = 1 << 16, 64 << 20  # the store's limits (bootstrap/tcp_store.cc)
 HELLO = struct.Struct("<IHHQii32s")  # magic, version, reserved, comm id, from, to, secret
+# magic, version, type, kind, dtype, op, reserved, root, reserved2, comm id, seq, count, payload bytes
+FRAME = struct.Struct("<IHBBBBHiIQQQQ")
+FRAME_BITS = [32, 16, 8, 8, 8, 8, 16, 32, 32, 64, 64, 64, 64]
+FRAME_MAGIC, DATA, ERROR, BROADCAST, NO_OP = 0x504C5846, 1, 2, 3, 9  # transport/frame.h, base/types.h
 
 
 def _lengths(rng, limit: int) -> int:
@@ -147,10 +158,150 @@ def fuzz_handshake(count: int, seed: int, report: Callable[[str], None] = print)
     return count
 
 
+def frame_input(rng, comm_id: int, count: int):
+    """The bytes rank 1 sends for broadcast(count float32, root=1) #1, and whether its header is
+    the valid one (then rank 0 must end with exactly its payload)."""
+    fields = [FRAME_MAGIC, 1, DATA, BROADCAST, _C.DTYPES.index("float32"), NO_OP, 0, 1, 0, comm_id, 1, count, 4 * count]
+    valid = rng.integers(4) == 0
+    if not valid:
+        for _ in range(int(rng.integers(1, 3))):
+            i = int(rng.integers(len(fields)))
+            if i == 12:
+                fields[i] = _lengths(rng, 4 * count)
+            elif i == 2:
+                fields[i] = ERROR if rng.integers(3) == 0 else int(rng.integers(0, 256))
+            elif rng.integers(2):
+                fields[i] += int(rng.integers(-2, 3))  # near the valid value
+            else:
+                fields[i] = int(rng.integers(0, 2 ** 63))
+            bits = FRAME_BITS[i]
+            fields[i] %= 2 ** bits
+            if i == 7 and fields[i] >= 2 ** 31:  # root is signed
+                fields[i] -= 2 ** 32
+        # Fields no check reads (the reserved ones) leave it valid.
+        valid = fields[:6] + fields[7:8] + fields[9:] == [FRAME_MAGIC, 1, DATA, BROADCAST, _C.DTYPES.index("float32"),
+                                                           NO_OP, 1, comm_id, 1, count, 4 * count]
+    payload = rng.bytes(4 * count)
+    data = FRAME.pack(*fields) + payload
+    if rng.integers(8) == 0:  # cut short
+        data = data[:int(rng.integers(0, len(data)))]
+        valid = False
+    elif rng.integers(8) == 0:  # noise after it
+        data += rng.bytes(int(rng.integers(1, 100)))
+    return data, valid, payload
+
+
+class _FakeRank1:
+    """Rank 1 of a 2-rank TCP communicator, played by hand: it joins the rendezvous (the store
+    keys of bootstrap/rendezvous.cc) with its own listeners and answers rank 0's handshake."""
+
+    def __init__(self, store, timeout: float):
+        self.listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]  # channels
+        ports = ",".join(str(s.getsockname()[1]) for s in self.listeners)
+        store.add("rank_claim/1", 1)
+        self.comm_id = struct.unpack("<Q", bytes(store.get("identity", timeout))[:8])[0]
+        store.set("endpoint/1", f"1|tcp=127.0.0.1:{ports}|fuzz-rank-1".encode())
+        store.set("barrier_in/ready/1", b"1")
+        if store.add("barrier/ready", 1) == 2:
+            store.set("barrier_done/ready", b"1")
+        store.get("barrier_done/ready", timeout)
+        store.set("barrier_out/ready/1", b"1")
+        if store.add("barrier_left/ready", 1) == 2:
+            store.set("barrier_all_left/ready", b"1")
+
+    def accept(self, timeout: float) -> socket.socket:
+        """Rank 0's collective stream, its hello answered."""
+        self.listeners[0].settimeout(timeout)
+        conn, _ = self.listeners[0].accept()
+        conn.settimeout(timeout)
+        hello = b""
+        while len(hello) < HELLO.size:
+            chunk = conn.recv(HELLO.size - len(hello))
+            if not chunk:
+                raise OSError("rank 0 closed before its hello")
+            hello += chunk
+        conn.sendall(struct.pack("<II", 0x504C5841, 0))  # the Ack
+        return conn
+
+    def close(self) -> None:
+        for s in self.listeners:
+            s.close()
+
+
+def fuzz_frames(count: int, seed: int, report: Callable[[str], None] = print) -> int:
+    import os
+    import tempfile
+
+    saved = {k: os.environ.get(k) for k in ("PLEXUS_TRANSPORTS", "PLEXUS_TRACE_DIR")}
+    os.environ["PLEXUS_TRANSPORTS"] = "tcp"
+    dumps = tempfile.TemporaryDirectory(prefix="plexus-fuzz-")
+    os.environ["PLEXUS_TRACE_DIR"] = dumps.name  # every failed input dumps its flight recorder
+    server = _C.TcpStoreServer("127.0.0.1", 0)
+    # One client each: a client serves one request at a time, and rank 0 waits in one.
+    clients = [_C.TcpStoreClient("127.0.0.1", server.port, 30.0) for _ in range(2)]
+    rng = np.random.default_rng(seed)
+    outcomes = {"correct": 0, "refused": 0}
+    try:
+        for i in range(count):
+            n = int(rng.integers(1, 300))
+            data, valid, payload = frame_input(rng, 0, n)  # comm id patched in below
+            store, fake_store = (_C.PrefixStore(c, f"frames/{i}/") for c in clients)
+            result = {}
+
+            def rank0() -> None:
+                try:
+                    comm = _C.Communicator(store, 0, 2, 2.0)
+                    result["comm"] = comm
+                    buf = np.zeros(n, np.float32)
+                    result["buf"] = buf
+                    comm.broadcast(buf.ctypes.data, n, _C.DTYPES.index("float32"), 1, False).wait(30.0)
+                    result["ok"] = True
+                except _C.PlexusError as e:
+                    result["error"] = e
+
+            t = threading.Thread(target=rank0)
+            t.start()
+            fake = _FakeRank1(fake_store, 30.0)
+            try:
+                conn = fake.accept(30.0)
+                head = FRAME.unpack(data[:FRAME.size]) if len(data) >= FRAME.size else None
+                if head is not None and head[9] == 0:  # the valid comm id, unless the input broke it
+                    data = FRAME.pack(*head[:9], fake.comm_id, *head[10:]) + data[FRAME.size:]
+                conn.sendall(data)
+                if rng.integers(500):  # else stay silent: rank 0 waits out its 2 s timeout
+                    conn.shutdown(socket.SHUT_WR)
+                t.join(30.0)
+                conn.close()
+            finally:
+                fake.close()
+            assert not t.is_alive(), f"input {i}: rank 0 hangs"
+            if "ok" in result:
+                assert bytes(result["buf"].tobytes()) == payload, f"input {i}: rank 0 took a broken frame's payload"
+                outcomes["correct"] += 1
+            else:
+                assert "error" in result, f"input {i}: rank 0 neither finished nor raised"
+                assert not valid, f"input {i}: a valid frame failed: {result['error']}"
+                outcomes["refused"] += 1
+            if "comm" in result:
+                result["comm"].abort("fuzzing")
+            if (i + 1) % max(1, count // 20) == 0 or i + 1 == count:
+                report(f"frames: {i + 1} inputs, {outcomes['correct']} valid ones delivered exactly, "
+                       f"{outcomes['refused']} broken ones refused with a PlexusError")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        dumps.cleanup()
+    return count
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", type=int, default=100000)
     p.add_argument("--handshake", type=int, default=100000)
+    p.add_argument("--frames", type=int, default=100000)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     t0 = time.monotonic()
@@ -158,8 +309,10 @@ def main() -> None:
     t1 = time.monotonic()
     fuzz_handshake(args.handshake, args.seed)
     t2 = time.monotonic()
-    print(f"fuzz: {args.store} store inputs in {t1 - t0:.0f} s, {args.handshake} handshakes in {t2 - t1:.0f} s; "
-          "no crash, no hang, every liveness check passed")
+    fuzz_frames(args.frames, args.seed)
+    t3 = time.monotonic()
+    print(f"fuzz: {args.store} store inputs in {t1 - t0:.0f} s, {args.handshake} handshakes in {t2 - t1:.0f} s, "
+          f"{args.frames} frames in {t3 - t2:.0f} s; no crash, no hang, every liveness check passed")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 #include "base/error.h"
 #include "base/fault.h"
 #include "base/log.h"
+#include "base/text.h"
 #include "core/communicator.h"
 
 namespace plexus {
@@ -103,7 +104,7 @@ void Exchange::throw_peer_error_frame(Stream& s) {
   } catch (const Error&) {
   }
   text.resize(got);
-  throw PeerReportedError(s.peer, s.conn->peer_name() + " reported an error: " + text);
+  throw PeerReportedError(s.peer, s.conn->peer_name() + " reported an error: " + printable_text(text));
 }
 
 void Exchange::check_header(Stream& s, const RecvItem& item) {

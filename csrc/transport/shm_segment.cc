@@ -19,6 +19,7 @@
 #include "base/error.h"
 #include "base/fault.h"
 #include "base/log.h"
+#include "base/text.h"
 #include "bootstrap/rendezvous.h"
 
 namespace plexus {
@@ -246,8 +247,10 @@ void ShmHost::mark_aborted(const std::string& why) {
 void ShmHost::check_peer(int local) const {
   const SegmentHeader& h = header(local);
   const int rank = local_ranks_[local];
-  if (h.aborted.load(std::memory_order_acquire))
-    throw PeerReportedError(rank, names_of_[local] + " reported an error: " + std::string(h.abort_message));
+  if (h.aborted.load(std::memory_order_acquire)) {
+    const std::string why(h.abort_message, strnlen(h.abort_message, sizeof(h.abort_message)));
+    throw PeerReportedError(rank, names_of_[local] + " reported an error: " + printable_text(why));
+  }
   if (h.pid_ns == my_pid_ns_ && h.pid > 0 && process_gone(h.pid))
     throw PeerError(rank, names_of_[local] + " (pid " + std::to_string(h.pid) +
                               ") died: its process is gone");
