@@ -10,12 +10,13 @@ against live servers in this process (a crash ends the run; a hang fails the liv
              ones (magic, version, communicator id, ranks, secret) and broken, sent to both
              ranks' listeners; after every batch the two must still all-reduce correctly.
   frames     a real rank 0 and a rank 1 played here (it joins the rendezvous, answers the
-             handshake), which sends rank 0 the frame of a broadcast from rank 1: valid, or
-             with fields broken (magic, version, type, signature, sequence, communicator id,
-             lengths up to 2^64, an error frame), cut short, or followed by noise, then the
-             stream ends (or, rarely, stays open and silent). Rank 0 must
-             raise a PlexusError or, only when the header was valid, end with exactly the
-             payload sent; a valid frame must succeed. One fresh communicator per input.
+             handshake), which sends rank 0 the frame of a broadcast from rank 1, or of a
+             point-to-point message: valid, or with fields broken (magic, version, type,
+             signature, tag, sequence, communicator id, lengths up to 2^64, an error frame),
+             cut short, or followed by noise; then the stream ends (or, rarely, stays open and
+             silent). Rank 0 must raise a PlexusError (a ValueError for a message of another
+             size or dtype) or, only when the header was valid, end with exactly the payload
+             sent; a valid frame must succeed. One fresh communicator per input.
 
     python bench/fuzz.py --store 100000 --handshake 100000 --frames 100000 [--seed 1]
 """
@@ -38,7 +39,11 @@ HELLO = struct.Struct("<IHHQii32s")  # magic, version, reserved, comm id, from, 
 # magic, version, type, kind, dtype, op, reserved, root, reserved2, comm id, seq, count, payload bytes
 FRAME = struct.Struct("<IHBBBBHiIQQQQ")
 FRAME_BITS = [32, 16, 8, 8, 8, 8, 16, 32, 32, 64, 64, 64, 64]
-FRAME_MAGIC, DATA, ERROR, BROADCAST, NO_OP = 0x504C5846, 1, 2, 3, 9  # transport/frame.h, base/types.h
+FRAME_MAGIC, DATA, ERROR, P2P, BROADCAST, NO_OP = 0x504C5846, 1, 2, 3, 3, 9  # transport/frame.h, base/types.h
+TAG = 5
+# The header fields each parser checks (the others are not read): core/exchange.cc, core/p2p.cc.
+DATA_CHECKED = (0, 1, 2, 3, 4, 5, 7, 9, 10, 11, 12)
+P2P_CHECKED = (0, 1, 2, 4, 7, 9, 12)
 
 
 def _lengths(rng, limit: int) -> int:
@@ -158,12 +163,15 @@ def fuzz_handshake(count: int, seed: int, report: Callable[[str], None] = print)
     return count
 
 
-def frame_input(rng, comm_id: int, count: int):
-    """The bytes rank 1 sends for broadcast(count float32, root=1) #1, and whether its header is
-    the valid one (then rank 0 must end with exactly its payload)."""
-    fields = [FRAME_MAGIC, 1, DATA, BROADCAST, _C.DTYPES.index("float32"), NO_OP, 0, 1, 0, comm_id, 1, count, 4 * count]
-    valid = rng.integers(4) == 0
-    if not valid:
+def frame_input(rng, comm_id: int, count: int, p2p: bool = False):
+    """The bytes rank 1 sends for broadcast(count float32, root=1) #1, or for a send(count
+    float32, tag 5) to rank 0 when `p2p`, and whether its header is valid (then rank 0 must end
+    with exactly its payload)."""
+    kind, checked = (P2P, P2P_CHECKED) if p2p else (DATA, DATA_CHECKED)
+    fields = [FRAME_MAGIC, 1, kind, 9 if p2p else BROADCAST, _C.DTYPES.index("float32"), NO_OP, 0, TAG if p2p else 1,
+              0, comm_id, 1, count, 4 * count]
+    good = list(fields)
+    if rng.integers(4):
         for _ in range(int(rng.integers(1, 3))):
             i = int(rng.integers(len(fields)))
             if i == 12:
@@ -174,13 +182,10 @@ def frame_input(rng, comm_id: int, count: int):
                 fields[i] += int(rng.integers(-2, 3))  # near the valid value
             else:
                 fields[i] = int(rng.integers(0, 2 ** 63))
-            bits = FRAME_BITS[i]
-            fields[i] %= 2 ** bits
-            if i == 7 and fields[i] >= 2 ** 31:  # root is signed
+            fields[i] %= 2 ** FRAME_BITS[i]
+            if i == 7 and fields[i] >= 2 ** 31:  # root (the tag) is signed
                 fields[i] -= 2 ** 32
-        # Fields no check reads (the reserved ones) leave it valid.
-        valid = fields[:6] + fields[7:8] + fields[9:] == [FRAME_MAGIC, 1, DATA, BROADCAST, _C.DTYPES.index("float32"),
-                                                           NO_OP, 1, comm_id, 1, count, 4 * count]
+    valid = all(fields[i] == good[i] for i in checked)  # fields no check reads leave it valid
     payload = rng.bytes(4 * count)
     data = FRAME.pack(*fields) + payload
     if rng.integers(8) == 0:  # cut short
@@ -209,10 +214,10 @@ class _FakeRank1:
         if store.add("barrier_left/ready", 1) == 2:
             store.set("barrier_all_left/ready", b"1")
 
-    def accept(self, timeout: float) -> socket.socket:
-        """Rank 0's collective stream, its hello answered."""
-        self.listeners[0].settimeout(timeout)
-        conn, _ = self.listeners[0].accept()
+    def accept(self, channel: int, timeout: float) -> socket.socket:
+        """Rank 0's stream of a channel (0: collectives, 1: point-to-point), its hello answered."""
+        self.listeners[channel].settimeout(timeout)
+        conn, _ = self.listeners[channel].accept()
         conn.settimeout(timeout)
         hello = b""
         while len(hello) < HELLO.size:
@@ -244,7 +249,8 @@ def fuzz_frames(count: int, seed: int, report: Callable[[str], None] = print) ->
     try:
         for i in range(count):
             n = int(rng.integers(1, 300))
-            data, valid, payload = frame_input(rng, 0, n)  # comm id patched in below
+            p2p = bool(rng.integers(2))
+            data, valid, payload = frame_input(rng, 0, n, p2p)  # comm id patched in below
             store, fake_store = (_C.PrefixStore(c, f"frames/{i}/") for c in clients)
             result = {}
 
@@ -254,22 +260,30 @@ def fuzz_frames(count: int, seed: int, report: Callable[[str], None] = print) ->
                     result["comm"] = comm
                     buf = np.zeros(n, np.float32)
                     result["buf"] = buf
-                    comm.broadcast(buf.ctypes.data, n, _C.DTYPES.index("float32"), 1, False).wait(30.0)
+                    f32 = _C.DTYPES.index("float32")
+                    if p2p:
+                        comm.recv(buf.ctypes.data, n, f32, 1, TAG).wait(30.0)
+                    else:
+                        comm.broadcast(buf.ctypes.data, n, f32, 1, False).wait(30.0)
                     result["ok"] = True
-                except _C.PlexusError as e:
+                except (_C.PlexusError, ValueError) as e:  # ValueError: a message of another size or dtype
                     result["error"] = e
 
             t = threading.Thread(target=rank0)
             t.start()
             fake = _FakeRank1(fake_store, 30.0)
             try:
-                conn = fake.accept(30.0)
+                conn = fake.accept(1 if p2p else 0, 30.0)
                 head = FRAME.unpack(data[:FRAME.size]) if len(data) >= FRAME.size else None
                 if head is not None and head[9] == 0:  # the valid comm id, unless the input broke it
                     data = FRAME.pack(*head[:9], fake.comm_id, *head[10:]) + data[FRAME.size:]
-                conn.sendall(data)
-                if rng.integers(500):  # else stay silent: rank 0 waits out its 2 s timeout
-                    conn.shutdown(socket.SHUT_WR)
+                silent = rng.integers(500) == 0  # stay open and silent: rank 0 waits out its 2 s timeout
+                try:
+                    conn.sendall(data)
+                    if not silent:
+                        conn.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass  # rank 0 refused the frame and closed the stream already
                 t.join(30.0)
                 conn.close()
             finally:
@@ -286,7 +300,7 @@ def fuzz_frames(count: int, seed: int, report: Callable[[str], None] = print) ->
                 result["comm"].abort("fuzzing")
             if (i + 1) % max(1, count // 20) == 0 or i + 1 == count:
                 report(f"frames: {i + 1} inputs, {outcomes['correct']} valid ones delivered exactly, "
-                       f"{outcomes['refused']} broken ones refused with a PlexusError")
+                       f"{outcomes['refused']} broken ones refused with an exception")
     finally:
         for k, v in saved.items():
             if v is None:

@@ -21,7 +21,7 @@ def test_the_ranks_survive_broken_hellos():
 
 
 def test_a_rank_survives_broken_frames():
-    assert fuzz.fuzz_frames(2000, seed=13, report=lambda line: None) == 2000
+    assert fuzz.fuzz_frames(1000, seed=13, report=lambda line: None) == 2000
 
 
 def test_inputs_are_broken_in_many_ways():
@@ -33,7 +33,7 @@ def test_inputs_are_broken_in_many_ways():
     assert len({len(s) for s in stores}) > 50 and len({len(h) for h in hellos}) > 20
     assert any(len(h) == fuzz.HELLO.size and h[:4] == fuzz.HELLO.pack(0x504C5848, 1, 0, 42, 0, 1, bytes(32))[:4]
                for h in hellos)  # some hellos are well-formed but for the secret
-    frames = [fuzz.frame_input(rng, 7, 10) for _ in range(200)]
+    frames = [fuzz.frame_input(rng, 7, 10, p2p=bool(i % 2)) for i in range(200)]
     valid = sum(v for _, v, _ in frames)
     assert 20 < valid < 120  # both kinds, plenty of each
     assert len({d[:fuzz.FRAME.size] for d, _, _ in frames}) > 100
