@@ -222,6 +222,27 @@ def test_row_layout_matches_nccl_tests():
     assert line.startswith("        1024           256     float     sum      -1    12.50")
 
 
+def test_rounds_give_each_ratio_within_its_round_and_the_spread():
+    # Per round: gloo takes 2x, 1x, 3x plexus's time -> ratios 2, 1, 3: median 2, spread 1-3.
+    mine = sweep.Measurement(12.0, 0.5, 0.75, 0, [10.0, 20.0, 12.0])
+    peer = sweep.Measurement(20.0, 0.3, 0.45, None, [20.0, 20.0, 36.0])
+    assert report.ratio_spread(mine, peer) == (2.0, 1.0, 3.0)
+    row = sweep.Row("all_reduce", 1024, 256, "float", "sum", -1,
+                    {"plexus": {"out": mine, "in": mine}, "gloo": {"out": peer, "in": peer}})
+    line = report.row_line(row, "plexus", ["gloo"], rounds=3)
+    assert line.split()[-2:] == ["2.00", "1.00-3.00"], line
+    header = report.table_header("plexus", ["gloo"], rounds=3)
+    assert "spread" in header[-2] and any("interleaved rounds" in h for h in header)
+    assert report.ratio_spread(sweep.Measurement(1, 1, 1, 0, [1.0]), sweep.Measurement(1, 1, 1, 0, [2.0])) is None
+
+
+def test_a_sweep_keeps_every_round_and_the_median():
+    settings = sweep.Settings("float32", "sum", 0, iters=2, warmup=1, check=True, rounds=3)
+    rows = sweep.run(COLLECTIVES["all_reduce"], [64], [_CopySystem(False)], settings, _FakeWorld())
+    m = rows[0].results["fake"]["out"]
+    assert len(m.rounds_us) == 3 and m.time_us == sorted(m.rounds_us)[1]
+
+
 # --- real runs -----------------------------------------------------------------------------------
 
 

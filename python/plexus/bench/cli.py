@@ -256,11 +256,11 @@ def run_rank(args: argparse.Namespace, where: "launch.Launch") -> int:
         primary, peers = runnable[0].name, [s.name for s in runnable[1:]]
         if primary != "plexus":
             printer.line(f"# {name}: the first columns are {primary}'s")
-        for line in report.table_header(primary, peers, args.memcpy):
+        for line in report.table_header(primary, peers, args.memcpy, args.rounds):
             printer.line(line)
 
         def on_row(row: sweep.Row) -> None:
-            printer.line(report.row_line(row, primary, peers, args.memcpy))
+            printer.line(report.row_line(row, primary, peers, args.memcpy, args.rounds))
             for warning in report.peer_warnings(row, peers):
                 printer.line(warning)
 

@@ -7,13 +7,14 @@ import json
 import os
 import platform
 import socket
+import statistics
 import sys
 from dataclasses import asdict
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .sweep import PLACEMENT_NAMES, PLACEMENTS, Row
+from .sweep import PLACEMENT_NAMES, PLACEMENTS, Measurement, Row
 
 
 def cpu_model() -> str:
@@ -62,7 +63,17 @@ def _wrong(w: Optional[int]) -> str:
     return "  N/A" if w is None else f"{w:5d}"
 
 
-def table_header(primary: str, peers: Sequence[str], memcpy: bool = False) -> List[str]:
+def ratio_spread(mine: Measurement, peer: Measurement) -> Optional[tuple]:
+    """(median, lowest, highest) over rounds of the ratio mine busbw / peer busbw, each round's
+    ratio taken within that round (the systems run interleaved); None with one round."""
+    pairs = list(zip(mine.rounds_us, peer.rounds_us))
+    if len(pairs) < 2 or any(m <= 0 or p <= 0 for m, p in pairs):
+        return None
+    ratios = sorted(p / m for m, p in pairs)  # same bytes: the busbw ratio is the time ratio, inverted
+    return statistics.median(ratios), ratios[0], ratios[-1]
+
+
+def table_header(primary: str, peers: Sequence[str], memcpy: bool = False, rounds: int = 1) -> List[str]:
     top = "# %10s  %12s  %8s  %6s  %6s           out-of-place                       in-place          " % ("", "", "", "", "")
     names = "# %10s  %12s  %8s  %6s  %6s  %7s  %6s  %6s %6s  %7s  %6s  %6s %6s" % (
         "size", "count", "type", "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong")
@@ -72,10 +83,16 @@ def table_header(primary: str, peers: Sequence[str], memcpy: bool = False) -> Li
     if peers:
         lines.append(f"# {primary} columns first; then, per peer, its out-of-place time and busbw and "
                      f"ratio = {primary} busbw / peer busbw (out-of-place; > 1: {primary} is faster)")
+    if peers and rounds > 1:
+        lines.append(f"# over {rounds} interleaved rounds: time and busbw are medians, ratio the median of the "
+                     f"rounds' ratios and spread their lowest-highest")
     for p in peers:
-        top += f"  {p + ' out-of-place':^25s}"
+        top += f"  {p + ' out-of-place':^25s}" + ("  %11s" % "" if rounds > 1 else "")
         names += "  %7s  %6s  %6s" % ("time", "busbw", "ratio")
         units += "  %7s  %6s  %6s" % ("(us)", "(GB/s)", "")
+        if rounds > 1:
+            names += "  %11s" % "spread"
+            units += "  %11s" % ""
     if len(peers) > 1:
         lines.append(f"# vs best = {primary} busbw / the best peer's busbw at that size (out-of-place)")
         top += "  %7s" % ""
@@ -90,7 +107,7 @@ def table_header(primary: str, peers: Sequence[str], memcpy: bool = False) -> Li
     return lines + [top.rstrip(), names, units]
 
 
-def row_line(row: Row, primary: str, peers: Sequence[str], memcpy: bool = False) -> str:
+def row_line(row: Row, primary: str, peers: Sequence[str], memcpy: bool = False, rounds: int = 1) -> str:
     line = "%12d  %12d  %8s  %6s  %6s" % (row.size, row.count, row.dtype, row.redop, "%6d" % row.root)
     for placement in PLACEMENTS:
         m = row.results[primary][placement]
@@ -98,8 +115,14 @@ def row_line(row: Row, primary: str, peers: Sequence[str], memcpy: bool = False)
     mine = row.results[primary]["out"]
     for p in peers:
         m = row.results[p]["out"]
-        ratio = f"{mine.busbw / m.busbw:6.2f}" if m.busbw > 0 else "   N/A"
+        spread = ratio_spread(mine, m)
+        if spread:
+            ratio = f"{spread[0]:6.2f}"
+        else:
+            ratio = f"{mine.busbw / m.busbw:6.2f}" if m.busbw > 0 else "   N/A"
         line += f"  {_time(m.time_us)}  {m.busbw:6.2f}  {ratio}"
+        if rounds > 1:
+            line += f"  {spread[1]:5.2f}-{spread[2]:<5.2f}" if spread else "  %11s" % "N/A"
     if len(peers) > 1:
         best = max(row.results[p]["out"].busbw for p in peers)
         line += f"  {mine.busbw / best:7.2f}" if best > 0 else "      N/A"

@@ -1,5 +1,5 @@
 """The timing loop: for each size, every system runs out of place then in place, back to back
-(`rounds` times over, interleaved, keeping each one's median time).
+(`rounds` times over, interleaved, keeping each one's median time and every round's time).
 
 Per (system, placement): fill the inputs, run `warmup` untimed iterations, barrier, time `iters`
 iterations (time = wall time / iters on this rank, until the device is done with them; the table
@@ -38,10 +38,11 @@ class Settings:
 
 @dataclass
 class Measurement:
-    time_us: float
+    time_us: float  # the median over rounds of the slowest rank's time
     algbw: float
     busbw: float
     wrong: Optional[int]  # None when the check is off
+    rounds_us: List[float] = field(default_factory=list)  # the slowest rank's time in each round
 
 
 @dataclass
@@ -126,13 +127,15 @@ def run(coll: Collective, sizes: List[int], systems: List[System], s: Settings, 
                     times.setdefault((system.name, placement), []).append(seconds)
                     wrong_of.setdefault((system.name, placement), wrong)
         local: List[float] = []
-        for key, secs in times.items():  # in system, placement order
-            local += [float(np.median(secs)), wrong_of[key]]
+        for key, secs in times.items():  # in system, placement order: every round's time, then #wrong
+            local += secs + [wrong_of[key]]
         memcpy_gbps = _memcpy_gbps(count, dtype, s) if s.memcpy and rank == 0 else 0.0
         world.barrier()  # the other ranks wait idle: the copy has the core to itself
         everyone = world.gather(local)
-        seconds = everyone[:, 0::2].max(axis=0)  # the slowest rank
-        wrong = everyone[:, 1::2].sum(axis=0)
+        per_key = everyone.reshape(everyone.shape[0], -1, s.rounds + 1)  # rank, key, rounds + #wrong
+        round_seconds = per_key[:, :, :s.rounds].max(axis=0)  # key, round: the slowest rank
+        seconds = np.median(round_seconds, axis=1)
+        wrong = per_key[:, :, s.rounds].sum(axis=0)
         nbytes = coll.nbytes(count, n, dtype.itemsize)
         row = Row(coll.name, nbytes, block, data.printed_dtype(s.dtype), describe_op(coll, s.op),
                   describe_root(coll, s.root), memcpy_gbps=memcpy_gbps)
@@ -142,7 +145,8 @@ def run(coll: Collective, sizes: List[int], systems: List[System], s: Settings, 
             for placement in PLACEMENTS:
                 algbw, busbw = bandwidths(nbytes, seconds[k], coll.factor(n))
                 row.results[system.name][placement] = Measurement(
-                    seconds[k] * 1e6, algbw, busbw, int(wrong[k]) if s.check and system.checks else None)
+                    seconds[k] * 1e6, algbw, busbw, int(wrong[k]) if s.check and system.checks else None,
+                    [float(t) * 1e6 for t in round_seconds[k]])
                 k += 1
         rows.append(row)
         on_row(row)
