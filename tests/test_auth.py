@@ -109,13 +109,7 @@ def _strangers_at_the_store(rank, world):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         key = b"plexus/world/identity"
         s.sendall(bytes([2]) + struct.pack("<I", len(key)) + key + struct.pack("<Q", 8) + struct.pack("<q", 0))
-        got = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            got += chunk
-        found["raw"] = got
+        found["raw"] = _read_until_closed(s)
     # Plexus's own client with another token, and with none.
     for name, token in [("wrong", "not-the-token"), ("none", None)]:
         saved = os.environ.pop("PLEXUS_AUTH_TOKEN")
@@ -160,9 +154,78 @@ def _token_of_rank(rank, world, path, tokens):
 
 def test_a_peer_with_another_token_is_refused(tmp_path):
     out = run_ranks(2, _token_of_rank, str(tmp_path / "store"), [TOKEN, "another"], join_group=False, timeout=120)
-    # Rank 0 dials rank 1 and checks its proof first.
-    assert "does not hold this job's token" in out[0] and "rank 1" in out[0], out
+    # Rank 0 dials rank 1, which refuses its proof.
+    assert "PLEXUS_AUTH_TOKEN differs there" in out[0] and "rank 1" in out[0], out
     assert out[1] != "no error", out
+
+
+def _token_on_one_rank(rank, world, path):
+    import torch.distributed as dist
+
+    if rank == 1:
+        os.environ["PLEXUS_AUTH_TOKEN"] = TOKEN
+    try:
+        plexus.init_process_group(store=dist.FileStore(path, world), rank=rank, world_size=world, timeout=8)
+        return "no error"
+    except (ValueError, plexus.PlexusError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def test_a_token_on_some_ranks_only_is_named_at_the_rendezvous(tmp_path):
+    out = run_ranks(2, _token_on_one_rank, str(tmp_path / "store"), join_group=False, timeout=120)
+    assert out[1].startswith("ValueError") and "has a job token" in out[1] and "rank 0 has none" in out[1], out
+
+
+def _hello_gets_only_a_nonce(rank, world):
+    from plexus.distributed import _state
+
+    x = np.ones(4, np.float32)
+    plexus.all_reduce(x)
+    if rank == 0:
+        comm = _state.world.comm
+        hello = struct.pack("<IHHQii32s", 0x504C5848, 1, 0, comm.id, 1, 0, os.urandom(32))
+        with socket.create_connection(("127.0.0.1", comm.listen_ports[0]), timeout=10) as s:
+            s.sendall(hello)
+            challenge = _read_exactly(s, 36)
+            s.settimeout(0.5)
+            try:
+                extra = s.recv(64)  # nothing more before this side proves itself
+            except socket.timeout:
+                extra = b""
+            s.settimeout(10)
+            s.sendall(os.urandom(32))  # a proof made without the token
+            rest = _read_until_closed(s)
+    plexus.barrier()
+    plexus.all_reduce(x)  # the job goes on
+    return (challenge[:4], extra, rest, float(x[0])) if rank == 0 else float(x[0])
+
+
+def _read_until_closed(s) -> bytes:
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _read_exactly(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_peer_handshake_gives_no_proof_before_the_connector_proves_itself():
+    env = {"PLEXUS_AUTH_TOKEN": TOKEN, "PLEXUS_TRANSPORTS": "tcp"}
+    out = run_ranks(2, _hello_gets_only_a_nonce, env=env)
+    magic, extra, rest, total = out[0]
+    assert magic == struct.pack("<I", 0x504C5843)  # the challenge: a nonce, no proof
+    assert extra == b"" and rest == b""  # no proof before ours, and none after a wrong one
+    assert total == 4.0 and out[1] == 4.0
 
 
 def _free_port() -> int:

@@ -52,7 +52,8 @@ std::string trimmed(std::string s) {
 }  // namespace
 
 std::string job_token() {
-  std::string token = env_string("PLEXUS_AUTH_TOKEN");
+  // Trimmed, from the variable as from the file: a token copied with its newline still matches.
+  std::string token = trimmed(env_string("PLEXUS_AUTH_TOKEN"));
   if (!token.empty()) return token;
   std::string path = env_string("PLEXUS_AUTH_FILE");
   if (path.empty()) return "";

@@ -25,12 +25,17 @@ CommIdentity agree_identity(Store& store, int rank, int size, Deadline deadline)
   id.rank = rank;
   id.size = size;
   id.token = job_token();
+  if (!id.token.empty()) hmac_sha256(id.token, "");  // no libcrypto: say so now, not in a handshake
+  // "comm id (8) | secret (32) | 'A' authenticated or '-' | size": a rank whose setting differs
+  // from rank 0's is told so here, not by a refused handshake later.
+  const char mode = id.token.empty() ? '-' : 'A';
   if (rank == 0) {
     random_bytes(&id.comm_id, sizeof(id.comm_id));
     // With a job token, peers prove they hold it instead: no secret goes into the store.
     if (id.token.empty()) random_bytes(id.secret.data(), id.secret.size());
     std::string blob(reinterpret_cast<const char*>(&id.comm_id), 8);
     blob.append(reinterpret_cast<const char*>(id.secret.data()), id.secret.size());
+    blob += mode;
     blob += std::to_string(size);
     store.set("identity", blob);
     return id;
@@ -41,9 +46,17 @@ CommIdentity agree_identity(Store& store, int rank, int size, Deadline deadline)
   } catch (const Timeout&) {
     throw Timeout("rank " + std::to_string(rank) + " timed out waiting for rank 0 to join the rendezvous");
   }
+  if (blob.size() < 8 + id.secret.size() + 2) throw Error("the rendezvous store holds a malformed identity");
   std::memcpy(&id.comm_id, blob.data(), 8);
   std::memcpy(id.secret.data(), blob.data() + 8, id.secret.size());
-  int size0 = std::stoi(blob.substr(8 + id.secret.size()));
+  const char mode0 = blob[8 + id.secret.size()];
+  if (mode0 != mode)
+    throw InvalidArgument(mode0 == 'A' ? "rank 0 uses a job token (PLEXUS_AUTH_TOKEN or PLEXUS_AUTH_FILE) and rank " +
+                                             std::to_string(rank) + " has none: set the same token on every rank"
+                                       : "rank " + std::to_string(rank) +
+                                             " has a job token (PLEXUS_AUTH_TOKEN or PLEXUS_AUTH_FILE) and rank 0 "
+                                             "has none: set the same token on every rank");
+  int size0 = std::stoi(blob.substr(8 + id.secret.size() + 1));
   if (size0 != size)
     throw InvalidArgument("rank 0 started a group of " + std::to_string(size0) + " ranks but rank " +
                           std::to_string(rank) + " was told the world size is " + std::to_string(size));

@@ -70,6 +70,7 @@ struct ClientState {
 }  // namespace
 
 TcpStoreServer::TcpStoreServer(const std::string& bind_ip, int port) : token_(job_token()) {
+  if (!token_.empty()) hmac_sha256(token_, "");  // no libcrypto: say so here, not on the server's thread
   listen_fd_ = listen_tcp(bind_ip, port, &port_);
   int pipefd[2];
   if (::pipe2(pipefd, O_CLOEXEC) != 0) throw Error("pipe(): " + errno_text(errno));
@@ -134,7 +135,12 @@ void TcpStoreServer::serve() {
   };
   // Parses and answers every complete request in the client's buffer.
   auto handle = [&](ClientState& c) {
-    if (!c.authed && !authenticate(c)) return;
+    try {
+      if (!c.authed && !authenticate(c)) return;
+    } catch (const std::exception& e) {  // libcrypto or getrandom failed: this client goes, the store stays
+      refuse(c, e.what());
+      return;
+    }
     while (!c.waiting && c.fd.valid()) {
       const std::string& b = c.inbuf;
       if (b.size() < 5) return;
@@ -218,7 +224,12 @@ void TcpStoreServer::serve() {
         c->authed = token_.empty();
         if (!c->authed) {
           // 36 bytes into an empty socket buffer: sent at once, or the client is gone.
-          c->nonce = fresh_nonce();
+          try {
+            c->nonce = fresh_nonce();
+          } catch (const std::exception& e) {
+            PLEXUS_WARN("store: refused a client from " << c->who << ": " << e.what());
+            continue;
+          }
           std::string hello(reinterpret_cast<const char*>(&kServerHello), 4);
           hello.append(reinterpret_cast<const char*>(c->nonce.data()), c->nonce.size());
           if (::send(c->fd.get(), hello.data(), hello.size(), MSG_NOSIGNAL | MSG_DONTWAIT) !=
@@ -283,9 +294,10 @@ void TcpStoreClient::authenticate(const std::string& token) {
     try {
       recv_all(fd_.get(), answer.data(), answer.size(), deadline);
     } catch (const Timeout&) {
-      throw;
+      throw Error("it did not answer this rank's proof in time");
     } catch (const Error&) {
-      throw Error("it refused this rank's proof (PLEXUS_AUTH_TOKEN differs there)");
+      throw Error("it refused this rank's proof (PLEXUS_AUTH_TOKEN differs there, or the store dropped "
+                  "this connection: see rank 0's log)");
     }
     Mac expected = handshake_proof(token, "store server", kStoreContext, mine, theirs);
     if (!same_bytes(expected.data(), answer.data(), answer.size()))

@@ -49,12 +49,12 @@ struct Hello {
   int32_t to_rank;
   uint8_t secret[32];  // in a job with a token: the connector's nonce
 };
-// With a token, the acceptor's answer to a hello: its nonce and its proof; the connector then
-// sends its own proof (32 bytes) and gets the Ack.
+// With a token, the acceptor's answer to a hello: its nonce. The connector proves first (32
+// bytes), so that nobody gets a proof to attack offline without giving a valid one; the Ack then
+// carries the acceptor's proof (32 bytes after it).
 struct Challenge {
   uint32_t magic;
   uint8_t nonce[32];
-  uint8_t proof[32];
 };
 struct Ack {
   uint32_t magic;
@@ -259,28 +259,39 @@ std::unique_ptr<Connection> TcpTransport::connect(int peer, int channel, Deadlin
     const Nonce mine = authenticated ? fresh_nonce() : Nonce{};
     std::memcpy(h.secret, authenticated ? mine.data() : id_.secret.data(), 32);
     send_all(fd.get(), &h, sizeof(h), deadline);
+    Nonce theirs{};
+    const std::string context = handshake_context(id_.comm_id, id_.rank, peer);
     if (authenticated) {
       Challenge c{};
       recv_all(fd.get(), &c.magic, sizeof(c.magic), deadline);
       if (c.magic == kAckMagic)
         throw Error("it does not authenticate (PLEXUS_AUTH_TOKEN is set here but not there)");
       if (c.magic != kChallengeMagic) throw Error("handshake refused");
-      recv_all(fd.get(), c.nonce, sizeof(c.nonce) + sizeof(c.proof), deadline);
-      Nonce theirs;
+      recv_all(fd.get(), c.nonce, sizeof(c.nonce), deadline);
       std::memcpy(theirs.data(), c.nonce, theirs.size());
-      const std::string context = handshake_context(id_.comm_id, id_.rank, peer);
-      Mac expected = handshake_proof(id_.token, kAcceptorRole, context, mine, theirs);
-      if (!same_bytes(expected.data(), c.proof, expected.size()))
-        throw Error("it does not hold this job's token (PLEXUS_AUTH_TOKEN differs there)");
       Mac proof = handshake_proof(id_.token, kConnectorRole, context, theirs, mine);
       send_all(fd.get(), proof.data(), proof.size(), deadline);
     }
     Ack ack{};
-    recv_all(fd.get(), &ack.magic, sizeof(ack.magic), deadline);
+    try {
+      recv_all(fd.get(), &ack.magic, sizeof(ack.magic), deadline);
+    } catch (const Timeout&) {
+      throw;
+    } catch (const Error&) {
+      if (authenticated) throw Error("it refused this rank's proof (PLEXUS_AUTH_TOKEN differs there)");
+      throw;
+    }
     if (ack.magic == kChallengeMagic)
       throw Error("it asks for authentication (PLEXUS_AUTH_TOKEN is set there but not here)");
     recv_all(fd.get(), &ack.status, sizeof(ack.status), deadline);
     if (ack.magic != kAckMagic || ack.status != 0) throw Error("handshake refused");
+    if (authenticated) {
+      Mac answer;
+      recv_all(fd.get(), answer.data(), answer.size(), deadline);
+      Mac expected = handshake_proof(id_.token, kAcceptorRole, context, mine, theirs);
+      if (!same_bytes(expected.data(), answer.data(), expected.size()))
+        throw Error("it does not hold this job's token (PLEXUS_AUTH_TOKEN differs there)");
+    }
   } catch (const Error& e) {
     throw PeerError(peer, "cannot connect to " + peer_name + " at " + ep.str() + ": " + e.what());
   }
@@ -346,16 +357,11 @@ bool TcpTransport::read_more(Pending& p, void* dst, size_t n, size_t* got, bool*
 
 bool TcpTransport::challenge(Pending& p) {
   p.nonce = fresh_nonce();
-  Nonce theirs;
-  std::memcpy(theirs.data(), p.hello.secret, theirs.size());
   Challenge c{};
   c.magic = kChallengeMagic;
   std::memcpy(c.nonce, p.nonce.data(), sizeof(c.nonce));
-  Mac proof = handshake_proof(id_.token, kAcceptorRole,
-                              handshake_context(id_.comm_id, p.hello.from_rank, p.hello.to_rank), theirs, p.nonce);
-  std::memcpy(c.proof, proof.data(), sizeof(c.proof));
   p.challenged = true;
-  // 68 bytes into an empty socket buffer: sent at once, or the peer is gone.
+  // 36 bytes into an empty socket buffer: sent at once, or the peer is gone.
   return ::send(p.fd.get(), &c, sizeof(c), MSG_NOSIGNAL | MSG_DONTWAIT) == static_cast<ssize_t>(sizeof(c));
 }
 
@@ -397,17 +403,28 @@ std::unique_ptr<Connection> TcpTransport::progress(Pending& p, bool* drop) {
     }
     Nonce theirs;
     std::memcpy(theirs.data(), p.hello.secret, theirs.size());
-    Mac expected = handshake_proof(id_.token, kConnectorRole,
-                                   handshake_context(id_.comm_id, p.hello.from_rank, p.hello.to_rank), p.nonce, theirs);
+    const std::string context = handshake_context(id_.comm_id, p.hello.from_rank, p.hello.to_rank);
+    Mac expected = handshake_proof(id_.token, kConnectorRole, context, p.nonce, theirs);
     if (!same_bytes(expected.data(), p.proof.data(), expected.size())) {
       PLEXUS_WARN("refused a connection from " << p.who << ": it does not hold this job's token");
       return nullptr;
     }
   }
   const Hello& h = p.hello;
-  // 8 bytes into an empty socket buffer: sent at once, or the peer is gone.
-  Ack ack{kAckMagic, 0};
-  if (::send(p.fd.get(), &ack, sizeof(ack), MSG_NOSIGNAL | MSG_DONTWAIT) != static_cast<ssize_t>(sizeof(ack))) {
+  // The Ack (and, with a token, our proof): at most 40 bytes into a socket buffer the peer has
+  // emptied, sent at once, or the peer is gone.
+  std::string answer(sizeof(Ack), '\0');
+  const Ack ack{kAckMagic, 0};
+  std::memcpy(answer.data(), &ack, sizeof(ack));
+  if (authenticated) {
+    Nonce theirs;
+    std::memcpy(theirs.data(), h.secret, theirs.size());
+    Mac proof = handshake_proof(id_.token, kAcceptorRole, handshake_context(id_.comm_id, h.from_rank, h.to_rank),
+                                theirs, p.nonce);
+    answer.append(reinterpret_cast<const char*>(proof.data()), proof.size());
+  }
+  if (::send(p.fd.get(), answer.data(), answer.size(), MSG_NOSIGNAL | MSG_DONTWAIT) !=
+      static_cast<ssize_t>(answer.size())) {
     PLEXUS_WARN("refused a connection from " << p.who << ": it did not take the handshake's answer");
     return nullptr;
   }
