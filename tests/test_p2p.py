@@ -84,6 +84,24 @@ def send_then_leave(rank, world):
     return senders, error, time.monotonic() - start
 
 
+def read_early_then_leave(rank, world):
+    """Rank 0 has a receive from any source (tag 9) open, so it reads rank 1's tag-6 message as
+    it comes; rank 1 then leaves. A receive of that message posted afterwards still gets it."""
+    import time
+
+    if rank == 1:
+        plexus.send(np.arange(4, dtype=np.int32), dst=0, tag=6)
+        plexus.destroy_process_group()
+        time.sleep(2.0)
+        return None
+    pending = plexus.irecv(np.zeros(1, dtype=np.int32), tag=9)  # never met; keeps rank 0 reading
+    time.sleep(1.0)
+    x = np.zeros(4, dtype=np.int32)
+    plexus.recv(x, src=1, tag=6)
+    del pending
+    return x.tolist()
+
+
 def size_mismatch(rank, world):
     if rank == 0:
         plexus.send(np.zeros(10, dtype=np.float32), dst=1)
@@ -129,6 +147,11 @@ def test_messages_sent_before_leaving_arrive(transport):
     assert senders == [1, 2, 3]
     assert "rank 1" in error, error
     assert seconds < 30, seconds  # not the 300 s timeout
+
+
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
+def test_a_message_read_before_its_sender_left_is_still_received(transport):
+    assert run_ranks(2, read_early_then_leave, env=TRANSPORTS[transport])[0] == [0, 1, 2, 3]
 
 
 def test_size_mismatch_is_an_error_naming_both_sides():

@@ -29,7 +29,10 @@ std::string printable_text(const std::string& foreign) {
       out += static_cast<char>(c);
       ++i;
     } else if (size_t n = c >= 0x80 ? utf8_sequence(foreign, i) : 0) {
-      out.append(foreign, i, n);
+      // C1 controls (U+0080-U+009F, a terminal's CSI among them) are control characters too.
+      const bool c1 = n == 2 && c == 0xC2 && static_cast<unsigned char>(foreign[i + 1]) < 0xA0;
+      if (c1) out += '?';
+      else out.append(foreign, i, n);
       i += n;
     } else {
       out += '?';

@@ -114,6 +114,8 @@ void Exchange::check_header(Stream& s, const RecvItem& item) {
   if (h.magic != kFrameMagic || h.version != kWireVersion)
     throw PeerError(p, them + " sent bytes that are not a plexus frame");
   if (h.type == static_cast<uint8_t>(FrameType::kError)) throw_peer_error_frame(s);
+  if (h.type != static_cast<uint8_t>(FrameType::kData))
+    throw PeerError(p, them + " sent a frame of the wrong kind on the collective channel");
   if (h.comm_id != comm_.id()) throw PeerError(p, them + " sent a frame of another communicator");
   Signature theirs = h.signature();
   if (h.seq != ctx_.seq || theirs != ctx_.sig)
@@ -223,7 +225,7 @@ void Exchange::rethrow_with_cause(std::exception_ptr original) {
 
 void Exchange::drive() {
   std::vector<pollfd> fds;
-  std::vector<Connection*> polled;  // waiting connections without a descriptor (shared memory)
+  std::vector<std::pair<Connection*, bool>> polled;  // waiting without a descriptor (shared memory), reading?
   Backoff backoff;
   while (true) {
     bool all_done = true, moved = false;
@@ -238,7 +240,7 @@ void Exchange::drive() {
       if (!s.done()) all_done = false;
       if (!want_write && !want_read) continue;
       if (s.conn->fd() < 0) {
-        polled.push_back(s.conn);
+        polled.push_back({s.conn, want_read});
       } else {
         short events = static_cast<short>((want_read ? POLLIN : 0) | (want_write ? POLLOUT : 0));
         fds.push_back({s.conn->fd(), events, 0});
@@ -254,7 +256,7 @@ void Exchange::drive() {
       // without blocking in between.
       backoff.pause();
       if (!backoff.time_to_check()) continue;
-      for (Connection* c : polled) c->check_peer();
+      for (const auto& [c, reading] : polled) c->check_peer(reading);
     }
     comm_.check_abort();
     if (ctx_.deadline.passed()) throw_timeout();

@@ -1,6 +1,8 @@
 // The point-to-point engine: requests, connections on demand, framing and matching.
 #include "core/p2p.h"
 
+#include <algorithm>
+
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@ namespace plexus {
 
 namespace {
 constexpr size_t kHeader = sizeof(FrameHeader);
+constexpr size_t kSpillStep = 1 << 20;  // an unexpected message's buffer grows by this much at most
 }
 
 P2PEngine::P2PEngine(Communicator& comm, TransportSet& transports)
@@ -77,11 +80,13 @@ void P2PEngine::take_new_requests() {
     fresh.swap(inbox_);
   }
   for (auto& r : fresh) {
-    if (r->peer != kAnySource && peers_[r->peer].closed) {
-      r->work->set_failed(peers_[r->peer].closed_why);  // it left: no message goes or comes now
+    const bool gone = r->peer != kAnySource && peers_[r->peer].closed;
+    if (!r->is_send && match_unexpected(r)) continue;  // it came before its sender left
+    if (gone) {
+      r->work->set_failed(peers_[r->peer].closed_why);  // it left: nothing more goes or comes
     } else if (r->is_send) {
       peers_[r->peer].sends.push_back(r);
-    } else if (!match_unexpected(r)) {
+    } else {
       posted_.push_back(r);
     }
   }
@@ -200,8 +205,9 @@ void P2PEngine::start_frame(int p) {
     posted_.erase(it);
     return;
   }
-  peer.in_spill = std::make_unique<Unexpected>(
-      Unexpected{p, tag, static_cast<DType>(h.dtype), std::vector<char>(h.payload_bytes)});
+  // Nobody asked for it yet: keep it aside, its buffer growing as its bytes come (a length field
+  // alone allocates nothing).
+  peer.in_spill = std::make_unique<Unexpected>(Unexpected{p, tag, static_cast<DType>(h.dtype), {}});
 }
 
 void P2PEngine::finish_frame(int p) {
@@ -230,9 +236,18 @@ bool P2PEngine::pump_recv(int p) {
       start_frame(p);
     }
     size_t total = peer.in.payload_bytes;
-    char* dst = peer.in_target ? peer.in_target->buf : peer.in_spill->data.data();
+    size_t room = total - peer.in_payload_got;  // what this read may take
+    char* dst = nullptr;
+    if (peer.in_target) {
+      dst = peer.in_target->buf;
+    } else {
+      std::vector<char>& spill = peer.in_spill->data;
+      room = std::min(room, kSpillStep);
+      if (spill.size() < peer.in_payload_got + room) spill.resize(peer.in_payload_got + room);
+      dst = spill.data();
+    }
     if (peer.in_payload_got < total) {
-      size_t k = peer.conn->read_some(dst + peer.in_payload_got, total - peer.in_payload_got);
+      size_t k = peer.conn->read_some(dst + peer.in_payload_got, room);
       if (k == 0) break;
       moved = true;
       peer.in_payload_got += k;
@@ -332,7 +347,7 @@ void P2PEngine::loop() {
           moved |= pump_send(p);
           moved |= pump_recv(p);
           if (peer.conn->fd() < 0 && (!peer.sends.empty() || wants_reading(p)) && backoff.time_to_check())
-            peer.conn->check_peer();
+            peer.conn->check_peer(wants_reading(p));
         } catch (const PeerError& e) {
           // Gone, or its communicator stopped (it may simply have finished): only what needs
           // it fails; a receive from any source may still be met by another rank.

@@ -28,8 +28,9 @@ class Connection {
   // Ends the stream: the peer sees end-of-file after what was already written.
   virtual void shutdown() = 0;
   // For connections without a descriptor: throws PeerError if the peer failed or died (a
-  // socket reports that by itself).
-  virtual void check_peer() {}
+  // socket reports that by itself). `reading`: the caller will read what the peer wrote before
+  // it went, so that comes first (as a socket delivers its bytes before the end of the stream).
+  virtual void check_peer(bool reading) {}
 
   int peer() const { return peer_; }
   const std::string& peer_name() const { return peer_name_; }

@@ -23,7 +23,7 @@ class ShmConnection : public Connection {
   size_t read_some(void* dst, size_t n) override;
   int fd() const override { return -1; }
   void shutdown() override {}
-  void check_peer() override;
+  void check_peer(bool reading) override;
 
  private:
   ShmHost& host_;
@@ -77,13 +77,13 @@ size_t ShmConnection::read_some(void* dst, size_t n) {
   return len;
 }
 
-void ShmConnection::check_peer() {
+void ShmConnection::check_peer(bool reading) {
   try {
     host_.check_peer(peer_local_);
   } catch (const PeerError&) {
-    // What the peer wrote before it went is still delivered, as TCP delivers bytes before the
-    // FIN: its flag or its death comes after its last write, so the ring is read first.
-    if (in_.head.load(std::memory_order_acquire) != in_.tail.load(std::memory_order_relaxed)) return;
+    // What the peer wrote before it went is still delivered to a reader, as TCP delivers bytes
+    // before the FIN: its flag or its death comes after its last write, so the ring is read first.
+    if (reading && in_.head.load(std::memory_order_acquire) != in_.tail.load(std::memory_order_relaxed)) return;
     throw;
   }
 }
