@@ -34,6 +34,8 @@ constexpr uint64_t kMaxValue = 64ull << 20;
 constexpr uint32_t kServerHello = 0x504C5853;  // "PLXS"
 constexpr uint32_t kClientProof = 0x504C584B;  // "PLXK"
 constexpr const char* kStoreContext = "plexus store";
+constexpr const char* kClientRole = "store client";  // the roles of the proofs (auth.h)
+constexpr const char* kServerRole = "store server";
 constexpr size_t kClientProofBytes = 4 + 32 + 32;
 constexpr int kAuthMillis = 5000;            // for a client to prove it holds the token
 constexpr size_t kMaxUnauthenticated = 64;   // clients waiting to do so
@@ -122,13 +124,13 @@ void TcpStoreServer::serve() {
     if (c.inbuf.size() < kClientProofBytes) return false;
     Nonce theirs;
     std::memcpy(theirs.data(), c.inbuf.data() + 4, theirs.size());
-    Mac expected = handshake_proof(token_, "store client", kStoreContext, c.nonce, theirs);
+    Mac expected = handshake_proof(token_, kClientRole, kStoreContext, c.nonce, theirs);
     if (!same_bytes(expected.data(), reinterpret_cast<const uint8_t*>(c.inbuf.data()) + 36, expected.size())) {
       refuse(c, "it does not hold this job's token");
       return false;
     }
     c.inbuf.erase(0, kClientProofBytes);
-    Mac ours = handshake_proof(token_, "store server", kStoreContext, theirs, c.nonce);
+    Mac ours = handshake_proof(token_, kServerRole, kStoreContext, theirs, c.nonce);
     reply(c, std::string(reinterpret_cast<const char*>(ours.data()), ours.size()));
     c.authed = c.fd.valid();
     return c.authed;
@@ -285,7 +287,7 @@ void TcpStoreClient::authenticate(const std::string& token) {
     if (magic != kServerHello) throw Error("it is not a plexus store that authenticates");
     recv_all(fd_.get(), theirs.data(), theirs.size(), deadline);
     Nonce mine = fresh_nonce();
-    Mac proof = handshake_proof(token, "store client", kStoreContext, theirs, mine);
+    Mac proof = handshake_proof(token, kClientRole, kStoreContext, theirs, mine);
     std::string msg(reinterpret_cast<const char*>(&kClientProof), 4);
     msg.append(reinterpret_cast<const char*>(mine.data()), mine.size());
     msg.append(reinterpret_cast<const char*>(proof.data()), proof.size());
@@ -299,7 +301,7 @@ void TcpStoreClient::authenticate(const std::string& token) {
       throw Error("it refused this rank's proof (PLEXUS_AUTH_TOKEN differs there, or the store dropped "
                   "this connection: see rank 0's log)");
     }
-    Mac expected = handshake_proof(token, "store server", kStoreContext, mine, theirs);
+    Mac expected = handshake_proof(token, kServerRole, kStoreContext, mine, theirs);
     if (!same_bytes(expected.data(), answer.data(), answer.size()))
       throw Error("it does not hold this job's token (PLEXUS_AUTH_TOKEN differs there)");
   } catch (const Timeout&) {

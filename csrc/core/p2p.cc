@@ -80,7 +80,7 @@ void P2PEngine::take_new_requests() {
     fresh.swap(inbox_);
   }
   for (auto& r : fresh) {
-    const bool gone = r->peer != kAnySource && peers_[r->peer].closed;
+    const bool gone = r->peer != kAnySource && peers_[r->peer].closed_why != nullptr;
     if (!r->is_send && match_unexpected(r)) continue;  // it came before its sender left
     if (gone) {
       r->work->set_failed(peers_[r->peer].closed_why);  // it left: nothing more goes or comes
@@ -124,7 +124,7 @@ void P2PEngine::ensure_connections() {
   for (const auto& r : posted_) any_source |= r->peer == kAnySource;
   for (int p = 0; p < static_cast<int>(peers_.size()); ++p) {
     Peer& peer = peers_[p];
-    if (peer.conn || peer.closed || p == comm_.rank()) continue;
+    if (peer.conn || peer.closed_why || p == comm_.rank()) continue;
     // Connect when a message needs the peer. A receive from any source connects to every rank,
     // since any of them may send. Where the peer must dial (TCP: the lower rank dials), connect
     // gives nothing and the stream comes through accept_pending.
@@ -283,7 +283,6 @@ void P2PEngine::check_deadlines() {
 void P2PEngine::peer_closed(int p, const PeerError& why) {
   Peer& peer = peers_[p];
   peer.conn.reset();
-  peer.closed = true;
   auto error = std::make_exception_ptr(PeerError(p, why.what()));
   peer.closed_why = error;
   for (auto& r : peer.sends) r->work->set_failed(error);

@@ -74,8 +74,8 @@ class P2PEngine {
     std::unique_ptr<Unexpected> in_spill;  // or where an unmatched frame goes
     size_t in_payload_got = 0;
     uint64_t sent = 0;  // messages sent to this peer (frame sequence numbers)
-    bool closed = false;  // the peer left, died or reported an error
-    std::exception_ptr closed_why;  // what requests to it fail with from then on
+    // Set once the peer left, died or reported an error: what requests to it fail with.
+    std::exception_ptr closed_why;
   };
 
   void loop();

@@ -369,6 +369,7 @@ std::unique_ptr<Connection> TcpTransport::progress(Pending& p, bool* drop) {
   *drop = true;
   bool closed = false;
   const bool authenticated = !id_.token.empty();
+  std::string our_proof;  // with a token: sent after the Ack once the connector's proof checks out
   if (!p.challenged) {
     if (!read_more(p, &p.hello, sizeof(Hello), &p.got, &closed)) {
       if (closed)
@@ -409,20 +410,14 @@ std::unique_ptr<Connection> TcpTransport::progress(Pending& p, bool* drop) {
       PLEXUS_WARN("refused a connection from " << p.who << ": it does not hold this job's token");
       return nullptr;
     }
+    Mac ours = handshake_proof(id_.token, kAcceptorRole, context, theirs, p.nonce);
+    our_proof.assign(reinterpret_cast<const char*>(ours.data()), ours.size());
   }
   const Hello& h = p.hello;
   // The Ack (and, with a token, our proof): at most 40 bytes into a socket buffer the peer has
   // emptied, sent at once, or the peer is gone.
-  std::string answer(sizeof(Ack), '\0');
   const Ack ack{kAckMagic, 0};
-  std::memcpy(answer.data(), &ack, sizeof(ack));
-  if (authenticated) {
-    Nonce theirs;
-    std::memcpy(theirs.data(), h.secret, theirs.size());
-    Mac proof = handshake_proof(id_.token, kAcceptorRole, handshake_context(id_.comm_id, h.from_rank, h.to_rank),
-                                theirs, p.nonce);
-    answer.append(reinterpret_cast<const char*>(proof.data()), proof.size());
-  }
+  const std::string answer = std::string(reinterpret_cast<const char*>(&ack), sizeof(ack)) + our_proof;
   if (::send(p.fd.get(), answer.data(), answer.size(), MSG_NOSIGNAL | MSG_DONTWAIT) !=
       static_cast<ssize_t>(answer.size())) {
     PLEXUS_WARN("refused a connection from " << p.who << ": it did not take the handshake's answer");
