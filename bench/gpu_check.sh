@@ -9,8 +9,12 @@
 #   4. runs plexus-bench --device cuda on 2 and 4 ranks sharing the GPU, beside NCCL (through
 #      torch; NCCL_MULTI_RANK_GPU_ENABLE=1) and cupy's a + b, then the 2-rank all-reduce sweep
 #      staged through host memory (PLEXUS_CUDA_IPC=0), to show what IPC saves;
-#   5. runs tests/gpu (every collective on cupy and torch CUDA arrays, the torch backend on CUDA
-#      tensors, DDP) + the CPU-side CUDA build, staging, IPC-logic and device-bench tests.
+#   5. runs the native device path's GPU tests first (tests/gpu/test_gpu_native.py: programs,
+#      chunks, CUDA graph capture, deadline, mismatch), and the host CPU time of one call;
+#   6. runs tests/gpu (every collective on cupy and torch CUDA arrays, the torch backend on CUDA
+#      tensors, DDP) + the CPU-side CUDA build, staging, IPC-logic and device-bench tests
+#      (GPU_CHECK_TESTS replaces that list).
+# GPU_CHECK_SKIP="kernels bench-all staged" leaves those steps out (a short device lease).
 # Benchmarks run before the tests so the figures exist even if the tests run long. Everything
 # ends within GPU_CHECK_SECONDS (default 440: with kill grace, under 8 minutes). Results: $OUT if set, else
 # bench/results/gpu-check-<time>/ (gpu_check.log, summary.txt, *.json, tests_gpu.xml).
@@ -26,6 +30,7 @@ DEADLINE=$((START + ${GPU_CHECK_SECONDS:-440}))
 FAILED=()
 
 step() { echo; echo "=== $* [$(($(date +%s) - START)) s]"; }
+skip() { [[ " ${GPU_CHECK_SKIP:-} " == *" $1 "* ]] && echo "(skipped: GPU_CHECK_SKIP)"; }
 # Seconds a step may take: at most $1, and never past the deadline less $2 kept for later steps.
 budget() { local left=$((DEADLINE - $(date +%s) - $2)); ((left > $1)) && left=$1; ((left < 5)) && left=5; echo "$left"; }
 run() {  # run NAME SECONDS CMD...: a step that may fail; a timeout (124) is named as such
@@ -78,7 +83,7 @@ else
 fi
 
 step "CUDA reduction kernel vs device-to-device copy"
-run kernels "$(budget 90 150)" "$PY" bench/gpu_kernels.py kernels --out "$RESULTS"
+skip kernels || run kernels "$(budget 90 150)" "$PY" bench/gpu_kernels.py kernels --out "$RESULTS"
 
 step "MPS (several ranks share this GPU)"
 MPS="off"
@@ -100,7 +105,14 @@ fi
 echo "MPS: $MPS"
 echo "MPS: $MPS" >> "$RESULTS/summary.txt"
 
-BENCH=("$PY" -m plexus.bench --device cuda --vs nccl --vs cupy-add -b 4K -e 256M -f 4 -n 20 -w 5)
+step "native device path: tests/gpu/test_gpu_native.py (programs, chunks, graphs, deadline, mismatch)"
+run native-tests "$(budget 150 250)" "$PY" -m pytest -q -rs -p no:cacheprovider \
+  --junitxml="$RESULTS/tests_native.xml" tests/gpu/test_gpu_native.py
+step "host CPU time of one native all_reduce call (16 floats), beside a host all_reduce"
+run host-time "$(budget 40 240)" "$PY" bench/ipc_host_overhead.py --cuda --np 2 --iters 500 --rounds 5 \
+  | tee "$RESULTS/host_time.txt" && cat "$RESULTS/host_time.txt" >> "$RESULTS/summary.txt"
+
+BENCH=("$PY" -m plexus.bench --device cuda --vs nccl --vs cupy-add -b 16 -e 256M -f 4 -n 20 -w 5)
 export NCCL_MULTI_RANK_GPU_ENABLE=1
 for NP in 2 4; do
   step "plexus-bench --device cuda: all_reduce, $NP ranks on one GPU, vs NCCL and cupy a + b"
@@ -108,15 +120,17 @@ for NP in 2 4; do
     --json "$RESULTS/bench_cuda_np$NP.json" && tail -n +1 "$RESULTS/bench_cuda_np$NP.txt" >> "$RESULTS/summary.txt"
 done
 step "plexus-bench --device cuda --collective all, 2 ranks (every collective, #wrong checked)"
-run bench-all "$(budget 90 110)" "$PY" -m plexus.bench --device cuda --vs nccl --collective all -b 4K -e 16M -f 16 \
+skip bench-all || run bench-all "$(budget 90 110)" "$PY" -m plexus.bench --device cuda --vs nccl --collective all -b 4K -e 16M -f 16 \
   -n 10 -w 2 -np 2 --json "$RESULTS/bench_cuda_all.json"
 step "the 2-rank all_reduce staged through host memory (PLEXUS_CUDA_IPC=0)"
-PLEXUS_CUDA_IPC=0 run bench-staged "$(budget 60 95)" "$PY" -m plexus.bench --device cuda -b 4K -e 64M -f 16 -n 5 \
+skip staged || PLEXUS_CUDA_IPC=0 run bench-staged "$(budget 60 95)" "$PY" -m plexus.bench --device cuda -b 4K -e 64M -f 16 -n 5 \
   -w 2 -np 2 --json "$RESULTS/bench_cuda_staged.json"
 
-step "tests: tests/gpu, tests/test_cuda_build.py, tests/test_device_logic.py, tests/test_cuda_ipc_logic.py, tests/test_bench_device.py"
+TESTS=${GPU_CHECK_TESTS:-tests/gpu tests/test_cuda_build.py tests/test_device_logic.py tests/test_cuda_ipc_logic.py tests/test_bench_device.py}
+step "tests: $TESTS"
+# shellcheck disable=SC2086
 run tests "$(budget 400 5)" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$RESULTS/tests_gpu.xml" \
-  tests/gpu tests/test_cuda_build.py tests/test_device_logic.py tests/test_cuda_ipc_logic.py tests/test_bench_device.py
+  --deselect tests/gpu/test_gpu_native.py $TESTS
 
 step "summary"
 [[ -f $RESULTS/summary.txt ]] && cat "$RESULTS/summary.txt"

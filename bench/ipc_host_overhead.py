@@ -1,16 +1,23 @@
 #!/usr/bin/env python3
-"""Host-side cost of one CUDA IPC collective call (plexus.device.ipc), measurable without a GPU:
-the CUDA calls are replaced by tests/fake_cuda.py (host memory, no-op events), so what is timed
-is the protocol itself (records, all-gathers, handle cache, Python) on N local ranks, beside a
-plain host all_reduce of the same small array. On a GPU the kernels add their own time.
+"""Host-side cost of one device all_reduce call, beside a plain host all_reduce of the same 16
+floats, on N local ranks (slowest rank; median of --rounds interleaved rounds, with the spread).
+
+Without a GPU the CUDA calls are replaced by tests/fake_cuda.py (host memory): the CUDA IPC
+path (plexus.device.ipc: records, host all-gathers, handle cache) and the native path
+(plexus.device.native on the emulated device: the C++ call and the signal-pad protocol, run on
+the CPU, so its time includes the handshake with the peers, as the host all_reduce's does).
+With --cuda (a GPU, cupy): the native path on real device arrays, timed as the thread's CPU
+time per call (what the host spends enqueueing; the GPU does the rest).
 
     python bench/ipc_host_overhead.py --np 2 --iters 2000
+    python bench/ipc_host_overhead.py --np 2 --cuda
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -18,27 +25,45 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 
-def _rank(rank, world, folder, iters):
+def _rank(rank, world, folder, iters, rounds, mode):
     import numpy as np
 
     import plexus
-    from fake_cuda import FakeCuda
     from plexus.device import ipc
 
-    fake = FakeCuda(folder, rank)
-    ipc.set_driver(fake)
-    x = fake.array(np.ones(16, np.float32))
     h = np.ones(16, np.float32)
-    out = {}
-    for name, fn in (("host all_reduce (numpy)", lambda: plexus.all_reduce(h)),
-                     ("IPC all_reduce (fake driver)", lambda: plexus.all_reduce(x))):
-        for _ in range(iters // 10):
-            fn()
-        plexus.barrier()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        out[name] = (time.perf_counter() - t0) / iters * 1e6
+    calls = {"host all_reduce (numpy)": lambda: plexus.all_reduce(h)}
+    clock = time.perf_counter
+    cuda = mode == "cuda"
+    if cuda:
+        import cupy as cp
+
+        cp.cuda.Device(0).use()
+        x = cp.ones(16, cp.float32)
+        calls["native all_reduce (cupy, CPU time)"] = lambda: plexus.all_reduce(x)
+    else:  # one driver per process: a group picks its device path once
+        from fake_cuda import FakeCuda
+
+        fake = FakeCuda(folder, rank, native=mode == "native")
+        ipc.set_driver(fake)
+        x = fake.array(np.ones(16, np.float32))
+        name = "native all_reduce (emulated device)" if mode == "native" else "IPC all_reduce (fake driver)"
+        calls[name] = lambda: plexus.all_reduce(x)
+    out = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            measure = time.thread_time if cuda and name.startswith("native") else clock
+            for _ in range(iters // 10):
+                fn()
+            if cuda:
+                cp.cuda.Device(0).synchronize()
+            plexus.barrier()
+            t0 = measure()
+            for _ in range(iters):
+                fn()
+            out[name].append((measure() - t0) / iters * 1e6)
+            if cuda:
+                cp.cuda.Device(0).synchronize()
     return out
 
 
@@ -46,13 +71,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--np", type=int, default=2)
     p.add_argument("--iters", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--cuda", action="store_true", help="real cupy arrays on GPU 0 (needs a GPU)")
     args = p.parse_args()
     from launch import run_ranks
 
-    with tempfile.TemporaryDirectory() as folder:
-        res = run_ranks(args.np, _rank, folder, args.iters)
-    for name in res[0]:
-        print(f"{name:32} {max(r[name] for r in res):8.1f} us per call (slowest of {args.np} ranks)")
+    host = "host all_reduce (numpy)"
+    for mode in (["cuda"] if args.cuda else ["ipc", "native"]):
+        with tempfile.TemporaryDirectory() as folder:
+            res = run_ranks(args.np, _rank, folder, args.iters, args.rounds, mode, timeout=900)
+        _report(args, res, host)
+
+
+def _report(args, res, host) -> None:
+    per_round = {name: [max(r[name][i] for r in res) for i in range(args.rounds)] for name in res[0]}
+    for name, times in per_round.items():
+        ratio = [t / h for t, h in zip(times, per_round[host])]
+        print(f"{name:38} {statistics.median(times):7.1f} us per call (spread {min(times):.1f}-{max(times):.1f}; "
+              f"{statistics.median(ratio):5.2f}x the host call, spread {min(ratio):.2f}-{max(ratio):.2f}) "
+              f"slowest of {args.np} ranks, {args.rounds} rounds")
 
 
 if __name__ == "__main__":

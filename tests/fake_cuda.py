@@ -37,8 +37,12 @@ class FakeCuda:
     """The driver interface of plexus.device.ipc.CudaDriver, on host memory."""
 
     def __init__(self, folder: str, rank: int, fail_export: bool = False, fail_open: bool = False,
-                 fail_reduce: bool = False, problem: Optional[str] = None, fail_placement: bool = False):
+                 fail_reduce: bool = False, problem: Optional[str] = None, fail_placement: bool = False,
+                 native: bool = False):
         self.folder, self.rank = folder, rank
+        # native=True: the native device path runs on the emulated device (the C++ protocol on
+        # host memory); False: this driver offers only the CUDA IPC calls below.
+        self.native = "emulated" if native else None
         self.fail_export, self.fail_open, self.fail_reduce, self._problem = fail_export, fail_open, fail_reduce, problem
         self.fail_placement = fail_placement
         self.segments: List[tuple] = []  # (start, size, name, memmap)

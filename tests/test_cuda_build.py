@@ -5,6 +5,7 @@ with clear errors, never a crash; without CUDA they exist and say "built without
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -66,12 +67,15 @@ def test_module_holds_the_kernels_for_each_architecture():
     if archs == ["80-real", "90-real", "90-virtual"]:
         assert want == {(2, 80), (2, 90), (1, 90)}
     assert want <= set(entries), f"fat binary has {entries}, want {sorted(want)}"
-    # Every (storage type, op) kernel, by its mangled name: float types and integers take
-    # SUM/PRODUCT/MIN/MAX; bitwise ops (and bool) run on byte kernels.
-    types = [b"NS1_4HalfE", b"NS1_4BF16E", b"f", b"d", b"a", b"h", b"i", b"l"]
-    ops = [b"NS1_5OpSumE", b"NS1_6OpProdE", b"NS1_5OpMinE", b"NS1_5OpMaxE"]
-    want_kernels = [t + o for t in types for o in ops] + [b"h" + o for o in (b"NS1_6OpBandE", b"NS1_5OpBorE", b"NS1_6OpBxorE")]
-    missing = [k.decode() for k in want_kernels if b"reduce_kernelI" + k not in data]
+    # Every (storage type, op) kernel, by its mangled name, of the reduction and of the device
+    # collectives: float types and integers take SUM/PRODUCT/MIN/MAX; bitwise ops (and bool)
+    # run on byte kernels.
+    types = [rb"N\w*?4HalfE", rb"N\w*?4BF16E", b"f", b"d", b"a", b"h", b"i", b"l"]
+    ops = [b"5OpSum", b"6OpProd", b"5OpMin", b"5OpMax"]
+    want_kernels = [(t, o) for t in types for o in ops] + [(b"h", o) for o in (b"6OpBand", b"5OpBor", b"6OpBxor")]
+    missing = [f"{kernel}<{t.decode()}, {o.decode()}>" for kernel in ("reduce_kernel", "collective_kernel")
+               for t, o in want_kernels
+               if not re.search(kernel.encode() + b"I" + t + rb"N\w*?" + o + b"EEEv", data)]
     assert not missing, f"kernels missing from the module: {missing}"
 
 

@@ -27,14 +27,17 @@ def _cases(dtypes=DTYPES):
 
 
 def _fake(folder, rank, **kw) -> FakeCuda:
+    """FakeCuda as this process's driver (native=True: with the emulated native path)."""
     fake = FakeCuda(folder, rank, **kw)
     ipc.set_driver(fake)
     device.PATHS.clear()
     return fake
 
 
-def _collectives(rank, world, folder):
-    fake = _fake(folder, rank)
+def _collectives(rank, world, folder, native=False):
+    """The public collectives on fake device arrays against numpy; with `native`, the kinds of
+    plexus.device.native run on the emulated device (tests/test_device_native.py)."""
+    fake = _fake(folder, rank, native=native)
     checked = 0
     for dtype, op in _cases():
         for count in COUNTS:
@@ -94,8 +97,12 @@ def _collectives(rank, world, folder):
             checked += 2
     with pytest.raises(ValueError, match=f"rank {world} is not a member"):
         plexus.broadcast(fake.array(np.ones(3, np.float32)), src=world)
-    assert set(device.PATHS) == {"cuda_ipc"}, device.PATHS  # nothing was staged
-    if world > 1:
+    if native:  # the list form of all_gather still goes through IPC
+        assert set(device.PATHS) == {"native", "cuda_ipc"}, device.PATHS
+        assert device.PATHS["cuda_ipc"] == 4 * len(DTYPES), device.PATHS
+    else:
+        assert set(device.PATHS) == {"cuda_ipc"}, device.PATHS  # nothing was staged
+    if world > 1 and not native:
         # Each peer's allocation is mapped once per array, its events once per group.
         assert fake.calls["event_open"] == 2 * (world - 1), fake.calls
     plexus.barrier()

@@ -27,8 +27,11 @@ CPP_LAYERS = ["base", "bootstrap", "topology", "transport", "reduce", "algorithm
 HANDED_TO_ALGORITHMS = {"core/op_context.h", "core/exchange.h"}
 # The transport interface: what the rest of the core may see of the transport layer. Concrete
 # transports (shm, tcp, ...) are named only inside csrc/transport, in their files and the table.
+# The device path's side of cuda_ipc is interface too: the signal pad's layout (which the device
+# programs of csrc/algorithms write) and the workspace memory (which core allocates and maps).
 TRANSPORT_INTERFACE = {"transport/transport.h", "transport/transport_set.h", "transport/connection.h",
-                       "transport/host_memory.h", "transport/frame.h", "transport/cuda_ipc/cuda_ipc.h"}
+                       "transport/host_memory.h", "transport/frame.h", "transport/cuda_ipc/cuda_ipc.h",
+                       "transport/cuda_ipc/signal_pad.h", "transport/cuda_ipc/workspace.h"}
 SOURCE_EXTENSIONS = (".h", ".cc", ".cu", ".cuh", ".inc")
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 

@@ -29,6 +29,7 @@ using namespace plexus;
 
 void bind_topology(pybind11::module_& m);  // bindings/topology.cc
 void bind_cuda(pybind11::module_& m);      // bindings/cuda.cc
+void bind_device(pybind11::module_& m);    // bindings/device.cc
 
 namespace {
 
@@ -497,4 +498,5 @@ PYBIND11_MODULE(_C, m) {
            py::arg("blocking") = false, py::call_guard<py::gil_scoped_release>());
   bind_topology(m);
   bind_cuda(m);
+  bind_device(m);
 }

@@ -91,6 +91,7 @@ class ProcessGroup:
         """Fails every call blocked on the group, at once, and every later one; the peers learn
         why (their calls with this rank fail naming it). Any thread may call it. What device
         calls mapped stays mapped until close(): a GPU kernel may still read it."""
+        device.abort(self)
         self.comm.abort(why)
 
     def close(self, why: str) -> None:

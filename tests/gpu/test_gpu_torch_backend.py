@@ -147,7 +147,7 @@ def _init_method():
 @pytest.mark.parametrize("world", [2, 4])
 def test_torch_backend_on_cuda_tensors(world):
     for paths in run_ranks(world, _collectives, _init_method(), timeout=600, join_group=False):
-        assert paths.get("cuda_ipc", 0) > 0 and not [p for p in paths if p.startswith("staged")], paths
+        assert paths.get("native", 0) > 0 and not [p for p in paths if p.startswith("staged")], paths
 
 
 def test_ddp_on_cuda_trains_like_one_process():

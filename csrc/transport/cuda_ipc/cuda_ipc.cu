@@ -186,5 +186,37 @@ void copy(int device, void* dst, const void* src, size_t bytes, void* stream) {
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)), "cudaMemcpyAsync");
 }
 
+void* alloc_zeroed(int device, size_t bytes) {
+  DeviceGuard on(device);
+  void* p = nullptr;
+  check(cudaMalloc(&p, bytes), "cudaMalloc");
+  cudaError_t e = cudaMemset(p, 0, bytes);
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) {
+    cudaFree(p);
+    check(e, "cudaMemset");
+  }
+  return p;
+}
+
+void free_device(int device, void* ptr) {
+  DeviceGuard on(device);
+  check(cudaFree(ptr), "cudaFree");
+}
+
+void* alloc_mapped_host(size_t bytes, void** device_ptr) {
+  void* p = nullptr;
+  check(cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable), "cudaHostAlloc");
+  std::memset(p, 0, bytes);
+  cudaError_t e = cudaHostGetDevicePointer(device_ptr, p, 0);
+  if (e != cudaSuccess) {
+    cudaFreeHost(p);
+    check(e, "cudaHostGetDevicePointer");
+  }
+  return p;
+}
+
+void free_mapped_host(void* ptr) { check(cudaFreeHost(ptr), "cudaFreeHost"); }
+
 }  // namespace cuda_ipc
 }  // namespace plexus

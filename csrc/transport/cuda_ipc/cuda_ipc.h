@@ -44,6 +44,14 @@ void stream_wait(int device, void* stream, void* event);
 bool query(int device, void* event);  // true once the work before its latest record is done
 void synchronize_event(int device, void* event);
 void copy(int device, void* dst, const void* src, size_t bytes, void* stream);
+// A device allocation of `bytes`, zeroed before it returns (a workspace whose handle peers open).
+void* alloc_zeroed(int device, size_t bytes);
+void free_device(int device, void* ptr);
+// Pinned host memory the device writes and the host reads without a copy (error boxes); zeroed.
+// `device_ptr` gets its address for kernels.
+void* alloc_mapped_host(size_t bytes, void** device_ptr);
+void free_mapped_host(void* ptr);
+
 // Waits until everything queued on the device by this process is done (before closing mappings).
 void synchronize_device(int device);
 

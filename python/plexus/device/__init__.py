@@ -11,14 +11,15 @@ memory), work (the core work of a call enqueued on a stream).
 from __future__ import annotations
 
 import collections
+import os
 from typing import Any, Callable, Dict, Tuple
 
-from . import ipc, pipeline, staging
+from . import ipc, native, pipeline, staging
 
 # The table of device collectives: per collective, how it runs on device arrays when every rank of
 # the group can map its peers' memory (one host), and how it runs when one cannot. Collectives not
 # listed are staged through host memory. `plexus info` prints it.
-CUDA_IPC, PIPELINE, STAGED = "cuda_ipc", "pipeline", "staged"
+NATIVE, CUDA_IPC, PIPELINE, STAGED = "native", "cuda_ipc", "pipeline", "staged"
 COLLECTIVES: Dict[str, Tuple[str, str]] = {
     "all_reduce": (CUDA_IPC, PIPELINE),
     "all_gather": (CUDA_IPC, STAGED),
@@ -38,6 +39,11 @@ def run(group: Any, call: Any, blocking: bool, run_host: Callable[[Any, Any, boo
     """Runs `call` (every buffer in device memory) on `group`: its core work, or None when it
     already completed. `run_host(group, call, blocking)` runs a call on host memory."""
     direct, fallback = COLLECTIVES.get(call.kind, _STAGED_ONLY)
+    if call.kind in native.KINDS:
+        done = native.run(group, call, blocking)
+        if not isinstance(done, ipc.Declined):
+            PATHS[NATIVE] += 1
+            return done
     if direct == CUDA_IPC:
         done = ipc.run(group, call, blocking)
         if not isinstance(done, ipc.Declined):
@@ -50,8 +56,14 @@ def run(group: Any, call: Any, blocking: bool, run_host: Callable[[Any, Any, boo
 
 
 def release(group: Any) -> None:
-    """Closes what device calls of `group` opened (peers' mappings, events)."""
+    """Closes what device calls of `group` opened (workspaces, peers' mappings, events)."""
+    native.release(group)
     ipc.release(group)
+
+
+def abort(group: Any) -> None:
+    """Makes the group's kernels that wait for peers give up."""
+    native.abort(group)
 
 
 def describe_paths() -> str:
@@ -59,7 +71,13 @@ def describe_paths() -> str:
     problem = ipc.local_problem()
     if problem is not None:
         return f"staged through pinned host memory (no CUDA IPC: {problem})"
-    direct = [name for name, (path, _) in COLLECTIVES.items() if path == CUDA_IPC]
+    direct = [name for name, (path, _) in COLLECTIVES.items() if path == CUDA_IPC and name not in native.KINDS]
     chunked = [name for name, (_, fallback) in COLLECTIVES.items() if fallback == PIPELINE]
-    return (f"CUDA IPC within a host for {', '.join(direct)}; across hosts staged through pinned host memory "
+    if os.environ.get("PLEXUS_DEVICE_NATIVE", "1") == "0":
+        direct = [name for name, (path, _) in COLLECTIVES.items() if path == CUDA_IPC]
+        head = "native kernels off (PLEXUS_DEVICE_NATIVE=0); "
+    else:
+        head = (f"native kernels within a host for {', '.join(native.KINDS)} (signal pads, no host round per "
+                f"call); ")
+    return (f"{head}CUDA IPC with a host round per call for {', '.join(direct)}; across hosts staged through pinned host memory "
             f"({', '.join(chunked)} in chunks that overlap the network); the others staged")

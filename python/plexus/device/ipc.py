@@ -73,6 +73,8 @@ class CudaDriver:
     """The CUDA calls the IPC path makes: plexus._C. Tests put a host-memory fake in its place
     (set_driver) to run this module's logic across real processes without a GPU."""
 
+    native = "cuda"  # what the native path (plexus.device.native) runs on: "cuda", "emulated" or None
+
     @functools.lru_cache(maxsize=None)
     def problem(self) -> Optional[str]:
         """Why this process cannot use CUDA IPC, or None."""

@@ -1,0 +1,24 @@
+// Running one launch of a device collective (csrc/algorithms/device_programs.h): on a GPU as a
+// kernel enqueued on a stream (device_kernels.cu, only in CUDA builds), or on the emulated device
+// of the tests, where "device memory" is shared host memory and the calling thread runs the
+// blocks in turn (device_emulated.cc, every build). Plain C++: callers need no CUDA headers.
+#pragma once
+
+#include "transport/cuda_ipc/signal_pad.h"
+
+namespace plexus {
+
+// Grid size of the device collectives for a communicator of `world` ranks: the same on every
+// rank, and small enough that the kernels of all ranks sharing one GPU are resident at once.
+int device_blocks(int world);
+
+#ifdef PLEXUS_WITH_CUDA
+// Enqueues `call` on `stream` (a cudaStream_t) of the current device; returns at once. Throws
+// plexus::Error if the launch fails, TypeMismatch for an op the dtype cannot take.
+void launch_device_collective(const signals::DeviceCall& call, void* stream);
+#endif
+
+// Runs `call` to the end on this thread (peers run theirs in their own processes).
+void run_emulated_collective(const signals::DeviceCall& call);
+
+}  // namespace plexus

@@ -1,0 +1,237 @@
+// The device collectives of ranks that map each other's workspaces (one host): what one block of
+// one launch does, written once for two executors: the CUDA kernel (device_kernels.cu: a block
+// of threads, PTX acquire/release, %globaltimer) and the emulated device of the tests
+// (device_emulated.cc: one CPU thread running the blocks in turn over shared memory). Each
+// block handles its own slice of the data on every rank and synchronises only with the same
+// block of its peers, so no grid-wide barrier is needed and a graph replays it as captured.
+//
+// Every program stages this rank's input into its own scratch set, passes a barrier (its flag
+// into every peer's pad, then waits for theirs), and reads its peers' scratch sets:
+//   one-shot all-reduce  block b reduces slice b of every rank's copy       (small messages)
+//   two-shot all-reduce  rank r reduces part r of every copy into its scratch and its output,
+//                        a second barrier, then copies the other parts from their owners
+//   reduce-scatter       part r of every copy, reduced into the output
+//   all-gather           every rank's copy into its block of the output
+//   broadcast / reduce   the root's copy / every copy reduced at the root
+// Executor X: leader(), sync(), sync_or(bool), broadcast(u64), load_acquire/store_release(u64*),
+// load_volatile(u32*), cas(u32*, old, new), fence_system(), now_ns(), pause(), and the block's
+// data movement copy(dst, src, bytes) and reduce(dsts, ndsts, srcs, nsrcs, n).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "transport/cuda_ipc/signal_pad.h"
+
+namespace plexus {
+namespace device_programs {
+
+using namespace signals;
+
+PLEXUS_HD inline size_t element_size(uint32_t dtype) {
+  // DType order: float16, bfloat16, float32, float64, int8, uint8, int32, int64, bool
+  constexpr unsigned char sizes[] = {2, 2, 4, 8, 1, 1, 4, 8, 1};
+  return dtype < sizeof(sizes) ? sizes[dtype] : 1;
+}
+
+struct Range {
+  uint64_t lo, hi;
+  PLEXUS_HD uint64_t size() const { return hi - lo; }
+};
+
+// Part i of `parts` over [0, n): equal parts of whole `grain`s (16 bytes, so vector loads line
+// up wherever the buffers do), the last one shorter.
+PLEXUS_HD inline Range part(uint64_t n, int parts, int i, uint64_t grain) {
+  uint64_t chunk = (n + parts - 1) / parts;
+  chunk = (chunk + grain - 1) / grain * grain;
+  uint64_t lo = chunk * i < n ? chunk * i : n;
+  uint64_t hi = chunk * (i + 1) < n ? chunk * (i + 1) : n;
+  return {lo, hi};
+}
+
+// Block b's share of part q (of `world`) of [0, n).
+PLEXUS_HD inline Range sub(uint64_t n, int world, int q, int nblocks, int b, uint64_t grain) {
+  Range p = part(n, world, q, grain);
+  Range s = part(p.size(), nblocks, b, grain);
+  return {p.lo + s.lo, p.lo + s.hi};
+}
+
+// Records an error of this rank: the first one marks its pad (peers set it too, when they
+// fail), the first block to get here fills the error box, and a rank that failed by itself
+// tells every peer, whose blocks then stop waiting for it.
+template <class X>
+PLEXUS_HD void fail(X& x, const DeviceCall& c, uint32_t code, int peer, int block, int phase, uint64_t seq) {
+  Pad* own = c.pads[c.rank];
+  if (x.cas(&own->error, kOk, code)) own->error_from = static_cast<uint32_t>(c.rank);
+  if (code != kPeerFailed) {
+    for (int p = 0; p < c.world; ++p) {
+      if (p == c.rank) continue;
+      if (x.cas(&c.pads[p]->error, kOk, kPeerFailed)) c.pads[p]->error_from = static_cast<uint32_t>(c.rank);
+    }
+  }
+  if (!x.cas(&own->reported, 0u, 1u)) return;
+  ErrorBox* box = c.box;
+  box->peer = static_cast<uint32_t>(peer);
+  box->block = static_cast<uint32_t>(block);
+  box->phase = static_cast<uint32_t>(phase);
+  box->seq = seq;
+  box->mine = c.record;
+  box->mine.seq = seq;
+  if (code == kMismatch && peer >= 0) box->theirs = c.pads[peer]->records[seq & 1];
+  x.fence_system();
+  box->code = code;
+}
+
+// This rank's pad says it failed (a peer told it, or another of its blocks): report that
+// (unless a block did already) and give up.
+template <class X>
+PLEXUS_HD void fail_from_pad(X& x, const DeviceCall& c, uint32_t err, int block, int phase, uint64_t seq) {
+  const int from = static_cast<int>(x.load_volatile(&c.pads[c.rank]->error_from));
+  fail(x, c, err == kPeerFailed ? kPeerFailed : err, err == kPeerFailed ? from : -1, block, phase, seq);
+}
+
+// The leader waits for peer `p`'s flag of call `seq`. False (after fail()) on a mismatch, the
+// deadline, the host's abort, or an error of this rank or a peer.
+template <class X>
+PLEXUS_HD bool wait_flag(X& x, const DeviceCall& c, int p, int block, int phase, uint64_t seq, uint64_t start) {
+  Pad* own = c.pads[c.rank];
+  const uint64_t* flag = &own->flags[seq & 1][phase][block][p];
+  for (uint32_t spins = 1;; ++spins) {
+    const uint64_t v = x.load_acquire(flag);
+    if ((v >> kSigBits) >= seq) {
+      if ((v >> kSigBits) == seq && (v & kSigMask) == c.sig) return true;
+      fail(x, c, kMismatch, p, block, phase, seq);
+      return false;
+    }
+    if ((spins & 63) == 0) {
+      const uint32_t err = x.load_volatile(&own->error);
+      if (err != kOk) {
+        fail_from_pad(x, c, err, block, phase, seq);
+        return false;
+      }
+      if (x.load_volatile(&c.box->abort)) {
+        fail(x, c, kAborted, p, block, phase, seq);
+        return false;
+      }
+      if (x.now_ns() - start > c.timeout_ns) {
+        fail(x, c, kTimeout, p, block, phase, seq);
+        return false;
+      }
+    }
+    x.pause();
+  }
+}
+
+// Block `b` of every rank meets here: what each wrote before is visible to all after.
+template <class X>
+PLEXUS_HD bool barrier(X& x, const DeviceCall& c, int b, int phase, uint64_t seq, uint64_t start) {
+  bool bad = false;
+  x.sync();
+  if (x.leader()) {
+    x.fence_system();
+    const uint64_t value = (seq << kSigBits) | c.sig;
+    for (int p = 0; p < c.world; ++p)
+      if (p != c.rank) x.store_release(&c.pads[p]->flags[seq & 1][phase][b][c.rank], value);
+    for (int i = 1; i < c.world && !bad; ++i) {
+      const int p = (c.rank + i) % c.world;
+      bad = !wait_flag(x, c, p, b, phase, seq, start);
+    }
+  }
+  return !x.sync_or(bad);
+}
+
+template <class X>
+PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
+  Pad* own = c.pads[c.rank];
+  const uint64_t start = x.now_ns();
+  uint64_t seq = 0;
+  if (x.leader()) {
+    seq = own->counters[b] + 1;
+    own->counters[b] = seq;
+    if (b == 0) {
+      own->records[seq & 1] = c.record;
+      own->records[seq & 1].seq = seq;
+    }
+  }
+  seq = x.broadcast(seq);
+  const uint32_t err = x.load_volatile(&own->error);
+  if (err != kOk) {  // a failed communicator stays failed
+    if (x.leader()) fail_from_pad(x, c, err, b, 0, seq);
+    return;
+  }
+
+  const int r = c.rank, w = c.world, G = c.nblocks;
+  const uint64_t es = element_size(c.dtype), grain = 16 / es, n = c.count;
+  const uint64_t set = (seq & 1) * c.scratch_bytes;
+  char* mine = c.scratch[r] + set;
+  const char* in = static_cast<const char*>(c.in);
+  char* out = static_cast<char*>(c.out);
+  const void* srcs[kMaxRanks];
+  void* dsts[2];
+
+  switch (c.program) {
+    case kOneShotAllReduce:
+    case kReduce: {
+      const Range s = part(n, G, b, grain);
+      x.copy(mine + s.lo * es, in + s.lo * es, s.size() * es);
+      if (!barrier(x, c, b, 0, seq, start)) return;
+      if (c.program == kReduce && r != c.root) return;
+      for (int q = 0; q < w; ++q) srcs[q] = c.scratch[q] + set + s.lo * es;
+      dsts[0] = out + s.lo * es;
+      x.reduce(dsts, 1, srcs, w, s.size());
+      return;
+    }
+    case kTwoShotAllReduce: {
+      for (int q = 0; q < w; ++q) {
+        const Range s = sub(n, w, q, G, b, grain);
+        x.copy(mine + s.lo * es, in + s.lo * es, s.size() * es);
+      }
+      if (!barrier(x, c, b, 0, seq, start)) return;
+      const Range s = sub(n, w, r, G, b, grain);
+      for (int q = 0; q < w; ++q) srcs[q] = c.scratch[q] + set + s.lo * es;
+      dsts[0] = mine + s.lo * es;  // in place: only this rank reads part r of its own copy
+      dsts[1] = out + s.lo * es;
+      x.reduce(dsts, 2, srcs, w, s.size());
+      if (!barrier(x, c, b, 1, seq, start)) return;
+      for (int q = 0; q < w; ++q) {
+        if (q == r) continue;
+        const Range t = sub(n, w, q, G, b, grain);
+        x.copy(out + t.lo * es, c.scratch[q] + set + t.lo * es, t.size() * es);
+      }
+      return;
+    }
+    case kReduceScatter: {
+      const Range s = part(n, G, b, grain);
+      for (int q = 0; q < w; ++q)
+        x.copy(mine + (q * n + s.lo) * es, in + (q * c.stride + s.lo) * es, s.size() * es);
+      if (!barrier(x, c, b, 0, seq, start)) return;
+      for (int q = 0; q < w; ++q) srcs[q] = c.scratch[q] + set + (r * n + s.lo) * es;
+      dsts[0] = out + s.lo * es;
+      x.reduce(dsts, 1, srcs, w, s.size());
+      return;
+    }
+    case kAllGather: {
+      const Range s = part(n, G, b, grain);
+      x.copy(mine + s.lo * es, in + s.lo * es, s.size() * es);
+      if (!barrier(x, c, b, 0, seq, start)) return;
+      for (int q = 0; q < w; ++q) {
+        const char* from = q == r ? in + s.lo * es : c.scratch[q] + set + s.lo * es;
+        x.copy(out + (q * c.stride + s.lo) * es, from, s.size() * es);
+      }
+      return;
+    }
+    case kBroadcast: {
+      const Range s = part(n, G, b, grain);
+      if (r == c.root) x.copy(mine + s.lo * es, in + s.lo * es, s.size() * es);
+      if (!barrier(x, c, b, 0, seq, start)) return;
+      const char* from = r == c.root ? in + s.lo * es : c.scratch[c.root] + set + s.lo * es;
+      x.copy(out + s.lo * es, from, s.size() * es);
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+}  // namespace device_programs
+}  // namespace plexus

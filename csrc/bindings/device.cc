@@ -1,0 +1,83 @@
+// plexus._C.DeviceComm: the native device path of a group (csrc/core/device_comm.h). Pointers
+// and streams travel as ints; every call releases the GIL (the emulated device runs the call
+// on this thread and waits for its peers).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/error.h"
+#include "base/types.h"
+#include "core/device_comm.h"
+
+namespace py = pybind11;
+using namespace plexus;
+
+namespace {
+
+const void* in_ptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
+void* out_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+DType dtype_of(int code) {
+  if (code < 0 || code >= static_cast<int>(DType::kCount)) throw TypeMismatch("DeviceComm: unsupported dtype code " + std::to_string(code));
+  return static_cast<DType>(code);
+}
+
+RedOp op_of(int code, DType dtype) {
+  if (code < 0 || code >= static_cast<int>(RedOp::kNone)) throw InvalidArgument("DeviceComm: unknown reduction op code " + std::to_string(code));
+  RedOp op = static_cast<RedOp>(code);
+  std::string problem = op_dtype_problem(op, dtype);
+  if (!problem.empty()) throw TypeMismatch("DeviceComm: " + problem);
+  return op;
+}
+
+}  // namespace
+
+void bind_device(py::module_& m) {
+  auto nogil = py::call_guard<py::gil_scoped_release>();
+  py::class_<DeviceComm>(m, "DeviceComm",
+                         "The native device path of one group on one host: workspaces mapped once, "
+                         "collectives as kernels that synchronise through signal pads.")
+      .def(py::init<int, int, int, bool, size_t, double, std::vector<int>>(), py::arg("rank"), py::arg("world"),
+           py::arg("device"), py::arg("emulated"), py::arg("scratch_bytes"), py::arg("timeout"), py::arg("names"))
+      .def("handle", [](const DeviceComm& c) { return py::bytes(c.handle()); })
+      .def("connect", [](DeviceComm& c, const std::vector<std::string>& h) { c.connect(h); }, nogil)
+      .def("seal", &DeviceComm::seal)
+      .def("all_reduce", [](DeviceComm& c, uintptr_t in, uintptr_t out, size_t n, int dt, int op, double scale, uintptr_t s) {
+        DType d = dtype_of(dt);
+        RedOp o = op_of(op, d);
+        py::gil_scoped_release r;
+        c.all_reduce(in_ptr(in), out_ptr(out), n, d, o, scale, out_ptr(s));
+      })
+      .def("reduce", [](DeviceComm& c, uintptr_t in, uintptr_t out, size_t n, int dt, int op, double scale, int root,
+                        uintptr_t s) {
+        DType d = dtype_of(dt);
+        RedOp o = op_of(op, d);
+        py::gil_scoped_release r;
+        c.reduce(in_ptr(in), out_ptr(out), n, d, o, scale, root, out_ptr(s));
+      })
+      .def("broadcast", [](DeviceComm& c, uintptr_t in, uintptr_t out, size_t n, int dt, int root, uintptr_t s) {
+        DType d = dtype_of(dt);
+        py::gil_scoped_release r;
+        c.broadcast(in_ptr(in), out_ptr(out), n, d, root, out_ptr(s));
+      })
+      .def("all_gather", [](DeviceComm& c, uintptr_t in, uintptr_t out, size_t n, int dt, uintptr_t s) {
+        DType d = dtype_of(dt);
+        py::gil_scoped_release r;
+        c.all_gather(in_ptr(in), out_ptr(out), n, d, out_ptr(s));
+      })
+      .def("reduce_scatter", [](DeviceComm& c, uintptr_t in, uintptr_t out, size_t n, int dt, int op, double scale,
+                                uintptr_t s) {
+        DType d = dtype_of(dt);
+        RedOp o = op_of(op, d);
+        py::gil_scoped_release r;
+        c.reduce_scatter(in_ptr(in), out_ptr(out), n, d, o, scale, out_ptr(s));
+      })
+      .def("check", &DeviceComm::check, "Raises the first error the device reported, if any.")
+      .def("abort", &DeviceComm::abort, "Makes every waiting kernel of this communicator give up.")
+      .def("explain_all_reduce", &DeviceComm::explain_all_reduce)
+      .def_property_readonly("scratch_bytes", &DeviceComm::scratch_bytes)
+      .def_property_readonly("blocks", &DeviceComm::blocks);
+}

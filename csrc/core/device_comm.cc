@@ -1,0 +1,244 @@
+#include "core/device_comm.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "algorithms/device_collectives.h"
+#include "base/config.h"
+#include "base/error.h"
+#ifdef PLEXUS_WITH_CUDA
+#include "transport/cuda_ipc/cuda_ipc.h"
+#endif
+
+namespace plexus {
+
+using namespace signals;
+
+namespace {
+
+constexpr size_t kMinScratch = 1024;
+constexpr size_t kDefaultScratch = 8u << 20;
+constexpr size_t kOneShotMax = 256u << 10;  // all_reduce bytes up to which 3+ ranks take one-shot
+constexpr uint32_t kNoOp = 0xFF;
+
+uint64_t round_up(uint64_t v, uint64_t m) { return (v + m - 1) / m * m; }
+
+std::string describe(const CallRecord& r) {
+  const bool reduces = r.op != kNoOp && r.op < static_cast<uint32_t>(RedOp::kNone);
+  const bool rooted = r.kind == static_cast<uint32_t>(CollKind::kBroadcast) || r.kind == static_cast<uint32_t>(CollKind::kReduce);
+  std::string s = r.kind <= static_cast<uint32_t>(CollKind::kAllToAll) ? coll_name(static_cast<CollKind>(r.kind))
+                                                                       : "kind " + std::to_string(r.kind);
+  s += "(dtype ";
+  s += r.dtype < static_cast<uint32_t>(DType::kCount) ? dtype_name(static_cast<DType>(r.dtype)) : std::to_string(r.dtype);
+  s += ", count " + std::to_string(r.count);
+  if (reduces) s += std::string(", op ") + op_name(static_cast<RedOp>(r.op));
+  if (rooted) s += ", root " + std::to_string(r.root);
+  return s + ")";
+}
+
+}  // namespace
+
+DeviceComm::DeviceComm(int rank, int world, int device, bool emulated, size_t scratch_bytes, double timeout_s,
+                       std::vector<int> names)
+    : rank_(rank), world_(world), device_(device), emulated_(emulated), names_(std::move(names)) {
+  if (world < 1 || world > kMaxRanks)
+    throw InvalidArgument("device collectives: a group of " + std::to_string(world) + " ranks (1 to " +
+                          std::to_string(kMaxRanks) + " share device memory)");
+  if (rank < 0 || rank >= world) throw InvalidArgument("device collectives: rank out of range");
+  if (names_.size() != static_cast<size_t>(world)) {
+    names_.resize(world);
+    for (int i = 0; i < world; ++i) names_[i] = i;
+  }
+  if (scratch_bytes == 0) scratch_bytes = env_bytes("PLEXUS_DEVICE_SCRATCH", kDefaultScratch);
+  scratch_ = round_up(std::max(scratch_bytes, kMinScratch), 256);
+  // The emulated device runs blocks one after another on a CPU: two keep the per-block logic
+  // honest without paying for 32 handshakes per call.
+  blocks_ = emulated ? 2 : device_blocks(world);
+  timeout_ns_ = timeout_s > 0 ? static_cast<uint64_t>(timeout_s * 1e9) : ~uint64_t{0} >> 1;
+#ifdef PLEXUS_WITH_CUDA
+  memory_ = emulated ? make_emulated_workspace() : make_cuda_workspace(device);
+#else
+  if (!emulated) throw Error("device collectives: plexus was built without CUDA");
+  memory_ = make_emulated_workspace();
+#endif
+  own_ = static_cast<char*>(memory_->allocate(kPadBytes + 2 * scratch_));
+}
+
+DeviceComm::~DeviceComm() {
+  for (int p = 0; p < static_cast<int>(peers_.size()); ++p) {
+    if (p == rank_ || !peers_[p]) continue;
+    try {
+      memory_->close(peers_[p], kPadBytes + 2 * scratch_);
+    } catch (...) {  // at exit the context may be gone
+    }
+  }
+}
+
+std::string DeviceComm::handle() const { return memory_->handle(); }
+
+void DeviceComm::connect(const std::vector<std::string>& handles) {
+  if (connected_) throw Error("device collectives: connect() twice");
+  if (handles.size() != static_cast<size_t>(world_))
+    throw InvalidArgument("device collectives: connect() needs one handle per rank");
+  peers_.assign(world_, nullptr);
+  for (int p = 0; p < world_; ++p) peers_[p] = p == rank_ ? own_ : static_cast<char*>(memory_->open(handles[p], kPadBytes + 2 * scratch_));
+  connected_ = true;
+}
+
+void DeviceComm::seal() { memory_->seal(); }
+
+DeviceCall DeviceComm::base_call(CollKind kind, DType dtype, RedOp op, size_t count, int root, double scale) const {
+  if (!connected_) throw Error("device collectives: used before connect()");
+  DeviceCall c{};
+  for (int p = 0; p < world_; ++p) {
+    c.pads[p] = reinterpret_cast<Pad*>(peers_[p]);
+    c.scratch[p] = peers_[p] + kPadBytes;
+  }
+  c.scratch_bytes = scratch_;
+  c.box = memory_->box_for_device();
+  c.dtype = static_cast<uint32_t>(dtype);
+  c.op = op == RedOp::kNone ? kNoOp : static_cast<uint32_t>(op);
+  c.rank = rank_;
+  c.world = world_;
+  c.root = root;
+  c.nblocks = blocks_;
+  c.scale = scale;
+  c.timeout_ns = timeout_ns_;
+  c.record.kind = static_cast<uint32_t>(kind);
+  c.record.dtype = c.dtype;
+  c.record.op = c.op;
+  c.record.count = count;
+  c.record.root = root;
+  c.sig = signature(c.record.kind, c.record.dtype, c.record.op, count, root);
+  return c;
+}
+
+void DeviceComm::launch(DeviceCall& call, void* stream) {
+  if (emulated_) {
+    run_emulated_collective(call);
+    check();
+    return;
+  }
+#ifdef PLEXUS_WITH_CUDA
+  cuda_ipc::DeviceGuard on(device_);
+  launch_device_collective(call, stream);
+#else
+  (void)stream;
+#endif
+}
+
+Program DeviceComm::all_reduce_program(size_t bytes) const {
+  const std::string forced = env_string("PLEXUS_DEVICE_ALGO");
+  if (forced == "oneshot") return kOneShotAllReduce;
+  if (forced == "twoshot") return kTwoShotAllReduce;
+  if (!forced.empty()) throw InvalidArgument("PLEXUS_DEVICE_ALGO must be oneshot or twoshot, not '" + forced + "'");
+  return world_ <= 2 || bytes <= kOneShotMax ? kOneShotAllReduce : kTwoShotAllReduce;
+}
+
+std::string DeviceComm::explain_all_reduce(size_t bytes) const {
+  const std::string forced = env_string("PLEXUS_DEVICE_ALGO");
+  if (!forced.empty()) return forced + ": PLEXUS_DEVICE_ALGO";
+  if (world_ <= 2) return "oneshot: with 2 ranks both programs move the same bytes, one-shot has one barrier";
+  if (bytes <= kOneShotMax) return "oneshot: " + std::to_string(bytes) + " bytes <= 256 KiB, one barrier beats fewer bytes";
+  return "twoshot: " + std::to_string(bytes) + " bytes > 256 KiB, each rank reads 1/" + std::to_string(world_) +
+         " of every copy instead of all of them";
+}
+
+void DeviceComm::run_chunks(DeviceCall& c, const void* in, void* out, size_t count, size_t chunk, void* stream) {
+  const size_t es = dtype_size(static_cast<DType>(c.dtype));
+  size_t at = 0;
+  do {  // count 0 still launches: a peer that passed a different count then hears of it
+    c.in = static_cast<const char*>(in) + at * es;
+    c.out = static_cast<char*>(out) + at * es;
+    c.count = std::min(chunk, count - at);
+    launch(c, stream);
+    at += c.count;
+  } while (at < count);
+}
+
+void DeviceComm::all_reduce(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, void* stream) {
+  check();
+  DeviceCall c = base_call(CollKind::kAllReduce, dtype, op, count, -1, scale);
+  c.program = all_reduce_program(count * dtype_size(dtype));
+  run_chunks(c, in, out, count, scratch_ / dtype_size(dtype), stream);
+}
+
+void DeviceComm::reduce(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, int root,
+                        void* stream) {
+  check();
+  DeviceCall c = base_call(CollKind::kReduce, dtype, op, count, root, scale);
+  c.program = kReduce;
+  run_chunks(c, in, out, count, scratch_ / dtype_size(dtype), stream);
+}
+
+void DeviceComm::broadcast(const void* in, void* out, size_t count, DType dtype, int root, void* stream) {
+  check();
+  DeviceCall c = base_call(CollKind::kBroadcast, dtype, RedOp::kNone, count, root, 1.0);
+  c.program = kBroadcast;
+  run_chunks(c, in, out, count, scratch_ / dtype_size(dtype), stream);
+}
+
+void DeviceComm::all_gather(const void* in, void* out, size_t count, DType dtype, void* stream) {
+  check();
+  DeviceCall c = base_call(CollKind::kAllGather, dtype, RedOp::kNone, count, -1, 1.0);
+  c.program = kAllGather;
+  c.stride = count;
+  run_chunks(c, in, out, count, scratch_ / dtype_size(dtype), stream);
+}
+
+void DeviceComm::reduce_scatter(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale,
+                                void* stream) {
+  check();
+  const size_t es = dtype_size(dtype), grain = std::max<size_t>(1, 16 / es);
+  DeviceCall c = base_call(CollKind::kReduceScatter, dtype, op, count, -1, scale);
+  c.program = kReduceScatter;
+  c.stride = count;
+  // Every rank's block of the chunk is staged: world * chunk elements fit one scratch set.
+  run_chunks(c, in, out, count, std::max(grain, scratch_ / (static_cast<size_t>(world_) * es) / grain * grain), stream);
+}
+
+void DeviceComm::check() {
+  if (!failure_.empty()) {
+    if (failure_kind_ == kTimeout) throw Timeout(failure_);
+    if (failure_kind_ == kPeerFailed) throw PeerError(failure_peer_, failure_);
+    throw Error(failure_);
+  }
+  ErrorBox* box = memory_->box();
+  const uint32_t code = __atomic_load_n(&box->code, __ATOMIC_ACQUIRE);
+  if (code == kOk) return;
+  const int me = names_[rank_];
+  const int peer = box->peer < static_cast<uint32_t>(world_) ? static_cast<int>(box->peer) : -1;
+  const std::string them = peer >= 0 ? "rank " + std::to_string(names_[peer]) : "a peer";
+  const std::string call = describe(box->mine);
+  const std::string where = " (block " + std::to_string(box->block) + ", barrier " + std::to_string(box->phase) +
+                            ", call #" + std::to_string(box->seq) + " of that block)";
+  switch (code) {
+    case kTimeout:
+      failure_ = call + ": rank " + std::to_string(me) + " waited on the GPU for " + them + " past the timeout of " +
+                 std::to_string(static_cast<double>(timeout_ns_) / 1e9) + " s" + where +
+                 ": that rank never made this call, died, or its GPU work is stuck";
+      break;
+    case kMismatch:
+      failure_ = "mismatched device collectives: rank " + std::to_string(me) + " called " + call + " but " + them +
+                 " called " + (box->theirs.seq == box->seq ? describe(box->theirs) : std::string("a different collective")) +
+                 where;
+      break;
+    case kAborted:
+      failure_ = call + ": the communicator was aborted while rank " + std::to_string(me) + " waited on the GPU for " +
+                 them + where;
+      break;
+    case kPeerFailed:
+      failure_ = call + ": " + them + " failed a device collective (its own error says why), so rank " +
+                 std::to_string(me) + "'s call stopped" + where;
+      break;
+    default:
+      failure_ = call + ": the device reported error code " + std::to_string(code);
+  }
+  failure_kind_ = static_cast<int>(code);
+  failure_peer_ = peer >= 0 ? names_[peer] : -1;
+  check();
+}
+
+void DeviceComm::abort() { __atomic_store_n(&memory_->box()->abort, 1u, __ATOMIC_RELEASE); }
+
+}  // namespace plexus

@@ -1,0 +1,75 @@
+// The native device path of one group on one host: a workspace per rank (signal pad + two
+// scratch sets), allocated and mapped once, and collectives that are kernels on the caller's
+// stream synchronising through the pads (csrc/algorithms/device_programs.h). A call costs the
+// host a launch per chunk of the scratch size, never a host round with its peers; what fails on
+// the device (a deadline, a mismatched call, an abort, a failing peer) lands in an error box the
+// host reads at the next call or wait, and from then on every call raises it.
+//
+// Setup is the caller's (plexus.device.native): handle() of every rank goes round the group
+// once, connect() maps them, seal() after every rank has mapped.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/types.h"
+#include "transport/cuda_ipc/signal_pad.h"
+#include "transport/cuda_ipc/workspace.h"
+
+namespace plexus {
+
+class DeviceComm {
+ public:
+  // `emulated`: the tests' device (shared host memory, calls run on the calling thread).
+  // `names`: the global rank of each group rank, for messages.
+  DeviceComm(int rank, int world, int device, bool emulated, size_t scratch_bytes, double timeout_s,
+             std::vector<int> names);
+  ~DeviceComm();
+  DeviceComm(const DeviceComm&) = delete;
+  DeviceComm& operator=(const DeviceComm&) = delete;
+
+  std::string handle() const;
+  void connect(const std::vector<std::string>& handles);
+  void seal();
+
+  // Enqueued on `stream` (a cudaStream_t; ignored when emulated, where the call runs now).
+  // Counts are elements: the whole buffer, or one rank's block for all_gather / reduce_scatter.
+  void all_reduce(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, void* stream);
+  void reduce(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, int root, void* stream);
+  void broadcast(const void* in, void* out, size_t count, DType dtype, int root, void* stream);
+  void all_gather(const void* in, void* out, size_t count, DType dtype, void* stream);
+  void reduce_scatter(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, void* stream);
+
+  // Throws the first error the device reported (Timeout, PeerError, or Error), if any.
+  void check();
+  // Makes every kernel of this communicator that waits give up (then check() throws).
+  void abort();
+  // The all_reduce program for `bytes`, and why ("oneshot: ..." / "twoshot: ...").
+  std::string explain_all_reduce(size_t bytes) const;
+  size_t scratch_bytes() const { return scratch_; }
+  int blocks() const { return blocks_; }
+
+ private:
+  signals::DeviceCall base_call(CollKind kind, DType dtype, RedOp op, size_t count, int root, double scale) const;
+  void launch(signals::DeviceCall& call, void* stream);
+  void run_chunks(signals::DeviceCall& call, const void* in, void* out, size_t count, size_t chunk, void* stream);
+  signals::Program all_reduce_program(size_t bytes) const;
+
+  int rank_, world_, device_;
+  bool emulated_;
+  size_t scratch_;
+  int blocks_;
+  uint64_t timeout_ns_;
+  std::vector<int> names_;
+  std::unique_ptr<WorkspaceMemory> memory_;
+  char* own_ = nullptr;
+  std::vector<char*> peers_;  // every rank's workspace mapped here (own included)
+  bool connected_ = false;
+  std::string failure_;  // set once check() has seen an error: every later call throws it
+  int failure_kind_ = 0;
+  int failure_peer_ = -1;
+};
+
+}  // namespace plexus

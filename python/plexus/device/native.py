@@ -1,0 +1,173 @@
+"""The native device path: all_reduce, all_gather_into_tensor, reduce_scatter_tensor, broadcast
+and reduce on device arrays of ranks that share one host, as kernels of the C++ core
+(plexus._C.DeviceComm, csrc/core/device_comm.h) that synchronise through signal pads in mapped
+device memory. This module only turns a call into pointers, a dtype and a stream.
+
+Setup, once per group, at its first device call of these kinds: every rank allocates its
+workspace, one host all-gather shares the IPC handles, each rank maps its peers', a one-byte
+all-gather agrees that all could. From then on a call is a launch on the caller's current stream:
+no host round with the peers, nothing the host waits for, so it can be captured in a CUDA graph.
+A rank that cannot take part (no CUDA, PLEXUS_DEVICE_NATIVE=0, several hosts, more than 8 ranks)
+makes every rank decline, for good: the group then uses plexus.device.ipc.
+
+The group is bound to the GPU of its first such call (as a NCCL communicator is to its device);
+arrays on another GPU are a ValueError. With the fake driver of the tests (its `native` is
+"emulated"), the same C++ protocol runs on host memory, on the calling thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Optional, Tuple
+
+from .. import _C
+from . import ipc
+from .work import StreamWork
+
+KINDS = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce")
+MAX_RANKS = 8
+HANDLE = 64
+_AVG, _PREMUL_SUM = (_C.OPS.index(name) for name in ("avg", "premul_sum"))
+_lock = threading.Lock()
+
+
+class _Native:
+    __slots__ = ("comm", "device")
+
+    def __init__(self, comm: Any, device: int):
+        self.comm, self.device = comm, device
+
+
+def _problem(g: Any) -> Optional[str]:
+    """Why this rank cannot use the native path (None: it can)."""
+    if os.environ.get("PLEXUS_DEVICE_NATIVE", "1") == "0":
+        return "PLEXUS_DEVICE_NATIVE=0"
+    if getattr(ipc._driver, "native", None) is None:
+        return "the CUDA driver in use offers no native path"
+    if g.size() > MAX_RANKS:
+        return f"the group has {g.size()} ranks (the native path spans at most {MAX_RANKS})"
+    if len(set(g.comm.host_ids)) > 1:
+        return "the group spans several hosts"
+    return ipc.local_problem()
+
+
+def _setup(g: Any, device: int) -> Any:
+    """The group's _Native, or ipc.Declined on every rank alike."""
+    problem, comm, handle = _problem(g), None, b""
+    if problem is None:
+        try:
+            emulated = ipc._driver.native == "emulated"
+            comm = _C.DeviceComm(g.rank(), g.size(), device, emulated, 0, g.comm.timeout, list(g.ranks))
+            handle = comm.handle()
+        except Exception as e:  # noqa: BLE001 - this rank's alone: it says so, and all decline
+            problem, comm = f"rank {g.ranks[g.rank()]} cannot set up its device workspace: {e}", None
+    rows = ipc.host_all_gather(g, bytes([problem is None]) + handle.ljust(HANDLE, b"\0")[:HANDLE])
+    if not all(row[0] for row in rows):
+        bad = next(p for p, row in enumerate(rows) if not row[0])
+        return ipc.Declined(problem if problem else f"rank {g.ranks[bad]} cannot use the native device path")
+    try:
+        comm.connect([row[1:] for row in rows])
+        ok = True
+    except Exception as e:  # noqa: BLE001
+        problem, ok = f"rank {g.ranks[g.rank()]} cannot map its peers' workspaces: {e}", False
+    agreed = ipc.host_all_gather(g, bytes([ok]))
+    comm.seal()
+    if not all(agreed):
+        bad = next(p for p, row in enumerate(agreed) if not row[0])
+        return ipc.Declined(problem if problem else f"rank {g.ranks[bad]} cannot map its peers' workspaces")
+    return _Native(comm, device)
+
+
+def _native(g: Any, device: int) -> Any:
+    st = g.__dict__.get("_native")
+    if st is None:
+        with _lock:
+            st = g.__dict__.get("_native")
+            if st is None:
+                st = g.__dict__["_native"] = _setup(g, device)
+    return st
+
+
+class _Done:
+    """The event after a call's last launch; once the GPU passes it, the error box is read too."""
+
+    def __init__(self, comm: Any, device: int, stream: int):
+        self.comm, self.event = comm, ipc._DriverEvent(device, stream)
+
+    def done(self) -> bool:
+        if not self.event.done():
+            return False
+        self.comm.check()
+        return True
+
+    def wait(self) -> None:
+        self.event.wait()
+        self.comm.check()
+
+    def stream_wait(self, stream: int) -> None:
+        self.comm.check()
+        self.event.stream_wait(stream)
+
+
+def run(g: Any, call: Any, blocking: bool) -> Any:
+    """`call` (one of KINDS, on device arrays, checked by the collective layer) enqueued on the
+    caller's current stream; None when `blocking`, else its core work; ipc.Declined when the
+    group cannot use the native path (every rank alike)."""
+    dst = call.writes[0] if call.writes else call.reads[0]
+    try:
+        device, stream = ipc._driver.placement(dst)
+    except Exception as e:  # noqa: BLE001 - e.g. a foreign __cuda_array_interface__ object without cupy
+        device, stream = -1, 0
+        why = f"cannot tell the device and stream of {call.where}'s arrays: {e}"
+    st = g.__dict__.get("_native") or _native(g, max(device, 0))
+    if isinstance(st, ipc.Declined):
+        return st
+    if device != st.device:
+        raise ValueError(f"{call.where}: the group's device collectives run on GPU {st.device} (its first device "
+                         f"call), but these arrays are on " + (f"GPU {device}" if device >= 0 else f"no GPU ({why})"))
+    for b in call.reads:
+        if b.nbytes and ipc._driver.placement(b)[0] != device:
+            raise ValueError(f"{call.where}: the arrays of one call are on several GPUs")
+    comm, op, kind = st.comm, max(call.op, 0), call.kind
+    scale = call.factor if op == _PREMUL_SUM else 1.0 / g.size() if op == _AVG else 1.0
+    out = call.out_ptrs[0] if call.out_ptrs else call.in_ptrs[0]
+    src = call.in_ptrs[0] if call.in_ptrs else out
+    if kind == "all_reduce":
+        comm.all_reduce(src, out, call.count, call.code, op, scale, stream)
+    elif kind == "all_gather_into_tensor":
+        comm.all_gather(src, out, call.count, call.code, stream)
+    elif kind == "reduce_scatter_tensor":
+        comm.reduce_scatter(src, out, call.count, call.code, op, scale, stream)
+    elif kind == "broadcast":
+        comm.broadcast(out, out, call.count, call.code, call.root, stream)
+    else:
+        comm.reduce(src, out, call.count, call.code, op, scale, call.root, stream)
+    if blocking:
+        return None
+    return StreamWork(kind, _Done(comm, device, stream), lambda: ipc._driver.current_stream(dst.device, device))
+
+
+def abort(g: Any) -> None:
+    """Makes the group's waiting kernels give up (their calls then raise)."""
+    st = g.__dict__.get("_native")
+    if isinstance(st, _Native):
+        st.comm.abort()
+
+
+def release(g: Any) -> None:
+    """Waits for the GPU, then unmaps the peers' workspaces and frees this rank's."""
+    st = g.__dict__.pop("_native", None)
+    if isinstance(st, _Native):
+        try:
+            ipc._driver.synchronize_device(st.device)
+        except Exception:  # noqa: BLE001 - at exit the context may be gone
+            pass
+        del st
+
+
+def explain(g: Any, nbytes: int) -> Optional[str]:
+    """Which all_reduce program a call of `nbytes` takes on this group, and why (None before the
+    group's first device call, or when it declined)."""
+    st = g.__dict__.get("_native")
+    return st.comm.explain_all_reduce(nbytes) if isinstance(st, _Native) else None

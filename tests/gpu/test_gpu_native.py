@@ -1,0 +1,156 @@
+"""The native device path on a real GPU (ranks share GPU 0; run under MPS for speed, correct
+without it): both all_reduce programs and chunks of a small scratch against numpy, CUDA graph
+capture and replay (cupy and torch.cuda.graph, through plexus and through the torch backend), and
+what the device reports: a peer that never comes (deadline), mismatched calls."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+import plexus
+from launch import run_ranks
+
+
+def _programs(rank, world):
+    import cupy as cp
+
+    from plexus import device
+
+    cp.cuda.Device(0).use()
+    checked = 0
+    for dtype in (np.float32, np.float16, np.int32):
+        for n in (0, 1, 7, 4099, 1 << 20):
+            base = (np.arange(n) % 13).astype(dtype)
+            x = cp.asarray(base + rank)
+            plexus.all_reduce(x)
+            want = (base.astype(np.float64) * world + sum(range(world))).astype(dtype)
+            np.testing.assert_array_equal(cp.asnumpy(x), want, err_msg=f"all_reduce {dtype} {n}")
+            out = cp.zeros(n * world, dtype)
+            plexus.all_gather_into_tensor(out, cp.asarray(base + rank))
+            np.testing.assert_array_equal(cp.asnumpy(out), np.concatenate([base + r for r in range(world)]))
+            src = cp.asarray(np.tile(base, world) + rank)
+            dst = cp.zeros(n, dtype)
+            plexus.reduce_scatter_tensor(dst, src)
+            np.testing.assert_array_equal(cp.asnumpy(dst), want)
+            checked += 3
+    assert set(device.PATHS) == {"native"}, device.PATHS
+    return checked
+
+
+@pytest.mark.cupy
+@pytest.mark.parametrize("world,env", [(2, {"PLEXUS_DEVICE_ALGO": "oneshot"}), (2, {"PLEXUS_DEVICE_ALGO": "twoshot"}),
+                                       (3, {"PLEXUS_DEVICE_SCRATCH": "4096"}), (4, {})])
+def test_programs_and_chunks_match_numpy(world, env):
+    res = run_ranks(world, _programs, env=env, timeout=300)
+    assert len(set(res)) == 1 and res[0] > 0
+
+
+def _cupy_graph(rank, world):
+    import cupy as cp
+
+    cp.cuda.Device(0).use()
+    x = cp.zeros(1000, cp.float32)
+    plexus.all_reduce(x)  # the first call sets the workspaces up: not inside a capture
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        s.begin_capture()
+        plexus.all_reduce(x)
+        plexus.all_reduce(x, op=plexus.ReduceOp.MAX)
+        g = s.end_capture()
+    for i in range(5):
+        with s:
+            x[...] = rank + i
+        g.launch(s)
+        s.synchronize()
+        np.testing.assert_array_equal(cp.asnumpy(x), np.full(1000, sum(r + i for r in range(world)), np.float32))
+    return True
+
+
+@pytest.mark.cupy
+@pytest.mark.parametrize("world", [2, 3])
+def test_cupy_graph_capture_replays(world):
+    assert run_ranks(world, _cupy_graph, timeout=300) == [True] * world
+
+
+def _torch_graph(rank, world, init_method):
+    import torch
+    import torch.distributed as dist
+
+    torch.cuda.set_device(0)
+    dist.init_process_group("plexus", init_method=init_method, rank=rank, world_size=world)
+    t = torch.zeros(4096, device="cuda")
+    dist.all_reduce(t)  # set up outside the capture
+    u = torch.zeros(300, device="cuda")
+    plexus.all_reduce(u)
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        with torch.cuda.graph(g, stream=s):
+            dist.all_reduce(t)
+            plexus.all_reduce(u)
+    for i in range(4):
+        t.fill_(rank * 10 + i)
+        u.fill_(rank + 1)
+        g.replay()
+        torch.cuda.synchronize()
+        assert t[0].item() == t[-1].item() == sum(r * 10 + i for r in range(world)), (i, t[0].item())
+        assert u.sum().item() == 300 * world * (world + 1) / 2
+    dist.destroy_process_group()
+    return True
+
+
+@pytest.mark.torch_cuda
+def test_torch_cuda_graph_replays_backend_and_api_calls():
+    fd, path = tempfile.mkstemp(prefix="plexus-gpu-graph-")
+    os.close(fd)
+    os.remove(path)
+    assert run_ranks(2, _torch_graph, f"file://{path}", timeout=300, join_group=False) == [True, True]
+
+
+def _absent(rank, world):
+    import cupy as cp
+
+    cp.cuda.Device(0).use()
+    x = cp.ones(8, cp.float32)
+    plexus.all_reduce(x)
+    cp.cuda.Device(0).synchronize()
+    if rank == 1:
+        time.sleep(5)
+        with pytest.raises(plexus.PeerError, match="rank 0 failed a device collective"):
+            plexus.all_reduce(x)
+        return "told"
+    t0 = time.monotonic()
+    plexus.all_reduce(x)  # enqueued; the kernel gives up at the deadline
+    cp.cuda.Device(0).synchronize()
+    waited = time.monotonic() - t0
+    with pytest.raises(plexus.CollectiveTimeout, match="waited on the GPU for rank 1"):
+        plexus.all_reduce(x)
+    return waited < 10
+
+
+@pytest.mark.cupy
+def test_the_gpu_gives_up_on_an_absent_peer():
+    assert run_ranks(2, _absent, env={"PLEXUS_TIMEOUT": "2"}, timeout=120) == [True, "told"]
+
+
+def _mismatch(rank, world):
+    import cupy as cp
+
+    cp.cuda.Device(0).use()
+    plexus.all_reduce(cp.ones(4, cp.float32))
+    plexus.all_reduce(cp.ones(4 + rank, cp.float32))
+    cp.cuda.Device(0).synchronize()
+    with pytest.raises(plexus.PlexusError, match=r"mismatched device collectives: rank \d called all_reduce"):
+        plexus.all_reduce(cp.ones(4, cp.float32))
+    return True
+
+
+@pytest.mark.cupy
+def test_mismatched_calls_are_reported_by_the_device():
+    assert run_ranks(2, _mismatch, env={"PLEXUS_TIMEOUT": "20"}, timeout=120) == [True, True]

@@ -1,0 +1,156 @@
+"""The native device path (plexus.device.native, csrc/core/device_comm, the programs of
+csrc/algorithms/device_programs.h) without a GPU: FakeCuda(native=True) runs the same C++
+protocol on the emulated device, workspaces in shared memory mapped by 1 to 4 real processes.
+Covers the collectives against numpy (one-shot and two-shot, chunks of a small scratch), the
+flags and sequence numbers across many calls, the deadline, mismatched calls, abort, and a
+failing peer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import plexus
+from fake_cuda import FakeCuda
+from launch import run_ranks
+from plexus import device
+from plexus.device import ipc, native
+from test_cuda_ipc_logic import _collectives
+
+
+def _fake(folder, rank) -> FakeCuda:
+    fake = FakeCuda(folder, rank, native=True)
+    ipc.set_driver(fake)
+    device.PATHS.clear()
+    return fake
+
+
+# (world, PLEXUS_DEVICE_ALGO, PLEXUS_DEVICE_SCRATCH): both programs, with and without chunks.
+CASES = [(1, "", ""), (2, "oneshot", "1024"), (2, "twoshot", ""), (3, "twoshot", "1024"), (3, "oneshot", ""),
+         (4, "twoshot", ""), (4, "oneshot", "1024")]
+
+
+@pytest.mark.parametrize("world,algo,scratch", CASES)
+def test_collectives_match_numpy(world, algo, scratch, tmp_path):
+    env = {"PLEXUS_DEVICE_ALGO": algo, "PLEXUS_DEVICE_SCRATCH": scratch}
+    counts = run_ranks(world, _collectives, str(tmp_path), True, env={k: v for k, v in env.items() if v},
+                       timeout=900)
+    assert len(set(counts)) == 1 and counts[0] > 0
+
+
+def _many_calls(rank, world, folder):
+    """Alternating sets: hundreds of calls of every kind and size in a row stay right."""
+    fake = _fake(folder, rank)
+    rng = np.random.default_rng(7)
+    for i in range(300):
+        n = int(rng.integers(0, 3000))
+        x = fake.array(np.full(n, rank + i, np.float32))
+        kind = i % 3
+        if kind == 0:
+            plexus.all_reduce(x)
+            np.testing.assert_array_equal(x.host, np.full(n, sum(r + i for r in range(world)), np.float32))
+        elif kind == 1:
+            out = fake.array(np.zeros(n * world, np.float32))
+            plexus.all_gather_into_tensor(out, x)
+            np.testing.assert_array_equal(out.host, np.repeat(np.arange(world, dtype=np.float32) + i, n))
+        else:
+            plexus.broadcast(x, src=i % world)
+            np.testing.assert_array_equal(x.host, np.full(n, i % world + i, np.float32))
+    comm = plexus.distributed._world("test")._native.comm  # noqa: SLF001
+    return comm.blocks, device.PATHS["native"]
+
+
+def test_hundreds_of_calls_in_a_row(tmp_path):
+    res = run_ranks(3, _many_calls, str(tmp_path), env={"PLEXUS_DEVICE_SCRATCH": "4096"})
+    assert res == [(2, 300)] * 3
+
+
+def _mismatch(rank, world, folder):
+    fake = _fake(folder, rank)
+    plexus.all_reduce(fake.array(np.ones(4, np.float32)))  # set up, and one good call
+    with pytest.raises(plexus.PlexusError) as e:
+        plexus.all_reduce(fake.array(np.ones(4 + rank, np.float32)))
+    text = str(e.value)
+    assert "mismatched device collectives" in text, text
+    assert f"rank {rank} called all_reduce(dtype float32, count {4 + rank}, op sum)" in text, text
+    assert f"rank {1 - rank} called all_reduce(dtype float32, count {5 - rank}, op sum)" in text, text
+    with pytest.raises(plexus.PlexusError, match="mismatched"):  # it stays failed
+        plexus.all_reduce(fake.array(np.ones(4, np.float32)))
+    return True
+
+
+def test_mismatched_calls_fail_on_both_ranks_naming_both_calls(tmp_path):
+    assert run_ranks(2, _mismatch, str(tmp_path)) == [True, True]
+
+
+def _absent_peer(rank, world, folder):
+    fake = _fake(folder, rank)
+    x = fake.array(np.ones(8, np.float32))
+    plexus.all_reduce(x)
+    if rank == 1:
+        time.sleep(4)  # rank 0 gives up on the device meanwhile (timeout 1.5 s) and tells us
+        with pytest.raises(plexus.PeerError, match="rank 0 failed a device collective"):
+            plexus.all_reduce(x)
+        return "peer"
+    t0 = time.monotonic()
+    with pytest.raises(plexus.CollectiveTimeout, match=r"all_reduce\(dtype float32, count 8, op sum\): rank 0 "
+                                                       r"waited on the GPU for rank 1 past the timeout"):
+        plexus.all_reduce(x)
+    return round(time.monotonic() - t0)
+
+
+def test_an_absent_peer_times_out_and_the_peer_hears_of_it(tmp_path):
+    res = run_ranks(2, _absent_peer, str(tmp_path), env={"PLEXUS_TIMEOUT": "1.5"})
+    assert res[1] == "peer" and 1 <= res[0] <= 3, res
+
+
+def _abort(rank, world, folder):
+    fake = _fake(folder, rank)
+    x = fake.array(np.ones(8, np.float32))
+    plexus.all_reduce(x)
+    if rank == 1:
+        time.sleep(3)
+        return "absent"
+    g = plexus.distributed._world("test")  # noqa: SLF001
+    threading.Timer(0.5, lambda: g.abort("test abort")).start()
+    t0 = time.monotonic()
+    with pytest.raises(plexus.PlexusError, match="aborted while rank 0 waited on the GPU for rank 1"):
+        plexus.all_reduce(x)
+    return time.monotonic() - t0 < 5
+
+
+def test_abort_stops_a_waiting_call(tmp_path):
+    assert run_ranks(2, _abort, str(tmp_path), env={"PLEXUS_TIMEOUT": "60"}) == [True, "absent"]
+
+
+def _setup_once(rank, world, folder):
+    fake = _fake(folder, rank)
+    for _ in range(5):
+        plexus.all_reduce(fake.array(np.ones(3, np.float32)))
+    g = plexus.distributed._world("test")  # noqa: SLF001
+    return native.explain(g, 1 << 20), g._native.comm.scratch_bytes  # noqa: SLF001
+
+
+def test_workspaces_are_set_up_once_and_explained(tmp_path):
+    res = run_ranks(3, _setup_once, str(tmp_path))
+    assert res[0] == res[1] == res[2]
+    assert res[0][0].startswith("twoshot: 1048576 bytes > 256 KiB"), res
+    assert res[0][1] == 8 << 20
+
+
+def _declines(rank, world, folder):
+    fake = FakeCuda(folder, rank, native=rank == 0)  # rank 1's driver has no native path
+    ipc.set_driver(fake)
+    device.PATHS.clear()
+    x = fake.array(np.ones(4, np.float32))
+    plexus.all_reduce(x)
+    plexus.all_reduce(x)
+    np.testing.assert_array_equal(x.host, np.full(4, 4.0))
+    return dict(device.PATHS)
+
+
+def test_one_rank_without_the_native_path_sends_all_to_ipc(tmp_path):
+    assert run_ranks(2, _declines, str(tmp_path)) == [{"cuda_ipc": 2}] * 2
