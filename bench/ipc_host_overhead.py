@@ -7,7 +7,8 @@ path (plexus.device.ipc: records, host all-gathers, handle cache) and the native
 (plexus.device.native on the emulated device: the C++ call and the signal-pad protocol, run on
 the CPU, so its time includes the handshake with the peers, as the host all_reduce's does).
 With --cuda (a GPU, cupy): the native path on real device arrays, timed as the thread's CPU
-time per call (what the host spends enqueueing; the GPU does the rest).
+time per call (what the host spends enqueueing; the GPU does the rest), and the wall time per
+call of 100 calls captured in one CUDA graph (what the GPU spends, without the host).
 
     python bench/ipc_host_overhead.py --np 2 --iters 2000
     python bench/ipc_host_overhead.py --np 2 --cuda
@@ -23,6 +24,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+
+GRAPH_CALLS = 100
+GRAPHED = f"native all_reduce, {GRAPH_CALLS} per CUDA graph (GPU wall)"
 
 
 def _rank(rank, world, folder, iters, rounds, mode):
@@ -41,6 +46,18 @@ def _rank(rank, world, folder, iters, rounds, mode):
         cp.cuda.Device(0).use()
         x = cp.ones(16, cp.float32)
         calls["native all_reduce (cupy, CPU time)"] = lambda: plexus.all_reduce(x)
+        plexus.all_reduce(x)  # the workspaces are set up outside the capture
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            for _ in range(GRAPH_CALLS):
+                plexus.all_reduce(x)
+            graph = stream.end_capture()
+
+        def replay():  # GRAPH_CALLS calls, no host work: the GPU's own time per call
+            graph.launch(stream)
+            stream.synchronize()
+        calls[GRAPHED] = replay
     else:  # one driver per process: a group picks its device path once
         from fake_cuda import FakeCuda
 
@@ -52,16 +69,17 @@ def _rank(rank, world, folder, iters, rounds, mode):
     out = {name: [] for name in calls}
     for _ in range(rounds):
         for name, fn in calls.items():
-            measure = time.thread_time if cuda and name.startswith("native") else clock
+            measure = time.thread_time if cuda and name.startswith("native") and name != GRAPHED else clock
             for _ in range(iters // 10):
                 fn()
             if cuda:
                 cp.cuda.Device(0).synchronize()
             plexus.barrier()
+            n = max(1, iters // GRAPH_CALLS) if name == GRAPHED else iters
             t0 = measure()
-            for _ in range(iters):
+            for _ in range(n):
                 fn()
-            out[name].append((measure() - t0) / iters * 1e6)
+            out[name].append((measure() - t0) / (n * (GRAPH_CALLS if name == GRAPHED else 1)) * 1e6)
             if cuda:
                 cp.cuda.Device(0).synchronize()
     return out

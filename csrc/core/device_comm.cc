@@ -54,6 +54,9 @@ DeviceComm::DeviceComm(int rank, int world, int device, bool emulated, size_t sc
   // The emulated device runs blocks one after another on a CPU: two keep the per-block logic
   // honest without paying for 32 handshakes per call.
   blocks_ = emulated ? 2 : device_blocks(world);
+  forced_ = env_string("PLEXUS_DEVICE_ALGO");
+  if (!forced_.empty() && forced_ != "oneshot" && forced_ != "twoshot")
+    throw InvalidArgument("PLEXUS_DEVICE_ALGO must be oneshot or twoshot, not '" + forced_ + "'");
   timeout_ns_ = timeout_s > 0 ? static_cast<uint64_t>(timeout_s * 1e9) : ~uint64_t{0} >> 1;
 #ifdef PLEXUS_WITH_CUDA
   memory_ = emulated ? make_emulated_workspace() : make_cuda_workspace(device);
@@ -128,16 +131,13 @@ void DeviceComm::launch(DeviceCall& call, void* stream) {
 }
 
 Program DeviceComm::all_reduce_program(size_t bytes) const {
-  const std::string forced = env_string("PLEXUS_DEVICE_ALGO");
-  if (forced == "oneshot") return kOneShotAllReduce;
-  if (forced == "twoshot") return kTwoShotAllReduce;
-  if (!forced.empty()) throw InvalidArgument("PLEXUS_DEVICE_ALGO must be oneshot or twoshot, not '" + forced + "'");
+  if (forced_ == "oneshot") return kOneShotAllReduce;
+  if (forced_ == "twoshot") return kTwoShotAllReduce;
   return world_ <= 2 || bytes <= kOneShotMax ? kOneShotAllReduce : kTwoShotAllReduce;
 }
 
 std::string DeviceComm::explain_all_reduce(size_t bytes) const {
-  const std::string forced = env_string("PLEXUS_DEVICE_ALGO");
-  if (!forced.empty()) return forced + ": PLEXUS_DEVICE_ALGO";
+  if (!forced_.empty()) return forced_ + ": PLEXUS_DEVICE_ALGO";
   if (world_ <= 2) return "oneshot: with 2 ranks both programs move the same bytes, one-shot has one barrier";
   if (bytes <= kOneShotMax) return "oneshot: " + std::to_string(bytes) + " bytes <= 256 KiB, one barrier beats fewer bytes";
   return "twoshot: " + std::to_string(bytes) + " bytes > 256 KiB, each rank reads 1/" + std::to_string(world_) +

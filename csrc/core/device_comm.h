@@ -62,6 +62,7 @@ class DeviceComm {
   size_t scratch_;
   int blocks_;
   uint64_t timeout_ns_;
+  std::string forced_;  // PLEXUS_DEVICE_ALGO, read once
   std::vector<int> names_;
   std::unique_ptr<WorkspaceMemory> memory_;
   char* own_ = nullptr;

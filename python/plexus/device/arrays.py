@@ -16,6 +16,9 @@ TYPESTRS = {"f2": "float16", "f4": "float32", "f8": "float64", "i1": "int8", "u1
             "i4": "int32", "i8": "int64", "b1": "bool"}
 
 
+_NUMPY_NAMES = {np.dtype(name if name != "bool" else np.bool_): name for name in TYPESTRS.values()}
+
+
 def device_kind(x: Any) -> Optional[str]:
     """'torch' for a torch CUDA tensor, 'cupy' for a cupy array or any other object with
     __cuda_array_interface__, None for everything else (numpy arrays, CPU tensors, ...)."""
@@ -24,6 +27,9 @@ def device_kind(x: Any) -> Optional[str]:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
         return "torch" if x.is_cuda else None
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and type(x) is cupy.ndarray:  # without building its CAI dict
+        return "cupy"
     try:
         return "cupy" if hasattr(x, "__cuda_array_interface__") else None
     except Exception:  # noqa: BLE001 - a property that raises something else: not a device array
@@ -60,6 +66,14 @@ def describe(x: Any, name: str) -> DeviceArray:
     """Address, size, dtype and shape of an array with __cuda_array_interface__; TypeError /
     ValueError naming `name` when plexus cannot use it (dtype, layout). Torch tensors are
     described by plexus._arrays, which also knows their CPU side."""
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and type(x) is cupy.ndarray:  # its attributes cost less than its CAI dict
+        dtype = _NUMPY_NAMES.get(x.dtype)
+        if dtype is None:
+            raise _unsupported(name, str(x.dtype))
+        if not x.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous (use cupy.ascontiguousarray)")
+        return DeviceArray("cupy", x.data.ptr, x.nbytes, dtype, x.shape, False, x.itemsize)
     cai = x.__cuda_array_interface__
     typestr = cai["typestr"]
     dtype = TYPESTRS.get(typestr[1:]) if typestr[:1] in "<|=" else None

@@ -85,9 +85,7 @@ class CudaDriver:
 
     def placement(self, buf: Any) -> Tuple[int, int]:
         """(device, caller's current stream as an int) of a device Buffer."""
-        ops = ops_for(buf.device)
-        dev = ops.device_of(ops.wrap(buf.obj))
-        return dev, self.current_stream(buf.device, dev)
+        return ops_for(buf.device).placement(buf.obj)
 
     def current_stream(self, kind: str, device: int) -> int:
         stream = ops_for(kind).current_stream(device)

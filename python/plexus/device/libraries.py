@@ -42,8 +42,15 @@ class CupyOps:
         return int(x.device.id)
 
     def current_stream(self, device: int) -> Any:
+        if self.cp.cuda.runtime.getDevice() == device:  # the usual case: no device switch
+            return self.cp.cuda.get_current_stream()
         with self.cp.cuda.Device(device):
             return self.cp.cuda.get_current_stream()
+
+    def placement(self, x: Any) -> Tuple[int, int]:
+        """(device, current stream as an int) of a cupy array: the hot path of a device call."""
+        dev = x.device.id if type(x) is self.cp.ndarray else self.device_of(self.wrap(x))
+        return dev, self.current_stream(dev).ptr
 
     def alloc_host(self, nbytes: int) -> Tuple[np.ndarray, Any]:
         try:
@@ -86,6 +93,10 @@ class TorchOps:
 
     def current_stream(self, device: int) -> Any:
         return self.torch.cuda.current_stream(device)
+
+    def placement(self, t: Any) -> Tuple[int, int]:
+        dev = t.get_device()
+        return dev, self.torch.cuda.current_stream(dev).cuda_stream
 
     def alloc_host(self, nbytes: int) -> Tuple[np.ndarray, Any]:
         try:

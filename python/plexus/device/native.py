@@ -127,7 +127,7 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
         raise ValueError(f"{call.where}: the group's device collectives run on GPU {st.device} (its first device "
                          f"call), but these arrays are on " + (f"GPU {device}" if device >= 0 else f"no GPU ({why})"))
     for b in call.reads:
-        if b.nbytes and ipc._driver.placement(b)[0] != device:
+        if b.obj is not dst.obj and b.nbytes and ipc._driver.placement(b)[0] != device:
             raise ValueError(f"{call.where}: the arrays of one call are on several GPUs")
     comm, op, kind = st.comm, max(call.op, 0), call.kind
     scale = call.factor if op == _PREMUL_SUM else 1.0 / g.size() if op == _AVG else 1.0
