@@ -76,6 +76,19 @@ class FakeCuda:
     def current_stream(self, kind, device):
         return 7
 
+    def fast_array(self, x):
+        """As CudaDriver.fast_array: a fake array's address and dtype are fixed, so they are
+        read once (cupy's and torch's attribute reads are cheap; numpy's ctypes is not)."""
+        if type(x) is not FakeDeviceArray:
+            return None
+        fast = x.__dict__.get("_fast", False)
+        if fast is False:
+            h = x.host
+            name = "bool" if h.dtype == np.bool_ else h.dtype.name
+            ok = h.flags.c_contiguous and name in _C.DTYPES
+            fast = x._fast = (h.ctypes.data, h.size, _C.DTYPES.index(name), x.device_id, 7) if ok else None
+        return fast
+
     def export(self, device, ptr):
         self.calls["export"] += 1
         if self.fail_export:

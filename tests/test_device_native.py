@@ -154,3 +154,34 @@ def _declines(rank, world, folder):
 
 def test_one_rank_without_the_native_path_sends_all_to_ipc(tmp_path):
     assert run_ranks(2, _declines, str(tmp_path)) == [{"cuda_ipc": 2}] * 2
+
+
+def _fast_path(rank, world, folder):
+    fake = _fake(folder, rank)
+    g = plexus.distributed._world("test")  # noqa: SLF001
+    x = fake.array(np.full(5, rank + 1, np.int32))
+    assert not native.all_reduce_fast(g, x, 0)  # before the group's first device call: the checked path
+    plexus.all_reduce(x)
+    taken = []
+    for values, op in ((np.full(5, rank + 1.0, np.float32), plexus.ReduceOp.AVG),
+                       (np.full(5, rank + 1, np.int32), plexus.ReduceOp.MAX),
+                       (np.ones(5, np.bool_), plexus.ReduceOp.SUM),  # bool: the checked path
+                       (np.full(5, rank + 1, np.int32), plexus.ReduceOp.AVG)):  # AVG on integers: a TypeError there
+        y = fake.array(values)
+        fast = native.all_reduce_fast(g, y, op.code)
+        taken.append(fast)
+        if not fast:
+            try:
+                plexus.all_reduce(y, op=op)
+            except TypeError as e:
+                taken.append(str(e).split(":")[-1].strip()[:40])
+        else:
+            assert y.host[0] == (1.5 if values.dtype == np.float32 else 2), y.host
+    return taken
+
+
+def test_the_fast_path_takes_plain_calls_and_leaves_the_rest_to_the_checks(tmp_path):
+    res = run_ranks(2, _fast_path, str(tmp_path))
+    assert res[0] == res[1]
+    assert res[0][:4] == [True, True, False, False], res[0]
+    assert "avg" in res[0][4].lower() or "int32" in res[0][4], res[0]

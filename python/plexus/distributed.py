@@ -15,7 +15,7 @@ import os
 import threading
 from typing import Any, List, Optional, Sequence
 
-from . import _C, _collectives as coll, tuning
+from . import _C, _collectives as coll, device, tuning
 from ._arrays import as_buffer
 from ._collectives import ProcessGroup
 from ._ops import ReduceOp, op_code
@@ -295,9 +295,13 @@ def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op:
     if g is None:
         return None
     # Hot path (small messages are all overhead): plain numpy arrays, blocking, checked in C++.
-    if not async_op and type(op) is ReduceOp and op.factor is None and \
-            g.comm.all_reduce_ndarray(tensor, out, op.code):
-        return None
+    if not async_op and type(op) is ReduceOp and op.factor is None:
+        if g.comm.all_reduce_ndarray(tensor, out, op.code):
+            return None
+        # The same for device arrays, once the group runs them as native kernels.
+        if out is None and "_native" in g.__dict__ and device.native.all_reduce_fast(g, tensor, op.code):
+            device.PATHS[device.NATIVE] += 1
+            return None
     where = g.where("all_reduce")
     code, factor = op_code(op, where)
     call = coll.all_reduce(g, where, _conv, tensor, out, code, factor)

@@ -32,6 +32,7 @@ import ctypes
 import functools
 import os
 import struct
+import sys
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -91,6 +92,29 @@ class CudaDriver:
         stream = ops_for(kind).current_stream(device)
         return int(stream.cuda_stream if kind == "torch" else stream.ptr)
 
+    @staticmethod
+    def fast_array(x: Any) -> Optional[Tuple[int, int, int, int, int]]:
+        """(pointer, elements, dtype code, device, current stream) of a plain contiguous cupy
+        array or torch CUDA tensor on the current device, read without building a Buffer (the
+        native all_reduce's hot path); None for anything else, which takes the checked path."""
+        cp = sys.modules.get("cupy")
+        if cp is not None and type(x) is cp.ndarray:
+            code = _NUMPY_CODES.get(x.dtype)
+            if code is None or not x.flags.c_contiguous:
+                return None
+            dev = x.device.id
+            if cp.cuda.runtime.getDevice() != dev:
+                return None
+            return x.data.ptr, x.size, code, dev, cp.cuda.get_current_stream().ptr
+        torch = sys.modules.get("torch")
+        if torch is not None and type(x) is torch.Tensor and x.is_cuda:  # not subclasses (Parameter)
+            code = _torch_codes(torch).get(x.dtype)
+            if code is None or not x.is_contiguous():
+                return None
+            dev = x.get_device()
+            return x.data_ptr(), x.numel(), code, dev, torch.cuda.current_stream(dev).cuda_stream
+        return None
+
     export = staticmethod(lambda device, ptr: _C._cuda_ipc_export(device, ptr))
     open = staticmethod(lambda device, handle: _C._cuda_ipc_open(device, handle))
     close = staticmethod(lambda device, base: _C._cuda_ipc_close(device, base))
@@ -108,6 +132,15 @@ class CudaDriver:
     def reduce_to(op: int, dtype: int, dsts: List[int], srcs: List[int], n: int, scale: float, stream: int,
                   device: int) -> None:
         _C._cuda_reduce_to(op, dtype, dsts, srcs, n, scale, stream, device)
+
+
+_NUMPY_CODES = {np.dtype(np.bool_ if name == "bool" else name): code for code, name in enumerate(_C.DTYPES)
+                if name != "bfloat16"}
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_codes(torch: Any) -> Dict[Any, int]:
+    return {getattr(torch, name): code for code, name in enumerate(_C.DTYPES)}
 
 
 _driver: Any = CudaDriver()

@@ -148,6 +148,31 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
     return StreamWork(kind, _Done(comm, device, stream), lambda: ipc._driver.current_stream(dst.device, device))
 
 
+_FAST_OPS = {_C.OPS.index(name) for name in ("sum", "product", "min", "max", "avg")}
+_FLOATS = {_C.DTYPES.index(name) for name in ("float16", "bfloat16", "float32", "float64")}
+_BOOL = _C.DTYPES.index("bool")
+
+
+def all_reduce_fast(g: Any, x: Any, op: int) -> bool:
+    """A blocking in-place all_reduce of a plain array on a group already on the native path:
+    pointer, dtype and stream straight to the kernel launch. False (nothing done) for anything
+    else, which the checked path then takes."""
+    st = g.__dict__.get("_native")
+    if type(st) is not _Native or op not in _FAST_OPS:
+        return False
+    try:
+        a = ipc._driver.fast_array(x)
+    except Exception:  # noqa: BLE001 - whatever it is, the checked path says it properly
+        return False
+    if a is None:
+        return False
+    ptr, count, code, dev, stream = a
+    if dev != st.device or code == _BOOL or (op == _AVG and code not in _FLOATS):
+        return False
+    st.comm.all_reduce(ptr, ptr, count, code, op, 1.0 / g.size() if op == _AVG else 1.0, stream)
+    return True
+
+
 def abort(g: Any) -> None:
     """Makes the group's waiting kernels give up (their calls then raise)."""
     st = g.__dict__.get("_native")
