@@ -185,3 +185,54 @@ def test_the_fast_path_takes_plain_calls_and_leaves_the_rest_to_the_checks(tmp_p
     assert res[0] == res[1]
     assert res[0][:4] == [True, True, False, False], res[0]
     assert "avg" in res[0][4].lower() or "int32" in res[0][4], res[0]
+
+
+def _registered(rank, world, folder):
+    fake = _fake(folder, rank)
+    g = plexus.distributed._world("test")  # noqa: SLF001
+    n = 3001  # 12004 bytes: above PLEXUS_DEVICE_DIRECT_MIN=4K, not a multiple of 16 per rank
+    a = fake.array(np.zeros(n, np.float32), offset=16)
+    b = fake.array(np.zeros(n, np.float32))
+    reg_a, reg_b = plexus.register(a), plexus.register(b)
+    assert reg_a.zero_copy and reg_b.zero_copy, (reg_a, reg_b)
+    comm = g._native.comm  # noqa: SLF001
+    checked = 0
+    for i in range(20):  # in place, then out of place, several times: the flags alternate
+        a.host[...] = np.arange(n, dtype=np.float32) * (rank + 1) + i
+        plexus.all_reduce(a)
+        want = np.arange(n, dtype=np.float32) * sum(range(1, world + 1)) + i * world
+        np.testing.assert_array_equal(a.host, want)
+        plexus.all_reduce(a, op=plexus.ReduceOp.MAX, out=b)
+        np.testing.assert_array_equal(b.host, want)
+        checked += 2
+    direct = comm.direct_calls
+    small = fake.array(np.ones(10, np.float32))
+    plexus.all_reduce(small)  # not registered: staged
+    plexus.deregister(reg_a)
+    plexus.all_reduce(a)  # no longer registered: staged
+    np.testing.assert_array_equal(a.host, want * world)
+    return checked, direct, comm.direct_calls
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_registered_buffers_are_reduced_in_place(world, tmp_path):
+    res = run_ranks(world, _registered, str(tmp_path), env={"PLEXUS_DEVICE_DIRECT_MIN": "4K"})
+    assert res == [(40, 40, 40)] * world
+
+
+def _one_sided_registration(rank, world, folder):
+    fake = _fake(folder, rank)
+    a = fake.array(np.ones(2048, np.float32))
+    other = fake.array(np.ones(2048, np.float32))
+    plexus.register(a)
+    with pytest.raises(plexus.PlexusError) as e:
+        plexus.all_reduce(a if rank == 0 else other)  # rank 1 passes a buffer it did not register
+    with pytest.raises(ValueError, match="different sizes"):
+        plexus.register(fake.array(np.ones(16 + rank, np.float32)))
+    return str(e.value)
+
+
+def test_a_registered_buffer_used_on_one_rank_only_is_a_mismatch(tmp_path):
+    res = run_ranks(2, _one_sided_registration, str(tmp_path), env={"PLEXUS_DEVICE_DIRECT_MIN": "1K"})
+    assert "registered input at offset 0" in res[0] and "mismatched device collectives" in res[0], res[0]
+    assert "mismatched device collectives" in res[1], res[1]

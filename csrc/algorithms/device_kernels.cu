@@ -98,7 +98,7 @@ struct DeviceExec {
     using A = typename Acc<T>::type;
     constexpr int V = 16 / sizeof(T);
     const T* srcs[kMaxRanks];
-    T* dsts[2];
+    T* dsts[kMaxRanks];
     const uintptr_t mis = reinterpret_cast<uintptr_t>(dsts_v[0]) % 16;
     bool same = true;
     for (int d = 0; d < nd; ++d) {
@@ -181,7 +181,7 @@ void by_op(const DeviceCall& c, cudaStream_t st) {
 bool reduces(uint32_t program) {
   using namespace signals;
   return program == kOneShotAllReduce || program == kTwoShotAllReduce || program == kReduceScatter ||
-         program == kReduce;
+         program == kReduce || program == kDirectAllReduce;
 }
 
 }  // namespace

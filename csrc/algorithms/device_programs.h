@@ -13,6 +13,8 @@
 //   reduce-scatter       part r of every copy, reduced into the output
 //   all-gather           every rank's copy into its block of the output
 //   broadcast / reduce   the root's copy / every copy reduced at the root
+//   direct all-reduce    registered buffers: rank r reduces part r of every rank's input and
+//                        writes it into every rank's output, between two barriers (no staging)
 // Executor X: leader(), sync(), sync_or(bool), broadcast(u64), load_acquire/store_release(u64*),
 // load_volatile(u32*), cas(u32*, old, new), fence_system(), now_ns(), pause(), and the block's
 // data movement copy(dst, src, bytes) and reduce(dsts, ndsts, srcs, nsrcs, n).
@@ -167,7 +169,7 @@ PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
   const char* in = static_cast<const char*>(c.in);
   char* out = static_cast<char*>(c.out);
   const void* srcs[kMaxRanks];
-  void* dsts[2];
+  void* dsts[kMaxRanks];
 
   switch (c.program) {
     case kOneShotAllReduce:
@@ -226,6 +228,17 @@ PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
       if (!barrier(x, c, b, 0, seq, start)) return;
       const char* from = r == c.root ? in + s.lo * es : c.scratch[c.root] + set + s.lo * es;
       x.copy(out + s.lo * es, from, s.size() * es);
+      return;
+    }
+    case kDirectAllReduce: {  // no staging: the peers' inputs and outputs are mapped
+      if (!barrier(x, c, b, 0, seq, start)) return;  // every input is ready
+      const Range s = sub(n, w, r, G, b, grain);
+      for (int q = 0; q < w; ++q) {
+        srcs[q] = c.peer_in[q] + s.lo * es;
+        dsts[q] = c.peer_out[q] + s.lo * es;
+      }
+      x.reduce(dsts, w, srcs, w, s.size());
+      barrier(x, c, b, 1, seq, start);  // every output is written, no input is read any more
       return;
     }
     default:

@@ -75,9 +75,15 @@ void bind_device(py::module_& m) {
         py::gil_scoped_release r;
         c.reduce_scatter(in_ptr(in), out_ptr(out), n, d, o, scale, out_ptr(s));
       })
+      .def("add_window", [](DeviceComm& c, uintptr_t ptr, size_t bytes, const std::vector<uintptr_t>& peers) {
+        return c.add_window(in_ptr(ptr), bytes, peers);
+      }, py::arg("ptr"), py::arg("bytes"), py::arg("peers"))
+      .def("remove_window", &DeviceComm::remove_window)
       .def("check", &DeviceComm::check, "Raises the first error the device reported, if any.")
       .def("abort", &DeviceComm::abort, "Makes every waiting kernel of this communicator give up.")
       .def("explain_all_reduce", &DeviceComm::explain_all_reduce)
       .def_property_readonly("scratch_bytes", &DeviceComm::scratch_bytes)
-      .def_property_readonly("blocks", &DeviceComm::blocks);
+      .def_property_readonly("blocks", &DeviceComm::blocks)
+      .def_property_readonly("direct_calls", &DeviceComm::direct_calls,
+                             "all_reduce calls that read and wrote registered buffers in place");
 }

@@ -20,6 +20,7 @@ constexpr size_t kMinScratch = 1024;
 constexpr size_t kDefaultScratch = 8u << 20;
 constexpr size_t kOneShotMax = 256u << 10;  // all_reduce bytes up to which 3+ ranks take one-shot
 constexpr uint32_t kNoOp = 0xFF;
+constexpr size_t kDirectMin = 1u << 20;  // registered all_reduce bytes from which staging is skipped
 
 uint64_t round_up(uint64_t v, uint64_t m) { return (v + m - 1) / m * m; }
 
@@ -33,6 +34,8 @@ std::string describe(const CallRecord& r) {
   s += ", count " + std::to_string(r.count);
   if (reduces) s += std::string(", op ") + op_name(static_cast<RedOp>(r.op));
   if (rooted) s += ", root " + std::to_string(r.root);
+  if (r.window) s += ", registered input at offset " + std::to_string(r.offset);
+  if (r.window_out) s += ", registered output at offset " + std::to_string(r.offset_out);
   return s + ")";
 }
 
@@ -57,6 +60,7 @@ DeviceComm::DeviceComm(int rank, int world, int device, bool emulated, size_t sc
   forced_ = env_string("PLEXUS_DEVICE_ALGO");
   if (!forced_.empty() && forced_ != "oneshot" && forced_ != "twoshot")
     throw InvalidArgument("PLEXUS_DEVICE_ALGO must be oneshot or twoshot, not '" + forced_ + "'");
+  direct_min_ = env_bytes("PLEXUS_DEVICE_DIRECT_MIN", kDirectMin);
   timeout_ns_ = timeout_s > 0 ? static_cast<uint64_t>(timeout_s * 1e9) : ~uint64_t{0} >> 1;
 #ifdef PLEXUS_WITH_CUDA
   memory_ = emulated ? make_emulated_workspace() : make_cuda_workspace(device);
@@ -156,8 +160,61 @@ void DeviceComm::run_chunks(DeviceCall& c, const void* in, void* out, size_t cou
   } while (at < count);
 }
 
+uint32_t DeviceComm::add_window(const void* ptr, size_t bytes, const std::vector<uintptr_t>& peers) {
+  if (peers.size() != static_cast<size_t>(world_))
+    throw InvalidArgument("device collectives: a window needs one address per rank");
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(ptr);
+  windows_.push_back(Window{next_window_, lo, lo + bytes, peers});
+  return next_window_++;
+}
+
+void DeviceComm::remove_window(uint32_t id) {
+  for (size_t i = 0; i < windows_.size(); ++i) {
+    if (windows_[i].id == id) {
+      windows_.erase(windows_.begin() + static_cast<std::ptrdiff_t>(i));
+      return;
+    }
+  }
+  throw InvalidArgument("device collectives: no registered window " + std::to_string(id));
+}
+
+const DeviceComm::Window* DeviceComm::window_of(const void* p, size_t bytes) const {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  for (const Window& w : windows_)
+    if (a >= w.lo && a + bytes <= w.hi) return &w;
+  return nullptr;
+}
+
+bool DeviceComm::direct_all_reduce(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale,
+                                   void* stream) {
+  const size_t bytes = count * dtype_size(dtype);
+  if (windows_.empty() || bytes < direct_min_) return false;
+  const Window* wi = window_of(in, bytes);
+  const Window* wo = window_of(out, bytes);
+  if (!wi || !wo) return false;
+  DeviceCall c = base_call(CollKind::kAllReduce, dtype, op, count, -1, scale);
+  c.program = kDirectAllReduce;
+  const uintptr_t at_in = reinterpret_cast<uintptr_t>(in) - wi->lo, at_out = reinterpret_cast<uintptr_t>(out) - wo->lo;
+  for (int p = 0; p < world_; ++p) {
+    c.peer_in[p] = reinterpret_cast<const char*>(wi->peers[p] + at_in);
+    c.peer_out[p] = reinterpret_cast<char*>(wo->peers[p] + at_out);
+  }
+  c.record.window = wi->id + 1;
+  c.record.window_out = wo->id + 1;
+  c.record.offset = at_in;
+  c.record.offset_out = at_out;
+  c.sig = signature(c.record.kind, c.record.dtype, c.record.op, count, -1, &c.record);
+  c.in = in;
+  c.out = out;
+  c.count = count;
+  launch(c, stream);
+  ++direct_calls_;
+  return true;
+}
+
 void DeviceComm::all_reduce(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, void* stream) {
   check();
+  if (direct_all_reduce(in, out, count, dtype, op, scale, stream)) return;
   DeviceCall c = base_call(CollKind::kAllReduce, dtype, op, count, -1, scale);
   c.program = all_reduce_program(count * dtype_size(dtype));
   run_chunks(c, in, out, count, scratch_ / dtype_size(dtype), stream);

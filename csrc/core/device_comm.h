@@ -42,6 +42,13 @@ class DeviceComm {
   void all_gather(const void* in, void* out, size_t count, DType dtype, void* stream);
   void reduce_scatter(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, void* stream);
 
+  // Registered buffers (windows): `ptr`, `bytes` here and the same buffer of every rank mapped
+  // here (`peers`, own included). An all_reduce whose input and output lie in windows, of at
+  // least PLEXUS_DEVICE_DIRECT_MIN bytes, reads and writes them in place (kDirectAllReduce):
+  // every rank must then pass the same windows at the same offsets (the signature says so).
+  uint32_t add_window(const void* ptr, size_t bytes, const std::vector<uintptr_t>& peers);
+  void remove_window(uint32_t id);
+
   // Throws the first error the device reported (Timeout, PeerError, or Error), if any.
   void check();
   // Makes every kernel of this communicator that waits give up (then check() throws).
@@ -50,12 +57,20 @@ class DeviceComm {
   std::string explain_all_reduce(size_t bytes) const;
   size_t scratch_bytes() const { return scratch_; }
   int blocks() const { return blocks_; }
+  uint64_t direct_calls() const { return direct_calls_; }
 
  private:
   signals::DeviceCall base_call(CollKind kind, DType dtype, RedOp op, size_t count, int root, double scale) const;
   void launch(signals::DeviceCall& call, void* stream);
   void run_chunks(signals::DeviceCall& call, const void* in, void* out, size_t count, size_t chunk, void* stream);
   signals::Program all_reduce_program(size_t bytes) const;
+  struct Window {
+    uint32_t id;
+    uintptr_t lo, hi;
+    std::vector<uintptr_t> peers;
+  };
+  const Window* window_of(const void* p, size_t bytes) const;
+  bool direct_all_reduce(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, void* stream);
 
   int rank_, world_, device_;
   bool emulated_;
@@ -63,6 +78,10 @@ class DeviceComm {
   int blocks_;
   uint64_t timeout_ns_;
   std::string forced_;  // PLEXUS_DEVICE_ALGO, read once
+  size_t direct_min_;   // PLEXUS_DEVICE_DIRECT_MIN
+  std::vector<Window> windows_;
+  uint32_t next_window_ = 0;
+  uint64_t direct_calls_ = 0;
   std::vector<int> names_;
   std::unique_ptr<WorkspaceMemory> memory_;
   char* own_ = nullptr;

@@ -25,6 +25,7 @@ from .distributed import (
     barrier,
     broadcast,
     debug_dump,
+    deregister,
     destroy_process_group,
     explain,
     gather,
@@ -42,6 +43,7 @@ from .distributed import (
     reduce,
     reduce_scatter,
     reduce_scatter_tensor,
+    register,
     scatter,
     send,
 )
@@ -73,6 +75,7 @@ __all__ = [
     "barrier",
     "broadcast",
     "debug_dump",
+    "deregister",
     "destroy_process_group",
     "explain",
     "gather",
@@ -90,6 +93,7 @@ __all__ = [
     "reduce",
     "reduce_scatter",
     "reduce_scatter_tensor",
+    "register",
     "scatter",
     "send",
 ]

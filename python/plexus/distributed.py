@@ -288,6 +288,29 @@ def _run(g: ProcessGroup, call: "coll.Call", async_op: bool, outputs: List[Any],
     return Work([core], outputs, g if call.kind == "recv" else None)
 
 
+def register(tensor: Any, group: Any = None) -> Any:
+    """Registers a device array with every rank of the group, as NCCL's ncclCommRegister: a
+    collective (every rank passes its buffer of the same size). An all_reduce of at least
+    PLEXUS_DEVICE_DIRECT_MIN bytes (1 MiB) whose input and output lie in registered buffers,
+    at the same offsets on every rank, then reads and writes them in place instead of staging
+    them. Returns a plexus.device.native.Registration (its `zero_copy` says whether it took);
+    deregister() it on every rank before freeing the buffer."""
+    g = _group(group, "register")
+    if g is None:
+        return None
+    where = g.where("register")
+    buf = as_buffer(tensor, f"{where}: tensor", True)
+    if buf.device is None:
+        raise TypeError(f"{where}: tensor must be a device array (a cupy array or a torch CUDA tensor)")
+    return device.native.register(g, buf, where)
+
+
+def deregister(registration: Any) -> None:
+    """Undoes register() on this rank (after the GPU has finished the calls that use it)."""
+    if registration is not None:
+        device.native.deregister(registration)
+
+
 def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False, *, out: Any = None):
     """Reduces `tensor` across the group; every rank gets the result in `tensor` (or in `out`,
     leaving `tensor` as it was, when `out` is given)."""

@@ -38,6 +38,10 @@ struct CallRecord {
   uint32_t dtype = 0;
   uint32_t op = 0;
   int32_t root = -1;
+  uint32_t window = 0;  // registered buffers read in place: 1 + the window of the input, else 0
+  uint32_t window_out = 0;
+  uint64_t offset = 0;  // of the input in its window (the output's: offset_out)
+  uint64_t offset_out = 0;
 };
 
 struct Pad {
@@ -73,6 +77,7 @@ enum Program : uint32_t {
   kAllGather,
   kBroadcast,
   kReduce,
+  kDirectAllReduce,       // registered buffers: rank r reduces part r of every input into every output
   kProgramCount,
 };
 
@@ -80,6 +85,8 @@ enum Program : uint32_t {
 struct DeviceCall {
   Pad* pads[kMaxRanks];        // every rank's pad, mapped here (own at [rank])
   char* scratch[kMaxRanks];    // every rank's scratch set 0, mapped here; set 1 follows it
+  const char* peer_in[kMaxRanks];  // kDirectAllReduce: every rank's input and output, mapped here
+  char* peer_out[kMaxRanks];
   uint64_t scratch_bytes = 0;  // of one set
   ErrorBox* box = nullptr;
   const void* in = nullptr;
@@ -99,9 +106,11 @@ struct DeviceCall {
   CallRecord record;   // this call (seq filled in by the kernel)
 };
 
-// 24 bits of a call's signature (kind, dtype, op, count, root): equal calls agree; block 0
+// 24 bits of a call's signature (kind, dtype, op, count, root, and the registered windows it
+// reads in place, which every rank must use alike): equal calls agree; block 0
 // compares the records too, so a collision of two different calls is still caught there.
-inline uint32_t signature(uint32_t kind, uint32_t dtype, uint32_t op, uint64_t count, int32_t root) {
+inline uint32_t signature(uint32_t kind, uint32_t dtype, uint32_t op, uint64_t count, int32_t root,
+                          const CallRecord* windows = nullptr) {
   uint64_t h = 1469598103934665603ull;
   auto mix = [&h](uint64_t v) {
     for (int i = 0; i < 8; ++i) {
@@ -114,6 +123,12 @@ inline uint32_t signature(uint32_t kind, uint32_t dtype, uint32_t op, uint64_t c
   mix(op);
   mix(count);
   mix(static_cast<uint32_t>(root));
+  if (windows) {
+    mix(windows->window);
+    mix(windows->window_out);
+    mix(windows->offset);
+    mix(windows->offset_out);
+  }
   return static_cast<uint32_t>((h ^ (h >> 24) ^ (h >> 48)) & kSigMask);
 }
 

@@ -18,6 +18,7 @@ arrays on another GPU are a ValueError. With the fake driver of the tests (its `
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from typing import Any, Optional, Tuple
 
@@ -171,6 +172,75 @@ def all_reduce_fast(g: Any, x: Any, op: int) -> bool:
         return False
     st.comm.all_reduce(ptr, ptr, count, code, op, 1.0 / g.size() if op == _AVG else 1.0, stream)
     return True
+
+
+class Registration:
+    """A device buffer that every rank of a group registered (plexus.register). An all_reduce of
+    at least PLEXUS_DEVICE_DIRECT_MIN bytes (1 MiB) whose input and output lie in registered
+    buffers reads and writes them in place: no staging copy. `zero_copy` is False (and `why`
+    says why) where the group cannot map them; calls on the buffer then work as before."""
+
+    def __init__(self, group: Any, obj: Any, window: Optional[int], mapped: list, why: str = ""):
+        self.group, self.obj, self.window, self.mapped, self.why = group, obj, window, mapped, why
+
+    @property
+    def zero_copy(self) -> bool:
+        return self.window is not None
+
+    def __repr__(self) -> str:
+        state = "zero-copy" if self.zero_copy else f"not zero-copy: {self.why}"
+        return f"<plexus.Registration {self.group.name} {state}>"
+
+
+def register(g: Any, buf: Any, where: str) -> Registration:
+    """Collective: every rank registers its buffer of the same size (see Registration)."""
+    device, _ = ipc._driver.placement(buf)
+    st = _native(g, device)
+    if not isinstance(st, _Native):
+        return Registration(g, buf.obj, None, [], st.why)
+    ok, handle, off, why = True, bytes(HANDLE), 0, ""
+    try:
+        if device != st.device:
+            raise ValueError(f"the group's device collectives run on GPU {st.device}, the buffer is on GPU {device}")
+        handle, off = ipc._driver.export(device, buf.ptr)
+        handle = bytes(handle)
+    except Exception as e:  # noqa: BLE001 - e.g. memory not from cudaMalloc: this rank says so
+        ok, why = False, f"rank {g.ranks[g.rank()]} cannot export its buffer: {e}"
+    rows = ipc.host_all_gather(g, bytes([ok]) + handle.ljust(HANDLE, b"\0") + struct.pack("<QQ", off, buf.nbytes))
+    sizes = {struct.unpack_from("<QQ", row, 1 + HANDLE)[1] for row in rows}
+    if len(sizes) > 1:
+        raise ValueError(f"{where}: the ranks register buffers of different sizes ({sorted(sizes)} bytes)")
+    if not all(row[0] for row in rows):
+        bad = next(p for p, row in enumerate(rows) if not row[0])
+        return Registration(g, buf.obj, None, [], why or f"rank {g.ranks[bad]} cannot export its buffer")
+    peers, mapped = [], []
+    try:
+        for p, row in enumerate(rows):
+            if p == g.rank():
+                peers.append(buf.ptr)
+                continue
+            base = ipc._driver.open(device, row[1:1 + HANDLE])
+            mapped.append(base)
+            peers.append(base + struct.unpack_from("<Q", row, 1 + HANDLE)[0])
+    except Exception as e:  # noqa: BLE001
+        ok, why = False, f"rank {g.ranks[g.rank()]} cannot map its peers' buffers: {e}"
+    if not all(row[0] for row in ipc.host_all_gather(g, bytes([ok]))):
+        for base in mapped:
+            ipc._driver.close(device, base)
+        return Registration(g, buf.obj, None, [], why or "a rank cannot map its peers' buffers")
+    return Registration(g, buf.obj, st.comm.add_window(buf.ptr, buf.nbytes, peers), mapped)
+
+
+def deregister(reg: Registration) -> None:
+    """Forgets a registration on this rank (after the GPU has finished what may use it)."""
+    st = reg.group.__dict__.get("_native")
+    if reg.window is None or not isinstance(st, _Native):
+        return
+    ipc._driver.synchronize_device(st.device)
+    st.comm.remove_window(reg.window)
+    for base in reg.mapped:
+        ipc._driver.close(st.device, base)
+    reg.window, reg.mapped, reg.why = None, [], "deregistered"
 
 
 def abort(g: Any) -> None:
