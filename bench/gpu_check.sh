@@ -119,6 +119,9 @@ for NP in 2 4; do
   run "bench-$NP" "$(budget 120 $((NP == 2 ? 230 : 140)))" "${BENCH[@]}" -np "$NP" \
     --json "$RESULTS/bench_cuda_np$NP.json" && tail -n +1 "$RESULTS/bench_cuda_np$NP.txt" >> "$RESULTS/summary.txt"
 done
+step "registered buffers (plexus.register: all_reduce in place, no staging), 2 ranks, vs cupy a + b"
+skip registered || PLEXUS_BENCH_REGISTER=1 run bench-registered "$(budget 60 100)" "${BENCH[@]}" -np 2 \
+  --json "$RESULTS/bench_cuda_registered.json" && tail -n +1 "$RESULTS/bench_cuda_registered.txt" >> "$RESULTS/summary.txt"
 step "plexus-bench --device cuda --collective all, 2 ranks (every collective, #wrong checked)"
 skip bench-all || run bench-all "$(budget 90 110)" "$PY" -m plexus.bench --device cuda --vs nccl --collective all -b 4K -e 16M -f 16 \
   -n 10 -w 2 -np 2 --json "$RESULTS/bench_cuda_all.json"

@@ -91,17 +91,30 @@ class Plexus(System):
         self.memory = memory or HostMemory()
         self.version = plexus.__version__ + _git_revision(plexus.__file__)
         self.rank = plexus.get_rank()
+        self.registered: list = []
         self.ops = {"sum": plexus.ReduceOp.SUM, "prod": plexus.ReduceOp.PRODUCT, "min": plexus.ReduceOp.MIN,
                     "max": plexus.ReduceOp.MAX, "avg": plexus.ReduceOp.AVG}
 
     def unsupported(self, coll, dtype, op):
         return None
 
+    def _register(self, *arrays) -> None:
+        """PLEXUS_BENCH_REGISTER=1: device buffers are registered (plexus.register), so large
+        all_reduces read and write them in place. Every rank prepares alike: a collective."""
+        if os.environ.get("PLEXUS_BENCH_REGISTER") != "1":
+            return
+        for a in arrays:
+            try:
+                self.registered.append(self.px.register(a))
+            except TypeError:  # host memory: nothing to register
+                return
+
     def prepare(self, coll, bufs, op, root):
         px, i, o, ip, mem = self.px, bufs.inp, bufs.out, bufs.in_place, self.memory
         rop = self.ops.get(op)
         is_root = self.rank == root
         if coll.name == "all_reduce":
+            self._register(i, o)
             step = (lambda: px.all_reduce(o, rop)) if ip else (lambda: px.all_reduce(i, rop, out=o))
         elif coll.name == "all_gather":
             step = lambda: px.all_gather_into_tensor(o, i)
