@@ -133,7 +133,7 @@ def test_plexus_info_on_a_described_machine():
     from plexus.device import ipc
 
     problem = ipc.local_problem()
-    assert ("CUDA IPC within a host" in line) if problem is None else (f"no CUDA IPC: {problem}" in line), line
+    assert ("native kernels within a host" in line) if problem is None else (f"no CUDA IPC: {problem}" in line), line
 
 
 def test_plexus_info_rejects_a_missing_file():

@@ -9,8 +9,12 @@
 namespace plexus {
 
 // Grid size of the device collectives for a communicator of `world` ranks: the same on every
-// rank, and small enough that the kernels of all ranks sharing one GPU are resident at once.
-int device_blocks(int world);
+// rank, and small enough that the kernels of all ranks sharing one GPU are resident at once
+// (they wait for each other): 32 x 2, 16 x 4, 8 x 8 blocks of 512 threads, two per SM, fit the
+// smallest data-centre GPUs.
+inline int device_blocks(int world) {
+  return world <= 2 ? signals::kMaxBlocks : world <= 4 ? signals::kMaxBlocks / 2 : signals::kMaxBlocks / 4;
+}
 
 #ifdef PLEXUS_WITH_CUDA
 // Enqueues `call` on `stream` (a cudaStream_t) of the current device; returns at once. Throws

@@ -57,10 +57,6 @@ struct HostExec {
 
 }  // namespace
 
-// Every block of every rank sharing a GPU must be resident at once (they wait for each other):
-// 32 x 2, 16 x 4, 8 x 8 blocks of 512 threads, two per SM, fit the smallest data-centre GPUs.
-int device_blocks(int world) { return world <= 2 ? signals::kMaxBlocks : world <= 4 ? signals::kMaxBlocks / 2 : signals::kMaxBlocks / 4; }
-
 void run_emulated_collective(const DeviceCall& call) {
   HostExec x{static_cast<DType>(call.dtype), static_cast<RedOp>(call.op), call.scale};
   for (int b = 0; b < call.nblocks; ++b) device_programs::run_block(x, call, b);
