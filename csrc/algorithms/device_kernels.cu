@@ -95,7 +95,6 @@ struct DeviceExec {
 
   // dsts[d][i] = op over srcs[j][i] (times scale), for i < n elements of T.
   __device__ void reduce(void* const* dsts_v, int nd, const void* const* srcs_v, int ns, size_t n) const {
-    using A = typename Acc<T>::type;
     constexpr int V = 16 / sizeof(T);
     const T* srcs[kMaxRanks];
     T* dsts[kMaxRanks];
@@ -117,31 +116,13 @@ struct DeviceExec {
     const size_t step = blockDim.x;
     for (size_t v = threadIdx.x; v < nvec; v += step) {
       const size_t off = head + v * V;
-      A acc[V];
-      for (int j0 = 0; j0 < ns; j0 += kChunk) {  // kChunk sources' loads in flight at once
-        Vec<T> in[kChunk];
-#pragma unroll
-        for (int k = 0; k < kChunk; ++k)
-          if (j0 + k < ns) in[k].raw = *reinterpret_cast<const uint4*>(srcs[j0 + k] + off);
-#pragma unroll
-        for (int k = 0; k < kChunk; ++k)
-          if (j0 + k < ns) combine<T, Op>(acc, in[k].e, j0 + k == 0);
-      }
-      apply_scale(acc, scale);
-      Vec<T> o;
-      store_vec<T>(acc, o.e);
+      const Vec<T> o = reduce_vector<T, Op, kChunk>(srcs, ns, off, scale);
       for (int d = 0; d < nd; ++d) *reinterpret_cast<uint4*>(dsts[d] + off) = o.raw;
     }
     const size_t tail = head + nvec * V;
     for (size_t i = threadIdx.x; i < head + (n - tail); i += step) {
       const size_t at = i < head ? i : tail + (i - head);
-      A acc[1];
-      for (int j = 0; j < ns; ++j) {
-        const T v[1] = {srcs[j][at]};
-        combine<T, Op>(acc, v, j == 0);
-      }
-      apply_scale(acc, scale);
-      const T r = Acc<T>::store(acc[0]);
+      const T r = reduce_scalar<T, Op>(srcs, ns, at, scale);
       for (int d = 0; d < nd; ++d) dsts[d][at] = r;
     }
   }

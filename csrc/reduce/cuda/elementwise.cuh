@@ -151,6 +151,38 @@ __device__ void store_vec(const typename Acc<T>::type (&acc)[N], T (&out)[N]) {
 }
 
 
+// The vector at element `off` of op over every source (times post_scale), read Chunk sources
+// at a time so their loads are in flight together. `Srcs` indexes like an array of const T*.
+template <typename T, typename Op, int Chunk, typename Srcs>
+__device__ Vec<T> reduce_vector(const Srcs& srcs, int nsrcs, size_t off, double post_scale) {
+  typename Acc<T>::type acc[16 / sizeof(T)];
+  for (int j0 = 0; j0 < nsrcs; j0 += Chunk) {
+    Vec<T> in[Chunk];
+#pragma unroll
+    for (int c = 0; c < Chunk; ++c)
+      if (j0 + c < nsrcs) in[c].raw = *reinterpret_cast<const uint4*>(srcs[j0 + c] + off);
+#pragma unroll
+    for (int c = 0; c < Chunk; ++c)
+      if (j0 + c < nsrcs) combine<T, Op>(acc, in[c].e, j0 + c == 0);
+  }
+  apply_scale(acc, post_scale);
+  Vec<T> out;
+  store_vec<T>(acc, out.e);
+  return out;
+}
+
+// Element `i` of op over every source (times post_scale).
+template <typename T, typename Op, typename Srcs>
+__device__ T reduce_scalar(const Srcs& srcs, int nsrcs, size_t i, double post_scale) {
+  typename Acc<T>::type acc[1];
+  for (int j = 0; j < nsrcs; ++j) {
+    const T v[1] = {srcs[j][i]};
+    combine<T, Op>(acc, v, j == 0);
+  }
+  apply_scale(acc, post_scale);
+  return Acc<T>::store(acc[0]);
+}
+
 }  // namespace elementwise
 }  // namespace cuda
 }  // namespace plexus

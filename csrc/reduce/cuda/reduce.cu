@@ -47,26 +47,13 @@ struct Dsts {
 template <typename T, typename Op>
 __global__ void __launch_bounds__(kThreads)
     reduce_kernel(Dsts<T> dst, Srcs<T> srcs, int nsrcs, size_t head, size_t nvec, size_t n, double post_scale) {
-  using A = typename Acc<T>::type;
   constexpr int V = 16 / sizeof(T);
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   const size_t tid = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
 
   for (size_t v = tid; v < nvec; v += stride) {
     const size_t off = head + v * V;
-    A acc[V];
-    for (int j0 = 0; j0 < nsrcs; j0 += kChunk) {
-      Vec<T> in[kChunk];
-#pragma unroll
-      for (int c = 0; c < kChunk; ++c)
-        if (j0 + c < nsrcs) in[c].raw = *reinterpret_cast<const uint4*>(srcs[j0 + c] + off);
-#pragma unroll
-      for (int c = 0; c < kChunk; ++c)
-        if (j0 + c < nsrcs) combine<T, Op>(acc, in[c].e, j0 + c == 0);
-    }
-    apply_scale(acc, post_scale);
-    Vec<T> out;
-    store_vec<T>(acc, out.e);
+    const Vec<T> out = reduce_vector<T, Op, kChunk>(srcs, nsrcs, off, post_scale);
     for (int d = 0; d < dst.n; ++d) *reinterpret_cast<uint4*>(dst.p[d] + off) = out.raw;
   }
 
@@ -74,13 +61,7 @@ __global__ void __launch_bounds__(kThreads)
   const size_t nscalar = head + (n - tail);
   for (size_t i = tid; i < nscalar; i += stride) {
     const size_t idx = i < head ? i : tail + (i - head);
-    A acc[1];
-    for (int j = 0; j < nsrcs; ++j) {
-      const T v[1] = {srcs[j][idx]};
-      combine<T, Op>(acc, v, j == 0);
-    }
-    apply_scale(acc, post_scale);
-    const T r = Acc<T>::store(acc[0]);
+    const T r = reduce_scalar<T, Op>(srcs, nsrcs, idx, post_scale);
     for (int d = 0; d < dst.n; ++d) dst.p[d][idx] = r;
   }
 }
