@@ -10,6 +10,10 @@ no host round with the peers, nothing the host waits for, so it can be captured 
 A rank that cannot take part (no CUDA, PLEXUS_DEVICE_NATIVE=0, several hosts, more than 8 ranks)
 makes every rank decline, for good: the group then uses plexus.device.ipc.
 
+register() maps a buffer of every rank once (plexus.register), so large all_reduces between
+registered buffers run in place; all_reduce_fast() is the hot path of a blocking in-place
+all_reduce of a plain array.
+
 The group is bound to the GPU of its first such call (as a NCCL communicator is to its device);
 arrays on another GPU are a ValueError. With the fake driver of the tests (its `native` is
 "emulated"), the same C++ protocol runs on host memory, on the calling thread.
