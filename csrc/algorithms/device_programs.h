@@ -11,7 +11,7 @@
 //   two-shot all-reduce  rank r reduces part r of every copy into its scratch and its output,
 //                        a second barrier, then copies the other parts from their owners
 //   reduce-scatter       part r of every copy, reduced into the output
-//   all-gather           every rank's copy into its block of the output
+//   all-gather           every rank's copy into its block of the output (or its own output)
 //   broadcast / reduce   the root's copy / every copy reduced at the root
 //   direct all-reduce    registered buffers: rank r reduces part r of every rank's input and
 //                        writes it into every rank's output, between two barriers (no staging)
@@ -218,7 +218,8 @@ PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
       if (!barrier(x, c, b, 0, seq, start)) return;
       for (int q = 0; q < w; ++q) {
         const char* from = q == r ? in + s.lo * es : c.scratch[q] + set + s.lo * es;
-        x.copy(out + (q * c.stride + s.lo) * es, from, s.size() * es);
+        char* to = c.listed ? c.peer_out[q] + s.lo * es : out + (q * c.stride + s.lo) * es;
+        x.copy(to, from, s.size() * es);
       }
       return;
     }

@@ -68,6 +68,14 @@ void bind_device(py::module_& m) {
         py::gil_scoped_release r;
         c.all_gather(in_ptr(in), out_ptr(out), n, d, out_ptr(s));
       })
+      .def("all_gather_list", [](DeviceComm& c, uintptr_t in, const std::vector<uintptr_t>& outs, size_t n, int dt,
+                                 uintptr_t s) {
+        DType d = dtype_of(dt);
+        std::vector<void*> o;
+        for (auto p : outs) o.push_back(out_ptr(p));
+        py::gil_scoped_release r;
+        c.all_gather_list(in_ptr(in), o, n, d, out_ptr(s));
+      })
       .def("reduce_scatter", [](DeviceComm& c, uintptr_t in, uintptr_t out, size_t n, int dt, int op, double scale,
                                 uintptr_t s) {
         DType d = dtype_of(dt);

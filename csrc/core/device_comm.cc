@@ -243,6 +243,25 @@ void DeviceComm::all_gather(const void* in, void* out, size_t count, DType dtype
   run_chunks(c, in, out, count, scratch_ / dtype_size(dtype), stream);
 }
 
+void DeviceComm::all_gather_list(const void* in, const std::vector<void*>& outs, size_t count, DType dtype,
+                                 void* stream) {
+  check();
+  if (outs.size() != static_cast<size_t>(world_))
+    throw InvalidArgument("device collectives: all_gather needs one output per rank");
+  const size_t es = dtype_size(dtype), chunk = scratch_ / es;
+  DeviceCall c = base_call(CollKind::kAllGather, dtype, RedOp::kNone, count, -1, 1.0);
+  c.program = kAllGather;
+  c.listed = 1;
+  size_t at = 0;
+  do {  // as run_chunks, with the chunk's place in every output
+    for (int q = 0; q < world_; ++q) c.peer_out[q] = static_cast<char*>(outs[q]) + at * es;
+    c.in = static_cast<const char*>(in) + at * es;
+    c.count = std::min(chunk, count - at);
+    launch(c, stream);
+    at += c.count;
+  } while (at < count);
+}
+
 void DeviceComm::reduce_scatter(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale,
                                 void* stream) {
   check();

@@ -40,6 +40,8 @@ class DeviceComm {
   void reduce(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, int root, void* stream);
   void broadcast(const void* in, void* out, size_t count, DType dtype, int root, void* stream);
   void all_gather(const void* in, void* out, size_t count, DType dtype, void* stream);
+  // The list form: rank q's block into outs[q] (one output per rank).
+  void all_gather_list(const void* in, const std::vector<void*>& outs, size_t count, DType dtype, void* stream);
   void reduce_scatter(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, void* stream);
 
   // Registered buffers (windows): `ptr`, `bytes` here and the same buffer of every rank mapped

@@ -1,9 +1,8 @@
 """Every collective of the public API on cupy arrays and torch CUDA tensors, on 1, 2 and 4 ranks
 sharing GPU 0, checked against numpy; plus stream order (work the caller queued before a call is
-seen by it, work queued after sees its result) and async_op. all_reduce, all_gather_into_tensor,
-reduce_scatter_tensor, broadcast and reduce run as native kernels (plexus.device.native), the list
-form of all_gather through CUDA IPC (plexus.device.ipc; both asserted), the others are staged
-through host memory (plexus.device.staging)."""
+seen by it, work queued after sees its result) and async_op. all_reduce, all_gather (both forms),
+reduce_scatter_tensor, broadcast and reduce run as native kernels (plexus.device.native;
+asserted), the others are staged through host memory (plexus.device.staging)."""
 
 from __future__ import annotations
 
@@ -265,15 +264,14 @@ def _run_all(rank, world, lib):
 
     L = LIBS[lib]()
     done = {c.__name__: c(L, rank, world) for c in CHECKS}
-    # The kinds of plexus.device.native ran as native kernels, the list form of all_gather
-    # through CUDA IPC; nothing was staged.
+    # The kinds of plexus.device.native ran as native kernels; nothing was staged.
     done["paths"] = sorted(device.PATHS)
     return done
 
 
 def _check_results(results):
     assert all(r == results[0] for r in results), results
-    assert results[0]["paths"] == ["cuda_ipc", "native"], results[0]["paths"]
+    assert results[0]["paths"] == ["native"], results[0]["paths"]
 
 
 @pytest.mark.cupy

@@ -86,7 +86,8 @@ struct DeviceCall {
   Pad* pads[kMaxRanks];        // every rank's pad, mapped here (own at [rank])
   char* scratch[kMaxRanks];    // every rank's scratch set 0, mapped here; set 1 follows it
   const char* peer_in[kMaxRanks];  // kDirectAllReduce: every rank's input and output, mapped here
-  char* peer_out[kMaxRanks];
+  char* peer_out[kMaxRanks];       // (kAllGather with `listed`: this rank's output per source rank)
+  uint32_t listed = 0;             // kAllGather: the outputs are peer_out[], not blocks of `out`
   uint64_t scratch_bytes = 0;  // of one set
   ErrorBox* box = nullptr;
   const void* in = nullptr;

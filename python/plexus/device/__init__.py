@@ -79,5 +79,6 @@ def describe_paths() -> str:
     else:
         head = (f"native kernels within a host for {', '.join(native.KINDS)} (signal pads, no host round per "
                 f"call); ")
-    return (f"{head}CUDA IPC with a host round per call for {', '.join(direct)}; across hosts staged through pinned host memory "
+    ipc_part = f"CUDA IPC with a host round per call for {', '.join(direct)}; " if direct else ""
+    return (f"{head}{ipc_part}across hosts staged through pinned host memory "
             f"({', '.join(chunked)} in chunks that overlap the network); the others staged")

@@ -1,4 +1,4 @@
-"""The native device path: all_reduce, all_gather_into_tensor, reduce_scatter_tensor, broadcast
+"""The native device path: all_reduce, all_gather (both forms), reduce_scatter_tensor, broadcast
 and reduce on device arrays of ranks that share one host, as kernels of the C++ core
 (plexus._C.DeviceComm, csrc/core/device_comm.h) that synchronise through signal pads in mapped
 device memory. This module only turns a call into pointers, a dtype and a stream.
@@ -30,7 +30,7 @@ from .. import _C
 from . import ipc
 from .work import StreamWork
 
-KINDS = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce")
+KINDS = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce")
 MAX_RANKS = 8
 HANDLE = 64
 _AVG, _PREMUL_SUM = (_C.OPS.index(name) for name in ("avg", "premul_sum"))
@@ -131,7 +131,7 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
     if device != st.device:
         raise ValueError(f"{call.where}: the group's device collectives run on GPU {st.device} (its first device "
                          f"call), but these arrays are on " + (f"GPU {device}" if device >= 0 else f"no GPU ({why})"))
-    for b in call.reads:
+    for b in call.reads + call.writes[1:]:  # (several writes: the list form of all_gather)
         if b.obj is not dst.obj and b.nbytes and ipc._driver.placement(b)[0] != device:
             raise ValueError(f"{call.where}: the arrays of one call are on several GPUs")
     comm, op, kind = st.comm, max(call.op, 0), call.kind
@@ -142,6 +142,8 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
         comm.all_reduce(src, out, call.count, call.code, op, scale, stream)
     elif kind == "all_gather_into_tensor":
         comm.all_gather(src, out, call.count, call.code, stream)
+    elif kind == "all_gather":
+        comm.all_gather_list(src, call.out_ptrs, call.count, call.code, stream)
     elif kind == "reduce_scatter_tensor":
         comm.reduce_scatter(src, out, call.count, call.code, op, scale, stream)
     elif kind == "broadcast":
