@@ -148,12 +148,15 @@ std::string DeviceComm::explain_all_reduce(size_t bytes) const {
          " of every copy instead of all of them";
 }
 
-void DeviceComm::run_chunks(DeviceCall& c, const void* in, void* out, size_t count, size_t chunk, void* stream) {
+void DeviceComm::run_chunks(DeviceCall& c, const void* in, void* out, size_t count, size_t chunk, void* stream,
+                            const std::vector<void*>* outs) {
   const size_t es = dtype_size(static_cast<DType>(c.dtype));
   size_t at = 0;
   do {  // count 0 still launches: a peer that passed a different count then hears of it
     c.in = static_cast<const char*>(in) + at * es;
     c.out = static_cast<char*>(out) + at * es;
+    if (outs)  // one output per rank: the chunk's place in each
+      for (int q = 0; q < world_; ++q) c.peer_out[q] = static_cast<char*>((*outs)[q]) + at * es;
     c.count = std::min(chunk, count - at);
     launch(c, stream);
     at += c.count;
@@ -248,18 +251,10 @@ void DeviceComm::all_gather_list(const void* in, const std::vector<void*>& outs,
   check();
   if (outs.size() != static_cast<size_t>(world_))
     throw InvalidArgument("device collectives: all_gather needs one output per rank");
-  const size_t es = dtype_size(dtype), chunk = scratch_ / es;
   DeviceCall c = base_call(CollKind::kAllGather, dtype, RedOp::kNone, count, -1, 1.0);
   c.program = kAllGather;
   c.listed = 1;
-  size_t at = 0;
-  do {  // as run_chunks, with the chunk's place in every output
-    for (int q = 0; q < world_; ++q) c.peer_out[q] = static_cast<char*>(outs[q]) + at * es;
-    c.in = static_cast<const char*>(in) + at * es;
-    c.count = std::min(chunk, count - at);
-    launch(c, stream);
-    at += c.count;
-  } while (at < count);
+  run_chunks(c, in, outs[0], count, scratch_ / dtype_size(dtype), stream, &outs);  // out: unused when listed
 }
 
 void DeviceComm::reduce_scatter(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale,

@@ -64,7 +64,9 @@ class DeviceComm {
  private:
   signals::DeviceCall base_call(CollKind kind, DType dtype, RedOp op, size_t count, int root, double scale) const;
   void launch(signals::DeviceCall& call, void* stream);
-  void run_chunks(signals::DeviceCall& call, const void* in, void* out, size_t count, size_t chunk, void* stream);
+  // Launches `call` per chunk of `chunk` elements, moving in and out (or every output of `outs`).
+  void run_chunks(signals::DeviceCall& call, const void* in, void* out, size_t count, size_t chunk, void* stream,
+                  const std::vector<void*>* outs = nullptr);
   signals::Program all_reduce_program(size_t bytes) const;
   struct Window {
     uint32_t id;

@@ -71,14 +71,15 @@ def describe_paths() -> str:
     problem = ipc.local_problem()
     if problem is not None:
         return f"staged through pinned host memory (no CUDA IPC: {problem})"
-    direct = [name for name, (path, _) in COLLECTIVES.items() if path == CUDA_IPC and name not in native.KINDS]
+    native_on = os.environ.get("PLEXUS_DEVICE_NATIVE", "1") != "0"
+    direct = [name for name, (path, _) in COLLECTIVES.items()
+              if path == CUDA_IPC and not (native_on and name in native.KINDS)]
     chunked = [name for name, (_, fallback) in COLLECTIVES.items() if fallback == PIPELINE]
-    if os.environ.get("PLEXUS_DEVICE_NATIVE", "1") == "0":
-        direct = [name for name, (path, _) in COLLECTIVES.items() if path == CUDA_IPC]
-        head = "native kernels off (PLEXUS_DEVICE_NATIVE=0); "
-    else:
+    if native_on:
         head = (f"native kernels within a host for {', '.join(native.KINDS)} (signal pads, no host round per "
                 f"call); ")
+    else:
+        head = "native kernels off (PLEXUS_DEVICE_NATIVE=0); "
     ipc_part = f"CUDA IPC with a host round per call for {', '.join(direct)}; " if direct else ""
     return (f"{head}{ipc_part}across hosts staged through pinned host memory "
             f"({', '.join(chunked)} in chunks that overlap the network); the others staged")

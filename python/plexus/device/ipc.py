@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .. import _C
+from . import arrays
 from .libraries import ops_for
 from .work import StreamWork
 
@@ -134,8 +135,7 @@ class CudaDriver:
         _C._cuda_reduce_to(op, dtype, dsts, srcs, n, scale, stream, device)
 
 
-_NUMPY_CODES = {np.dtype(np.bool_ if name == "bool" else name): code for code, name in enumerate(_C.DTYPES)
-                if name != "bfloat16"}
+_NUMPY_CODES = {dtype: _C.DTYPES.index(name) for dtype, name in arrays._NUMPY_NAMES.items()}
 
 
 @functools.lru_cache(maxsize=1)
