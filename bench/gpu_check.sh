@@ -6,7 +6,8 @@
 #   2. benchmarks the CUDA reduction kernel against a device-to-device copy (bench/gpu_kernels.py);
 #   3. starts the MPS daemon (several ranks share the GPU: without it their kernels are
 #      time-sliced), when nvidia-cuda-mps-control is there and this is root, and stops it at the end;
-#   4. runs plexus-bench --device cuda on 2 and 4 ranks sharing the GPU, beside NCCL (through
+#   4. runs plexus-bench --device cuda on 2 and 4 ranks sharing the GPU (medians of GPU_CHECK_ROUNDS=3
+#      interleaved rounds, with their spread), beside NCCL (through
 #      torch; NCCL_MULTI_RANK_GPU_ENABLE=1) and cupy's a + b, then the 2-rank all-reduce sweep
 #      staged through host memory (PLEXUS_CUDA_IPC=0), to show what IPC saves;
 #   5. runs the native device path's GPU tests first (tests/gpu/test_gpu_native.py: programs,
@@ -112,7 +113,8 @@ step "host CPU time of one native all_reduce call (16 floats), beside a host all
 run host-time "$(budget 40 240)" "$PY" bench/ipc_host_overhead.py --cuda --np 2 --iters 500 --rounds 5 \
   | tee "$RESULTS/host_time.txt" && cat "$RESULTS/host_time.txt" >> "$RESULTS/summary.txt"
 
-BENCH=("$PY" -m plexus.bench --device cuda --vs nccl --vs cupy-add -b 16 -e 256M -f 4 -n 20 -w 5)
+BENCH=("$PY" -m plexus.bench --device cuda --vs nccl --vs cupy-add -b 16 -e 256M -f 4 -n 50 -w 10
+       --rounds "${GPU_CHECK_ROUNDS:-3}")
 export NCCL_MULTI_RANK_GPU_ENABLE=1
 for NP in 2 4; do
   step "plexus-bench --device cuda: all_reduce, $NP ranks on one GPU, vs NCCL and cupy a + b"

@@ -45,7 +45,16 @@ def _rank(rank, world, folder, iters, rounds, mode):
 
         cp.cuda.Device(0).use()
         x = cp.ones(16, cp.float32)
+        y = cp.zeros_like(x)
         calls["native all_reduce (cupy, CPU time)"] = lambda: plexus.all_reduce(x)
+        calls["native all_reduce out= (cupy, CPU time)"] = lambda: plexus.all_reduce(x, out=y)
+        try:  # what plexus-bench and the torch backend pass
+            import torch
+
+            t = torch.ones(16, dtype=torch.float32, device="cuda:0")
+            calls["native all_reduce (torch, CPU time)"] = lambda: plexus.all_reduce(t)
+        except ImportError:
+            pass
         plexus.all_reduce(x)  # the workspaces are set up outside the capture
         stream = cp.cuda.Stream(non_blocking=True)
         with stream:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import plexus
-from fake_cuda import FakeCuda
+from fake_cuda import FakeCuda, FakeDeviceArray
 from launch import run_ranks
 from plexus import device
 from plexus.device import ipc, native
@@ -185,6 +185,36 @@ def test_the_fast_path_takes_plain_calls_and_leaves_the_rest_to_the_checks(tmp_p
     assert res[0] == res[1]
     assert res[0][:4] == [True, True, False, False], res[0]
     assert "avg" in res[0][4].lower() or "int32" in res[0][4], res[0]
+
+
+def _fast_out_of_place(rank, world, folder):
+    fake = _fake(folder, rank)
+    g = plexus.distributed._world("test")  # noqa: SLF001
+    plexus.all_reduce(fake.array(np.ones(3, np.float32)))  # the group is on the native path
+    src, dst = fake.array(np.full(7, rank + 1.0, np.float32)), fake.array(np.zeros(7, np.float32))
+    taken = [native.all_reduce_fast(g, src, plexus.ReduceOp.SUM.code, dst)]
+    values = (src.host.tolist(), dst.host.tolist())
+    both = fake.array(np.zeros(14, np.float32)).host
+    a, b = FakeDeviceArray(both[:7]), FakeDeviceArray(both[3:10])  # overlapping
+    taken.append(native.all_reduce_fast(g, a, 0, b))
+    taken.append(native.all_reduce_fast(g, src, 0, fake.array(np.zeros(7, np.float64))))  # another dtype
+    taken.append(native.all_reduce_fast(g, src, 0, fake.array(np.zeros(6, np.float32))))  # another size
+    with pytest.raises(ValueError, match="overlap"):
+        plexus.all_reduce(a, out=b)
+    return taken, values, rank
+
+
+def test_the_fast_path_runs_out_of_place_only_into_a_disjoint_array_of_the_same_shape(tmp_path):
+    for taken, (src, dst), rank in run_ranks(2, _fast_out_of_place, str(tmp_path)):
+        assert taken == [True, False, False, False]
+        assert src == [rank + 1.0] * 7 and dst == [3.0] * 7  # the input is left as it was
+
+
+def test_explain_says_where_one_shot_ends():
+    for world, one_shot_max in ((2, 1 << 20), (3, 256 << 10), (4, 256 << 10)):
+        comm = plexus._C.DeviceComm(0, world, 0, True, 0, 5.0, list(range(world)))
+        assert comm.explain_all_reduce(one_shot_max).startswith("oneshot"), world
+        assert comm.explain_all_reduce(one_shot_max + 1).startswith("twoshot"), world
 
 
 def _registered(rank, world, folder):

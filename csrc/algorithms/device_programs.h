@@ -184,15 +184,16 @@ PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
       return;
     }
     case kTwoShotAllReduce: {
-      for (int q = 0; q < w; ++q) {
+      for (int q = 0; q < w; ++q) {  // the parts the peers reduce: part r is read from `in` below
+        if (q == r) continue;
         const Range s = sub(n, w, q, G, b, grain);
         x.copy(mine + s.lo * es, in + s.lo * es, s.size() * es);
       }
       if (!barrier(x, c, b, 0, seq, start)) return;
       const Range s = sub(n, w, r, G, b, grain);
-      for (int q = 0; q < w; ++q) srcs[q] = c.scratch[q] + set + s.lo * es;
-      dsts[0] = mine + s.lo * es;  // in place: only this rank reads part r of its own copy
-      dsts[1] = out + s.lo * es;
+      for (int q = 0; q < w; ++q) srcs[q] = (q == r ? in : c.scratch[q] + set) + s.lo * es;
+      dsts[0] = mine + s.lo * es;  // the result, for the peers to copy (nobody reads part r of it)
+      dsts[1] = out + s.lo * es;   // may be `in`: each element is read before it is written
       x.reduce(dsts, 2, srcs, w, s.size());
       if (!barrier(x, c, b, 1, seq, start)) return;
       for (int q = 0; q < w; ++q) {

@@ -18,7 +18,10 @@ namespace {
 
 constexpr size_t kMinScratch = 1024;
 constexpr size_t kDefaultScratch = 8u << 20;
-constexpr size_t kOneShotMax = 256u << 10;  // all_reduce bytes up to which 3+ ranks take one-shot
+// all_reduce bytes up to which one-shot runs (one barrier); above, two-shot moves fewer bytes:
+// per rank (5 - 2/w) times the call's bytes against one-shot's (3 + w) times.
+constexpr size_t kOneShotMax = 256u << 10;
+constexpr size_t kOneShotMax2 = 1u << 20;  // 2 ranks: 4 against 5, a smaller gain for the extra barrier
 constexpr uint32_t kNoOp = 0xFF;
 constexpr size_t kDirectMin = 1u << 20;  // registered all_reduce bytes from which staging is skipped
 
@@ -137,15 +140,19 @@ void DeviceComm::launch(DeviceCall& call, void* stream) {
 Program DeviceComm::all_reduce_program(size_t bytes) const {
   if (forced_ == "oneshot") return kOneShotAllReduce;
   if (forced_ == "twoshot") return kTwoShotAllReduce;
-  return world_ <= 2 || bytes <= kOneShotMax ? kOneShotAllReduce : kTwoShotAllReduce;
+  return bytes <= one_shot_max() ? kOneShotAllReduce : kTwoShotAllReduce;
 }
+
+size_t DeviceComm::one_shot_max() const { return world_ <= 2 ? kOneShotMax2 : kOneShotMax; }
 
 std::string DeviceComm::explain_all_reduce(size_t bytes) const {
   if (!forced_.empty()) return forced_ + ": PLEXUS_DEVICE_ALGO";
-  if (world_ <= 2) return "oneshot: with 2 ranks both programs move the same bytes, one-shot has one barrier";
-  if (bytes <= kOneShotMax) return "oneshot: " + std::to_string(bytes) + " bytes <= 256 KiB, one barrier beats fewer bytes";
-  return "twoshot: " + std::to_string(bytes) + " bytes > 256 KiB, each rank reads 1/" + std::to_string(world_) +
-         " of every copy instead of all of them";
+  const std::string limit = std::to_string(one_shot_max() >> 10) + " KiB";
+  if (bytes <= one_shot_max())
+    return "oneshot: " + std::to_string(bytes) + " bytes <= " + limit + ", one barrier beats fewer bytes";
+  return "twoshot: " + std::to_string(bytes) + " bytes > " + limit + ", each rank reduces 1/" + std::to_string(world_) +
+         " of the call and copies the rest (" + std::to_string(5 * world_ - 2) + "/" + std::to_string(world_) +
+         " times the bytes moved per rank against one-shot's " + std::to_string(3 + world_) + ")";
 }
 
 void DeviceComm::run_chunks(DeviceCall& c, const void* in, void* out, size_t count, size_t chunk, void* stream,

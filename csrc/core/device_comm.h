@@ -68,6 +68,7 @@ class DeviceComm {
   void run_chunks(signals::DeviceCall& call, const void* in, void* out, size_t count, size_t chunk, void* stream,
                   const std::vector<void*>* outs = nullptr);
   signals::Program all_reduce_program(size_t bytes) const;
+  size_t one_shot_max() const;  // all_reduce bytes up to which one-shot runs
   struct Window {
     uint32_t id;
     uintptr_t lo, hi;

@@ -322,7 +322,7 @@ def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op:
         if g.comm.all_reduce_ndarray(tensor, out, op.code):
             return None
         # The same for device arrays, once the group runs them as native kernels.
-        if out is None and "_native" in g.__dict__ and device.native.all_reduce_fast(g, tensor, op.code):
+        if "_native" in g.__dict__ and device.native.all_reduce_fast(g, tensor, op.code, out):
             device.PATHS[device.NATIVE] += 1
             return None
     where = g.where("all_reduce")

@@ -113,7 +113,7 @@ class CudaDriver:
             if code is None or not x.is_contiguous():
                 return None
             dev = x.get_device()
-            return x.data_ptr(), x.numel(), code, dev, torch.cuda.current_stream(dev).cuda_stream
+            return x.data_ptr(), x.numel(), code, dev, _torch_stream(torch)(dev)
         return None
 
     export = staticmethod(lambda device, ptr: _C._cuda_ipc_export(device, ptr))
@@ -141,6 +141,14 @@ _NUMPY_CODES = {dtype: _C.DTYPES.index(name) for dtype, name in arrays._NUMPY_NA
 @functools.lru_cache(maxsize=1)
 def _torch_codes(torch: Any) -> Dict[Any, int]:
     return {getattr(torch, name): code for code, name in enumerate(_C.DTYPES)}
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_stream(torch: Any) -> Any:
+    """device -> torch's current stream there, as an address: the raw getter where torch has
+    it (torch.cuda.current_stream builds a Stream object, microseconds of the hot path)."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw if raw is not None else lambda dev: torch.cuda.current_stream(dev).cuda_stream
 
 
 _driver: Any = CudaDriver()

@@ -27,7 +27,7 @@ import threading
 from typing import Any, Optional, Tuple
 
 from .. import _C
-from . import ipc
+from . import arrays, ipc
 from .work import StreamWork
 
 KINDS = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce")
@@ -160,23 +160,34 @@ _FLOATS = {_C.DTYPES.index(name) for name in ("float16", "bfloat16", "float32", 
 _BOOL = _C.DTYPES.index("bool")
 
 
-def all_reduce_fast(g: Any, x: Any, op: int) -> bool:
-    """A blocking in-place all_reduce of a plain array on a group already on the native path:
-    pointer, dtype and stream straight to the kernel launch. False (nothing done) for anything
-    else, which the checked path then takes."""
+_ITEMSIZE = {_C.DTYPES.index(name): dtype.itemsize for dtype, name in arrays._NUMPY_NAMES.items()}
+_ITEMSIZE[_C.DTYPES.index("bfloat16")] = 2
+
+
+def all_reduce_fast(g: Any, x: Any, op: int, out: Any = None) -> bool:
+    """A blocking all_reduce of a plain array (into `out`, a plain array of the same dtype and
+    size that does not overlap it, when given) on a group already on the native path: pointers,
+    dtype and stream straight to the kernel launch. False (nothing done) for anything else,
+    which the checked path then takes."""
     st = g.__dict__.get("_native")
     if type(st) is not _Native or op not in _FAST_OPS:
         return False
     try:
         a = ipc._driver.fast_array(x)
+        b = a if out is None or a is None else ipc._driver.fast_array(out)
     except Exception:  # noqa: BLE001 - whatever it is, the checked path says it properly
         return False
-    if a is None:
+    if a is None or b is None:
         return False
     ptr, count, code, dev, stream = a
     if dev != st.device or code == _BOOL or (op == _AVG and code not in _FLOATS):
         return False
-    st.comm.all_reduce(ptr, ptr, count, code, op, 1.0 / g.size() if op == _AVG else 1.0, stream)
+    dst = b[0]
+    if b is not a:  # out of place: the same shape of call, and disjoint (else the checked path says why)
+        nbytes = count * _ITEMSIZE[code]
+        if b[1:] != a[1:] or (dst != ptr and dst < ptr + nbytes and ptr < dst + nbytes):
+            return False
+    st.comm.all_reduce(ptr, dst, count, code, op, 1.0 / g.size() if op == _AVG else 1.0, stream)
     return True
 
 
