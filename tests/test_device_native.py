@@ -210,6 +210,33 @@ def test_the_fast_path_runs_out_of_place_only_into_a_disjoint_array_of_the_same_
         assert src == [rank + 1.0] * 7 and dst == [3.0] * 7  # the input is left as it was
 
 
+def _grids(rank, world, folder):
+    import os
+
+    if rank == 0:
+        os.environ["PLEXUS_DEVICE_BLOCKS"] = "1"  # read when the group sets up its workspace
+    fake = _fake(folder, rank)
+    x = fake.array(np.arange(1001, dtype=np.float32) * (rank + 1))
+    plexus.all_reduce(x)
+    g = plexus.distributed._world("test")  # noqa: SLF001
+    return g._native.comm.blocks, bool(np.array_equal(x.host, np.arange(1001, dtype=np.float32) * 3))  # noqa: SLF001
+
+
+def test_the_group_runs_the_smallest_grid_of_its_ranks(tmp_path):
+    assert run_ranks(2, _grids, str(tmp_path)) == [(1, True), (1, True)]
+
+
+def test_a_grid_outside_one_to_64_blocks_is_refused(monkeypatch):
+    for bad in ("0", "65", "many"):
+        monkeypatch.setenv("PLEXUS_DEVICE_BLOCKS", bad)
+        with pytest.raises(ValueError, match="PLEXUS_DEVICE_BLOCKS"):
+            plexus._C.DeviceComm(0, 1, 0, True, 0, 5.0, [0])
+    monkeypatch.delenv("PLEXUS_DEVICE_BLOCKS")
+    comm = plexus._C.DeviceComm(0, 2, 0, True, 0, 5.0, [0, 1])
+    with pytest.raises(ValueError, match="grid of 3 blocks"):
+        comm.connect([comm.handle(), comm.handle()], 3)
+
+
 def test_explain_says_where_one_shot_ends():
     for world, one_shot_max in ((2, 1 << 20), (3, 256 << 10), (4, 256 << 10)):
         comm = plexus._C.DeviceComm(0, world, 0, True, 0, 5.0, list(range(world)))

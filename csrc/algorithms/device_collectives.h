@@ -4,16 +4,19 @@
 // blocks in turn (device_emulated.cc, every build). Plain C++: callers need no CUDA headers.
 #pragma once
 
+#include <algorithm>
+
 #include "transport/cuda_ipc/signal_pad.h"
 
 namespace plexus {
 
-// Grid size of the device collectives for a communicator of `world` ranks: the same on every
-// rank, and small enough that the kernels of all ranks sharing one GPU are resident at once
-// (they wait for each other): 32 x 2, 16 x 4, 8 x 8 blocks of 512 threads, two per SM, fit the
-// smallest data-centre GPUs.
-inline int device_blocks(int world) {
-  return world <= 2 ? signals::kMaxBlocks : world <= 4 ? signals::kMaxBlocks / 2 : signals::kMaxBlocks / 4;
+// Grid size of the device collectives for a communicator of `world` ranks on a GPU of
+// `multiprocessors` SMs: one SM per rank's block, so that the kernels of all ranks sharing one
+// GPU are resident at once (they wait for each other) with room to spare (two blocks of 512
+// threads fit an SM), and as many SMs as that allows move the bytes (an H200's 132: 64 blocks x 2
+// ranks, 33 x 4, 16 x 8). Every rank must use the same grid: the group agrees on the smallest.
+inline int device_blocks(int world, int multiprocessors) {
+  return std::max(1, std::min(signals::kMaxBlocks, multiprocessors / world));
 }
 
 #ifdef PLEXUS_WITH_CUDA

@@ -43,7 +43,8 @@ void bind_device(py::module_& m) {
       .def(py::init<int, int, int, bool, size_t, double, std::vector<int>>(), py::arg("rank"), py::arg("world"),
            py::arg("device"), py::arg("emulated"), py::arg("scratch_bytes"), py::arg("timeout"), py::arg("names"))
       .def("handle", [](const DeviceComm& c) { return py::bytes(c.handle()); })
-      .def("connect", [](DeviceComm& c, const std::vector<std::string>& h) { c.connect(h); }, nogil)
+      .def("connect", [](DeviceComm& c, const std::vector<std::string>& h, int blocks) { c.connect(h, blocks); },
+           py::arg("handles"), py::arg("blocks"), nogil)
       .def("seal", &DeviceComm::seal)
       .def("all_reduce", [](DeviceComm& c, uintptr_t in, uintptr_t out, size_t n, int dt, int op, double scale, uintptr_t s) {
         DType d = dtype_of(dt);

@@ -1,6 +1,7 @@
 #include "core/device_comm.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "algorithms/device_collectives.h"
@@ -59,7 +60,7 @@ DeviceComm::DeviceComm(int rank, int world, int device, bool emulated, size_t sc
   scratch_ = round_up(std::max(scratch_bytes, kMinScratch), 256);
   // The emulated device runs blocks one after another on a CPU: two keep the per-block logic
   // honest without paying for 32 handshakes per call.
-  blocks_ = emulated ? 2 : device_blocks(world);
+  blocks_ = 2;
   forced_ = env_string("PLEXUS_DEVICE_ALGO");
   if (!forced_.empty() && forced_ != "oneshot" && forced_ != "twoshot")
     throw InvalidArgument("PLEXUS_DEVICE_ALGO must be oneshot or twoshot, not '" + forced_ + "'");
@@ -67,11 +68,21 @@ DeviceComm::DeviceComm(int rank, int world, int device, bool emulated, size_t sc
   timeout_ns_ = timeout_s > 0 ? static_cast<uint64_t>(timeout_s * 1e9) : ~uint64_t{0} >> 1;
 #ifdef PLEXUS_WITH_CUDA
   memory_ = emulated ? make_emulated_workspace() : make_cuda_workspace(device);
+  if (!emulated) blocks_ = device_blocks(world, cuda_ipc::multiprocessors(device));
 #else
   if (!emulated) throw Error("device collectives: plexus was built without CUDA");
   memory_ = make_emulated_workspace();
 #endif
   own_ = static_cast<char*>(memory_->allocate(kPadBytes + 2 * scratch_));
+  const std::string grid = env_string("PLEXUS_DEVICE_BLOCKS");  // as NCCL_MAX_CTAS: a user's cap
+  if (!grid.empty()) {
+    char* end = nullptr;
+    const long b = std::strtol(grid.c_str(), &end, 10);
+    if (*end != '\0' || b < 1 || b > kMaxBlocks)
+      throw InvalidArgument("PLEXUS_DEVICE_BLOCKS must be a number of blocks from 1 to " + std::to_string(kMaxBlocks) +
+                            ", not '" + grid + "'");
+    blocks_ = static_cast<int>(b);
+  }
 }
 
 DeviceComm::~DeviceComm() {
@@ -86,10 +97,14 @@ DeviceComm::~DeviceComm() {
 
 std::string DeviceComm::handle() const { return memory_->handle(); }
 
-void DeviceComm::connect(const std::vector<std::string>& handles) {
+void DeviceComm::connect(const std::vector<std::string>& handles, int blocks) {
   if (connected_) throw Error("device collectives: connect() twice");
   if (handles.size() != static_cast<size_t>(world_))
     throw InvalidArgument("device collectives: connect() needs one handle per rank");
+  if (blocks < 1 || blocks > blocks_)
+    throw InvalidArgument("device collectives: the group's grid of " + std::to_string(blocks) +
+                          " blocks is not within this rank's 1 to " + std::to_string(blocks_));
+  blocks_ = blocks;
   peers_.assign(world_, nullptr);
   for (int p = 0; p < world_; ++p) peers_[p] = p == rank_ ? own_ : static_cast<char*>(memory_->open(handles[p], kPadBytes + 2 * scratch_));
   connected_ = true;

@@ -31,7 +31,8 @@ class DeviceComm {
   DeviceComm& operator=(const DeviceComm&) = delete;
 
   std::string handle() const;
-  void connect(const std::vector<std::string>& handles);
+  // Maps every rank's workspace; `blocks`: the group's grid, the smallest of its ranks' blocks().
+  void connect(const std::vector<std::string>& handles, int blocks);
   void seal();
 
   // Enqueued on `stream` (a cudaStream_t; ignored when emulated, where the call runs now).

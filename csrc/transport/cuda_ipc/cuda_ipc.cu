@@ -94,6 +94,12 @@ void synchronize_device(int device) {
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
+int multiprocessors(int device) {
+  int n = 0;
+  check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  return n;
+}
+
 Exported export_memory(int device, const void* ptr) {
   DeviceGuard g(device);
   AddressRangeFn range = address_range_fn();

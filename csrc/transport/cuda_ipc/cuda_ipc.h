@@ -54,6 +54,8 @@ void free_mapped_host(void* ptr);
 
 // Waits until everything queued on the device by this process is done (before closing mappings).
 void synchronize_device(int device);
+// The device's streaming multiprocessors (what sizes the device collectives' grids).
+int multiprocessors(int device);
 
 // Makes `device` current for its lifetime, then puts back the driver context that was current
 // (none, on a thread that had none: no context is created on another GPU). -1: keep the current.

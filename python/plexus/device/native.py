@@ -59,20 +59,20 @@ def _problem(g: Any) -> Optional[str]:
 
 def _setup(g: Any, device: int) -> Any:
     """The group's _Native, or ipc.Declined on every rank alike."""
-    problem, comm, handle = _problem(g), None, b""
+    problem, comm, handle, blocks = _problem(g), None, b"", 0
     if problem is None:
         try:
             emulated = ipc._driver.native == "emulated"
             comm = _C.DeviceComm(g.rank(), g.size(), device, emulated, 0, g.comm.timeout, list(g.ranks))
-            handle = comm.handle()
+            handle, blocks = comm.handle(), comm.blocks
         except Exception as e:  # noqa: BLE001 - this rank's alone: it says so, and all decline
             problem, comm = f"rank {g.ranks[g.rank()]} cannot set up its device workspace: {e}", None
-    rows = ipc.host_all_gather(g, bytes([problem is None]) + handle.ljust(HANDLE, b"\0")[:HANDLE])
+    rows = ipc.host_all_gather(g, bytes([problem is None, blocks]) + handle.ljust(HANDLE, b"\0")[:HANDLE])
     if not all(row[0] for row in rows):
         bad = next(p for p, row in enumerate(rows) if not row[0])
         return ipc.Declined(problem if problem else f"rank {g.ranks[bad]} cannot use the native device path")
-    try:
-        comm.connect([row[1:] for row in rows])
+    try:  # one grid for all: the smallest (ranks on GPUs of different sizes)
+        comm.connect([row[2:] for row in rows], min(row[1] for row in rows))
         ok = True
     except Exception as e:  # noqa: BLE001
         problem, ok = f"rank {g.ranks[g.rank()]} cannot map its peers' workspaces: {e}", False
