@@ -9,7 +9,8 @@
 #   4. runs plexus-bench --device cuda on 2 and 4 ranks sharing the GPU (medians of GPU_CHECK_ROUNDS=3
 #      interleaved rounds, with their spread), beside NCCL (through
 #      torch; NCCL_MULTI_RANK_GPU_ENABLE=1) and cupy's a + b, then the 2-rank all-reduce sweep
-#      staged through host memory (PLEXUS_CUDA_IPC=0), to show what IPC saves;
+#      staged through host memory (PLEXUS_CUDA_IPC=0), to show what IPC saves, with registered
+#      buffers (PLEXUS_BENCH_REGISTER=1), and with a grid of 64 blocks (PLEXUS_DEVICE_BLOCKS=64);
 #   5. runs the native device path's GPU tests first (tests/gpu/test_gpu_native.py: programs,
 #      chunks, CUDA graph capture, deadline, mismatch), and the host CPU time of one call;
 #   6. runs tests/gpu (every collective on cupy and torch CUDA arrays, the torch backend on CUDA
@@ -124,6 +125,10 @@ done
 step "registered buffers (plexus.register: all_reduce in place, no staging), 2 ranks, vs cupy a + b"
 skip registered || PLEXUS_BENCH_REGISTER=1 run bench-registered "$(budget 60 100)" "${BENCH[@]}" -np 2 \
   --json "$RESULTS/bench_cuda_registered.json" && tail -n +1 "$RESULTS/bench_cuda_registered.txt" >> "$RESULTS/summary.txt"
+step "a grid of 64 blocks per rank (PLEXUS_DEVICE_BLOCKS=64: 128 of the SMs), 2 ranks, vs cupy a + b"
+skip grid || PLEXUS_DEVICE_BLOCKS=64 run bench-grid "$(budget 60 100)" "$PY" -m plexus.bench --device cuda --vs cupy-add \
+  --sizes 16,64K,1M,16M,256M -n 50 -w 10 --rounds "${GPU_CHECK_ROUNDS:-3}" -np 2 --json "$RESULTS/bench_cuda_grid64.json" \
+  && tail -n +1 "$RESULTS/bench_cuda_grid64.txt" >> "$RESULTS/summary.txt"
 step "plexus-bench --device cuda --collective all, 2 ranks (every collective, #wrong checked)"
 skip bench-all || run bench-all "$(budget 90 110)" "$PY" -m plexus.bench --device cuda --vs nccl --collective all -b 4K -e 16M -f 16 \
   -n 10 -w 2 -np 2 --json "$RESULTS/bench_cuda_all.json"

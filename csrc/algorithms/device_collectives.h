@@ -11,12 +11,13 @@
 namespace plexus {
 
 // Grid size of the device collectives for a communicator of `world` ranks on a GPU of
-// `multiprocessors` SMs: one SM per rank's block, so that the kernels of all ranks sharing one
-// GPU are resident at once (they wait for each other) with room to spare (two blocks of 512
-// threads fit an SM), and as many SMs as that allows move the bytes (an H200's 132: 64 blocks x 2
-// ranks, 33 x 4, 16 x 8). Every rank must use the same grid: the group agrees on the smallest.
+// `multiprocessors` SMs: small enough that the kernels of all ranks sharing one GPU are resident
+// at once (they wait for each other): at most one SM per rank's block (two blocks of 512 threads
+// fit an SM), and 32 x 2, 16 x 4, 8 x 8 blocks, what ran on an H200. PLEXUS_DEVICE_BLOCKS
+// raises it to up to 64 (kMaxBlocks). Every rank must use the same grid: the group agrees on
+// the smallest.
 inline int device_blocks(int world, int multiprocessors) {
-  return std::max(1, std::min(signals::kMaxBlocks, multiprocessors / world));
+  return std::max(1, std::min(signals::kMaxBlocks / std::max(world, 2), multiprocessors / world));
 }
 
 #ifdef PLEXUS_WITH_CUDA

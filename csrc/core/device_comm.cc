@@ -74,7 +74,7 @@ DeviceComm::DeviceComm(int rank, int world, int device, bool emulated, size_t sc
   memory_ = make_emulated_workspace();
 #endif
   own_ = static_cast<char*>(memory_->allocate(kPadBytes + 2 * scratch_));
-  const std::string grid = env_string("PLEXUS_DEVICE_BLOCKS");  // as NCCL_MAX_CTAS: a user's cap
+  const std::string grid = env_string("PLEXUS_DEVICE_BLOCKS");  // sets the grid (as NCCL_MAX_CTAS caps NCCL's)
   if (!grid.empty()) {
     char* end = nullptr;
     const long b = std::strtol(grid.c_str(), &end, 10);
