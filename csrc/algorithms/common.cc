@@ -9,6 +9,52 @@
 
 namespace plexus {
 
+namespace {
+
+struct ScratchCache {
+  static constexpr int kSlots = 4;
+  std::unique_ptr<char[]> buf[kSlots];
+  size_t size[kSlots] = {};
+  bool busy[kSlots] = {};
+  size_t total = 0;
+};
+
+thread_local ScratchCache scratch_cache;
+
+}  // namespace
+
+Scratch::Scratch(size_t bytes) {
+  if (bytes == 0) return;
+  ScratchCache& c = scratch_cache;
+  int fits = -1, grow = -1;  // the smallest free slot that fits; else the largest free one
+  for (int s = 0; s < ScratchCache::kSlots; ++s) {
+    if (c.busy[s]) continue;
+    if (c.size[s] >= bytes && (fits < 0 || c.size[s] < c.size[fits])) fits = s;
+    if (grow < 0 || c.size[s] > c.size[grow]) grow = s;
+  }
+  int pick = fits;
+  if (pick < 0 && grow >= 0 && c.total - c.size[grow] + bytes <= kCached) {
+    c.total -= c.size[grow];
+    c.buf[grow].reset();  // freed before the larger one is taken
+    c.buf[grow].reset(new char[bytes]);
+    c.size[grow] = bytes;
+    c.total += bytes;
+    pick = grow;
+  }
+  if (pick >= 0) {
+    c.busy[pick] = true;
+    slot_ = pick;
+    data_ = c.buf[pick].get();
+    return;
+  }
+  own_.reset(new char[bytes]);
+  data_ = own_.get();
+}
+
+Scratch::~Scratch() {
+  if (slot_ >= 0) scratch_cache.busy[slot_] = false;
+}
+
 Chunks::Chunks(size_t count, size_t elem_size) {
   elems = chunk_bytes() / elem_size;
   if (elems == 0) elems = 1;

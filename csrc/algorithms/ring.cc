@@ -150,7 +150,7 @@ void ring_reduce_scatter(OpContext& ctx, const CollArgs& args) {
   // output unless the output overlaps an input.
   bool out_aliases = false;
   for (auto* p : buf.contribution) out_aliases |= overlaps(p, bytes, args.outputs[0], bytes);
-  std::vector<char> scratch(bytes * static_cast<size_t>(n));
+  Scratch scratch(bytes * static_cast<size_t>(n));
   for (int b = 0; b < n; ++b) {
     void* own = scratch.data() + static_cast<size_t>(b) * bytes;
     buf.landing.push_back(b == r && !out_aliases ? args.outputs[0] : own);

@@ -119,7 +119,7 @@ void double_tree_all_reduce(OpContext& ctx, const CollArgs& args) {
     copy_bytes(out, args.inputs[0], args.count * es);
   const Reduction red = plan_reduction(args, n);
   const size_t half = args.count / 2, rest = args.count - half;
-  std::vector<char> scratch(2 * args.count * es);
+  Scratch scratch(2 * args.count * es);
   const TreePart parts[2] = {{first_tree(n, r), out, half, scratch.data()},
                              {second_tree(n, r), out + half * es, rest, scratch.data() + 2 * half * es}};
   const Chunks chunks[2] = {Chunks(half, es), Chunks(rest, es)};
