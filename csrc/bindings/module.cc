@@ -161,7 +161,7 @@ std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr
   a.factor = factor;
   a.root = root;
   auto work = submit_collective(c, kind, std::move(a), blocking);
-  if (blocking && work->is_completed() && !work->error()) return nullptr;
+  if (blocking && work->succeeded()) return nullptr;
   return work;
 }
 

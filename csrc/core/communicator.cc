@@ -185,8 +185,9 @@ std::shared_ptr<Work> Communicator::submit(const Signature& sig, std::function<v
       return work;
     }
     op.seq = next_seq_++;
-    recorder_->submitted(op.seq, sig, algorithm);
     run_here = blocking && in_flight_ == 0;
+    recorder_->submitted(op.seq, sig, algorithm, run_here);
+    op.recorded_running = run_here;
     ++in_flight_;
     if (!run_here) queue_.push_back(std::move(op));
   }
@@ -321,7 +322,7 @@ void Communicator::run_op(Op& op) {
         Error(prefix() + "the communicator is unusable after an earlier failure (" + failure_ + ")")));
     return;
   }
-  recorder_->started(op.seq);
+  if (!op.recorded_running) recorder_->started(op.seq);
   try {
     check_abort();
     PLEXUS_TRACE("start " << ctx.describe());

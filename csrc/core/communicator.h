@@ -100,6 +100,7 @@ class Communicator {
     uint64_t seq = 0;
     std::function<void(OpContext&)> body;
     std::shared_ptr<Work> work;
+    bool recorded_running = false;  // the flight recorder has it running already
   };
   // Computes shape_ (agreeing on shared memory across hosts) and creates cross_ if useful.
   void setup_shape(Store& store, Deadline deadline);

@@ -81,16 +81,17 @@ FlightRecorder::~FlightRecorder() {
   registry().erase(this);
 }
 
-void FlightRecorder::submitted(uint64_t seq, const Signature& sig, const char* algorithm) {
+void FlightRecorder::submitted(uint64_t seq, const Signature& sig, const char* algorithm, bool running) {
   const double now = now_s();
   std::lock_guard<std::mutex> lock(mu_);
   Entry& e = ring_[(seq - 1) % ring_.size()];
   e.seq = seq;
   e.sig = sig;
   e.algorithm = algorithm ? algorithm : "";
-  e.state = "queued";
+  e.state = running ? "running" : "queued";
   e.submitted = now;
-  e.started = e.ended = 0;
+  e.started = running ? now : 0;
+  e.ended = 0;
   e.error.clear();
   last_ = seq;
 }

@@ -22,7 +22,8 @@ class FlightRecorder {
   FlightRecorder(const FlightRecorder&) = delete;
   FlightRecorder& operator=(const FlightRecorder&) = delete;
 
-  void submitted(uint64_t seq, const Signature& sig, const char* algorithm);
+  // `running`: it starts at once (a blocking call run on the caller's thread): no started().
+  void submitted(uint64_t seq, const Signature& sig, const char* algorithm, bool running = false);
   void started(uint64_t seq);
   void ended(uint64_t seq, const std::string& error);  // "" when it succeeded
 

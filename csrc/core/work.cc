@@ -37,6 +37,11 @@ bool Work::is_completed() const {
   return done_;
 }
 
+bool Work::succeeded() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_ && !error_;
+}
+
 std::exception_ptr Work::error() const {
   std::lock_guard<std::mutex> lock(mu_);
   return error_;

@@ -24,6 +24,7 @@ class Work {
   bool is_completed() const;
   // The failure, or nullptr while running or after success.
   std::exception_ptr error() const;
+  bool succeeded() const;  // done without an error (one lock: the small-call hot path asks it)
   std::string what() const { return sig_.describe(); }
   // For receives from any source: the rank the message came from (-1 until known).
   void set_source(int rank) { source_.store(rank); }

@@ -314,9 +314,11 @@ def deregister(registration: Any) -> None:
 def all_reduce(tensor: Any, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False, *, out: Any = None):
     """Reduces `tensor` across the group; every rank gets the result in `tensor` (or in `out`,
     leaving `tensor` as it was, when `out` is given)."""
-    g = _group(group, "all_reduce")
+    g = _state.world if group is None else None  # (the default group without a call: hot path)
     if g is None:
-        return None
+        g = _group(group, "all_reduce")
+        if g is None:
+            return None
     # Hot path (small messages are all overhead): plain numpy arrays, blocking, checked in C++.
     if not async_op and type(op) is ReduceOp and op.factor is None:
         if g.comm.all_reduce_ndarray(tensor, out, op.code):
