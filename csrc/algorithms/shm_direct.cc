@@ -24,6 +24,8 @@ namespace plexus {
 
 namespace {
 
+constexpr size_t kPublishPiece = 32 << 10;  // bytes reduced, then copied out while in L1/L2
+
 // Elements per round: the staging buffer bounds it, PLEXUS_SHM_ROUND_BYTES keeps it cache-sized.
 size_t round_elems(const HostRounds& h, size_t es, size_t parts) {
   static const size_t round_bytes = env_bytes("PLEXUS_SHM_ROUND_BYTES", 512 << 10);
@@ -111,7 +113,7 @@ void shm_twoshot_rounds(OpContext& ctx, const CollArgs& args, const Reduction& r
   const char* in = premultiplied(args);
   char* out = static_cast<char*>(args.outputs[0]);
   const size_t per = round_elems(h, es, static_cast<size_t>(n));
-  std::vector<const void*> srcs(n);
+  std::vector<const void*> srcs(n), piece_srcs(n);
   for (size_t r = 0, rounds = num_rounds(args.count, per); r < rounds; ++r) {
     const size_t off = r * per, m = std::min(per, args.count - std::min(args.count, off));
     BlockLayout L(m, n);
@@ -124,9 +126,20 @@ void shm_twoshot_rounds(OpContext& ctx, const CollArgs& args, const Reduction& r
     const size_t my_off = L.offset(me) * es, my_bytes = L.size(me) * es;
     for (int p = 0; p < n; ++p) srcs[p] = p == me ? in + off * es + my_off : h.staging(p) + my_off;
     char* my_out = out + off * es + my_off;
-    cpu::reduce(red.kernel_op, args.dtype, my_out, srcs.data(), n, L.size(me), red.post_scale);
-    if (between) between(my_out, L.size(me));
-    copy_bytes(mine + my_off, my_out, my_bytes);
+    if (between) {
+      cpu::reduce(red.kernel_op, args.dtype, my_out, srcs.data(), n, L.size(me), red.post_scale);
+      between(my_out, L.size(me));
+      copy_bytes(mine + my_off, my_out, my_bytes);
+    } else {
+      // Piece by piece, so that publishing the result reads it from cache, not memory.
+      const size_t piece = std::max<size_t>(1, kPublishPiece / es);
+      for (size_t at = 0; at < L.size(me); at += piece) {
+        const size_t k = std::min(piece, L.size(me) - at);
+        for (int p = 0; p < n; ++p) piece_srcs[p] = static_cast<const char*>(srcs[p]) + at * es;
+        cpu::reduce(red.kernel_op, args.dtype, my_out + at * es, piece_srcs.data(), n, k, red.post_scale);
+        copy_bytes(mine + my_off + at * es, my_out + at * es, k * es);
+      }
+    }
     h.publish_result();
     h.wait_result();
     for (int p = 0; p < n; ++p)
