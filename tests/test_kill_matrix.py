@@ -135,6 +135,7 @@ POINTS = {
     "all_reduce rhd": (mid("all_reduce", "send"), {"PLEXUS_ALGO": "allreduce:@rhd"}, (SHM, TCP)),
     "all_reduce shm_oneshot": (mid("all_reduce", "shm_round"), {"PLEXUS_ALGO": "allreduce:@shm_oneshot"}, (SHM,)),
     "all_reduce shm_twoshot": (mid("all_reduce", "shm_round"), {"PLEXUS_ALGO": "allreduce:@shm_twoshot"}, (SHM,)),
+    "all_reduce shm_cma": (mid("all_reduce", "shm_round"), {"PLEXUS_ALGO": "allreduce:@shm_cma"}, (SHM,)),
     "all_gather": (None, {}, (SHM, TCP)),
     "reduce_scatter": (None, {}, (SHM, TCP)),
     "broadcast": (None, {}, (SHM, TCP)),

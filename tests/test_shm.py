@@ -176,3 +176,26 @@ def _reduce_then_leave(rank, world):
 
 def test_a_rank_that_finished_and_left_is_no_error():
     assert run_ranks(3, _reduce_then_leave)[0] == 6.0
+
+
+def _explain_cma(rank, world):
+    line = next(ln for ln in str(plexus.explain("all_reduce", 64 << 20)).splitlines() if "shm_cma" in ln)
+    return "cannot run" not in line
+
+
+def test_cma_is_probed_at_setup_and_plexus_cma_0_turns_it_off():
+    if not all(run_ranks(2, _explain_cma)):
+        pytest.skip("process_vm_readv between these ranks is not allowed here (ptrace rules)")
+    assert not any(run_ranks(2, _explain_cma, env={"PLEXUS_CMA": "0"}))  # the tuner keeps staging
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_cma_all_reduce_matches_numpy(world):
+    """shm_cma (peers' buffers read with process_vm_readv) over every dtype, op and count, in
+    and out of place, as test_collectives checks the others."""
+    from test_collectives import check_all_reduce
+
+    if not all(run_ranks(2, _explain_cma)):
+        pytest.skip("process_vm_readv between these ranks is not allowed here (ptrace rules)")
+    checked = run_ranks(world, check_all_reduce, timeout=900, env={"PLEXUS_ALGO": "allreduce:@shm_cma"})
+    assert all(c == checked[0] and c > 0 for c in checked), checked

@@ -4,6 +4,7 @@ calibration settings, `plexus info`, and `plexus.explain` on a live group."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -128,12 +129,35 @@ def test_plexus_info_on_a_described_machine():
     for coll in tuning.COLLECTIVES:
         assert f"{coll}:" in out.stdout
     assert "hierarchical" in out.stdout and "NV6" in out.stdout
+    assert "cross-memory attach (process_vm_readv between a host's ranks): not known" in out.stdout
     # This process's device-array path: without a GPU here, staging, and why.
     line = next(x for x in out.stdout.splitlines() if x.startswith("device arrays: "))
     from plexus.device import ipc
 
     problem = ipc.local_problem()
     assert ("native kernels within a host" in line) if problem is None else (f"no CUDA IPC: {problem}" in line), line
+
+
+def test_plexus_info_says_what_cross_memory_attach_this_host_allows():
+    from plexus import _cma
+
+    def info(**env):
+        out = subprocess.run([sys.executable, "-m", "plexus.cli", "info", "--ranks", "2", "--collective", "all_reduce"],
+                             capture_output=True, text=True, timeout=120, env=dict(os.environ, **env))
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    off = info(PLEXUS_CMA="0")
+    assert "cross-memory attach (process_vm_readv between a host's ranks): off (PLEXUS_CMA=0)" in off
+    assert "shm_cma" not in off
+    assert _cma.status()[1] in info()
+    # Runnable only where the host allows it; never chosen where the kernel copies as slowly
+    # as measured here (the staging two-shot wins at every size).
+    topo = Topology.from_hosts([Topology.local().hosts[0]] * 2)
+    for cma in (False, True):
+        e = tuning.predict("all_reduce", 64 << 20, topo, cma=cma)
+        assert dict((n, ok) for n, _, ok in e.predictions)["shm_cma"] == cma
+        assert e.chosen == "shm_twoshot"
 
 
 def test_plexus_info_rejects_a_missing_file():

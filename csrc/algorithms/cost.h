@@ -25,6 +25,7 @@ struct GroupShape {
   int local = 1;         // most ranks on one host
   bool uniform = true;   // every host has the same number of ranks
   bool shm = false;      // ranks of a host share memory
+  bool cma = false;      // ... and can read each other's memory (process_vm_readv), every one
 };
 
 // The link that bounds an algorithm whose steps cross the whole group.

@@ -79,4 +79,6 @@ void HostRounds::wait_result() { wait_all(RoundCounter::kReduced, round_ + 1); }
 
 void HostRounds::finish() { host_.counter(me_, RoundCounter::kDone).store(round_ + 1, std::memory_order_release); }
 
+void HostRounds::wait_finished() { wait_all(RoundCounter::kDone, round_ + 1); }
+
 }  // namespace plexus

@@ -30,6 +30,12 @@ class HostRounds {
   void wait_result();
   // This rank is done reading the others' buffers of this round.
   void finish();
+  // Waits until every rank has finished this round (nobody reads this rank's memory any more).
+  void wait_finished();
+  int pid_of(int local) const { return host_.pid_of(local); }
+  // Throws PeerError if local peer `local` failed, aborted or left (unless it finished this call).
+  void check(int local) { check_peer(local); }
+  const std::string& name_of(int local) const { return host_.name_of(local); }
 
   char* staging(int local) const { return host_.staging(local, parity_); }
   size_t staging_bytes() const { return host_.staging_bytes(); }

@@ -7,6 +7,7 @@
 #include "algorithms/hierarchical.h"
 #include "algorithms/rhd.h"
 #include "algorithms/ring.h"
+#include "algorithms/shm_cma.h"
 #include "algorithms/shm_direct.h"
 #include "algorithms/tree.h"
 #include "base/error.h"
@@ -24,6 +25,8 @@ const std::vector<Algorithm>& algorithm_table() {
        "one host: every rank reduces all inputs from shared memory", shm_applicable},
       {"shm_twoshot", CollKind::kAllReduce, shm_all_reduce_twoshot, shm_twoshot_cost,
        "one host: reduce-scatter then all-gather by direct shared-memory reads", shm_applicable},
+      {"shm_cma", CollKind::kAllReduce, shm_all_reduce_cma, shm_cma_cost,
+       "one host: each rank reads its peers' buffers (process_vm_readv), no staging copy", cma_applicable},
       {"hierarchical", CollKind::kAllReduce, hierarchical_all_reduce, hierarchical_cost,
        "shared memory within hosts, all-reduce of 1/L of the data across hosts", hierarchical_applicable},
       // all_gather

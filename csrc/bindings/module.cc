@@ -78,6 +78,7 @@ py::dict shape_to_dict(const GroupShape& g) {
   d["local"] = g.local;
   d["uniform"] = g.uniform;
   d["shm"] = g.shm;
+  d["cma"] = g.cma;
   return d;
 }
 
@@ -88,6 +89,7 @@ GroupShape shape_from_dict(const py::dict& d) {
   g.local = d.contains("local") ? d["local"].cast<int>() : g.ranks / std::max(1, g.hosts);
   g.uniform = d.contains("uniform") ? d["uniform"].cast<bool>() : true;
   g.shm = d.contains("shm") ? d["shm"].cast<bool>() : true;
+  g.cma = d.contains("cma") ? d["cma"].cast<bool>() : false;
   if (g.ranks < 1 || g.hosts < 1 || g.local < 1) throw InvalidArgument("shape: ranks, hosts and local must be >= 1");
   return g;
 }

@@ -12,6 +12,7 @@
 #include "base/error.h"
 #include "base/log.h"
 #include "transport/frame.h"
+#include "transport/host_memory.h"
 #include "tuner/cost_model.h"
 
 namespace plexus {
@@ -121,6 +122,7 @@ void Communicator::setup_shape(Store& store, Deadline deadline) {
   shape_.local = *std::max_element(count.begin(), count.end());
   shape_.uniform = *std::min_element(count.begin(), count.end()) == shape_.local;
   shape_.shm = host_memory() != nullptr;
+  shape_.cma = shape_.shm && host_memory()->cma();
   if (shape_.hosts > 1 && shape_.local > 1) {
     // Each host decided about shared memory on its own; the tuner needs one answer everywhere.
     const int mine_failed = count[host_of[rank()]] > 1 && !host_memory() ? 1 : 0;

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -48,6 +49,23 @@ bool process_gone(int pid) {
   if (!std::getline(stat, line)) return false;
   const size_t end_of_name = line.rfind(')');  // "pid (name) state ..."; the name may hold spaces
   return end_of_name != std::string::npos && line.size() > end_of_name + 2 && line[end_of_name + 2] == 'Z';
+}
+
+// Why this process cannot read `owner`'s memory with process_vm_readv ("" when it can): it
+// reads the magic word of the owner's segment where the owner mapped it.
+std::string cma_probe(const SegmentHeader& owner, uint64_t my_pid_ns, const std::string& name) {
+  if (env_string("PLEXUS_CMA") == "0") return "PLEXUS_CMA=0";
+  if (owner.pid_ns != my_pid_ns) return name + " is in another pid namespace";
+  uint64_t word = 0;
+  iovec local{&word, sizeof(word)};
+  iovec remote{reinterpret_cast<void*>(owner.self_addr), sizeof(word)};
+  const ssize_t got = process_vm_readv(owner.pid, &local, 1, &remote, 1, 0);
+  if (got != static_cast<ssize_t>(sizeof(word)))
+    return "process_vm_readv of " + name + " failed: " + (got < 0 ? errno_text(errno) : std::string("short read")) +
+           (got < 0 && errno == EPERM ? " (ptrace is not allowed between the ranks: see /proc/sys/kernel/yama/"
+                                        "ptrace_scope, or a container without CAP_SYS_PTRACE)"
+                                      : "");
+  return word == kSegmentMagic ? "" : "process_vm_readv of " + name + " read the wrong memory";
 }
 
 std::string segment_name(uint64_t comm_id, int rank) {
@@ -146,6 +164,7 @@ std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int ran
           h->rank = rank;
           h->pid = static_cast<int32_t>(getpid());
           h->pid_ns = host->my_pid_ns_;
+          h->self_addr = reinterpret_cast<uint64_t>(p);
           for (int ch = 0; ch < kShmChannels; ++ch)
             for (int from = 0; from < n; ++from) new (&host->ring(ch, host->local_index_, from)) RingHeader();
         }
@@ -164,8 +183,9 @@ std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int ran
     throw;
   }
 
-  // Phase 2: map everyone else's.
+  // Phase 2: map everyone else's (and try reading each through CMA).
   problem.clear();
+  std::string cma_problem;
   for (int i = 0; ok && i < n && problem.empty(); ++i) {
     if (i == host->local_index_) continue;
     int fd = shm_open(host->names_[i].c_str(), O_RDWR, 0);
@@ -182,7 +202,11 @@ std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int ran
     host->bases_[i] = static_cast<char*>(p);
     if (host->header(i).magic != kSegmentMagic || host->header(i).comm_id != comm_id)
       problem = host->names_[i] + " is not this communicator's segment";
+    else if (cma_problem.empty())
+      cma_problem = cma_probe(host->header(i), host->my_pid_ns_, host->names_of_[i]);
   }
+  if (host->bases_[host->local_index_])
+    host->header(host->local_index_).cma_ok.store(cma_problem.empty() ? 1 : 2, std::memory_order_release);
   try {
     if (ok) ok = agree(store, "mapped", rank, local_ranks, problem, deadline, &first_problem);
   } catch (...) {
@@ -200,7 +224,15 @@ std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int ran
                 << first_problem << "); falling back to TCP");
     return nullptr;  // the destructor unmaps what was mapped
   }
-  PLEXUS_INFO("shared memory between " << n << " local ranks: " << (total >> 10) << " KiB per rank");
+  // Every rank probed before it agreed "mapped": the answers are all there, the same for all.
+  host->cma_ = true;
+  for (int i = 0; i < n && host->cma_; ++i) {
+    if (host->header(i).cma_ok.load(std::memory_order_acquire) == 1) continue;
+    host->cma_ = false;
+    host->cma_problem_ = i == host->local_index_ ? cma_problem : host->names_of_[i] + " cannot read its peers' memory";
+  }
+  PLEXUS_INFO("shared memory between " << n << " local ranks: " << (total >> 10) << " KiB per rank; CMA "
+                                       << (host->cma_ ? "usable" : "not usable: " + host->cma_problem_));
   return host;
 }
 

@@ -36,6 +36,8 @@ struct alignas(kCacheLine) SegmentHeader {
   alignas(kCacheLine) std::atomic<uint64_t> reduced;
   alignas(kCacheLine) std::atomic<uint64_t> done;
   OpStamp stamp[2];
+  uint64_t self_addr;             // where the owner mapped this segment (what a CMA probe reads)
+  std::atomic<uint32_t> cma_ok;   // the owner read every peer's segment through CMA: 1, else 2
 };
 
 // A single-producer single-consumer byte ring; lives in the reader's segment.
@@ -76,6 +78,9 @@ class ShmHost : public HostMemory {
   char* staging(int local, int parity) const override;
   size_t staging_bytes() const override { return layout_.staging_bytes; }
   void check_peer(int local) const override;
+  bool cma() const override { return cma_; }
+  std::string cma_problem() const override { return cma_problem_; }
+  int pid_of(int local) const override { return header(local).pid; }
 
   const ShmLayout& layout() const { return layout_; }
   SegmentHeader& header(int local) const;
@@ -94,6 +99,8 @@ class ShmHost : public HostMemory {
   std::vector<std::string> names_;     // segment names in /dev/shm
   std::vector<std::string> names_of_;  // rank names for messages
   uint64_t my_pid_ns_ = 0;
+  bool cma_ = false;
+  std::string cma_problem_;
 };
 
 }  // namespace plexus

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import List, Optional
 
-from . import _C, device, tuning
+from . import _C, _cma, device, tuning
 from .topology import Topology
 
 
@@ -19,17 +19,19 @@ def _info(args: argparse.Namespace) -> int:
         host = Topology.local().hosts[0]
         ranks = args.ranks or (os.cpu_count() or 1)
         topo = Topology.from_hosts([host] * ranks)
+    cma, cma_why = _cma.status() if not args.topo else (False, "not known for a described machine")
     model = tuning.cost_model_of(topo)
     print(topo.describe())
     print()
     print("cost model: " + "; ".join(f"{k}: alpha {v['alpha_us']:g} us, beta {v['gbps']:g} GB/s" for k, v in model.items()))
-    print(f"group shape: {tuning.shape_of(topo)}")
+    print(f"group shape: {tuning.shape_of(topo, cma)}")
     print("transports (in order of preference; PLEXUS_TRANSPORTS picks among them): " +
           "; ".join(f"{name}: {summary}" for name, summary in _C.transports()))
     print(f"device arrays: {device.describe_paths()}")
     print(f"authentication: {_auth_status()}")
+    print(f"cross-memory attach (process_vm_readv between a host's ranks): {cma_why}")
     collectives = args.collective or tuning.COLLECTIVES
-    for coll, bands in tuning.plan(topo, collectives, model=model).items():
+    for coll, bands in tuning.plan(topo, collectives, model=model, cma=cma).items():
         print()
         print(f"{coll}:")
         print(f"  {'sizes':>24s}  {'algorithm':14s}  predicted (at the band's top)")

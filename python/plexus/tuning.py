@@ -38,10 +38,11 @@ class Explanation(NamedTuple):
         return "\n".join(lines)
 
 
-def shape_of(topo: Topology) -> Dict[str, object]:
+def shape_of(topo: Topology, cma: bool = False) -> Dict[str, object]:
+    """The group shape the tuner sees; `cma`: a host's ranks may read each other's memory."""
     per_host = topo.ranks_per_host
     return {"ranks": topo.world_size, "hosts": topo.num_hosts, "local": max(per_host),
-            "uniform": min(per_host) == max(per_host), "shm": True}
+            "uniform": min(per_host) == max(per_host), "shm": True, "cma": cma}
 
 
 def _measured_settings() -> set:
@@ -71,16 +72,18 @@ def cost_model_of(topo: Topology, base: Optional[Dict[str, Dict[str, float]]] = 
     return model
 
 
-def predict(collective: str, nbytes: int, topo: Topology, model: Optional[Dict] = None) -> Explanation:
-    """What the tuner would run for `collective` of `nbytes` on the machine `topo`."""
+def predict(collective: str, nbytes: int, topo: Topology, model: Optional[Dict] = None,
+            cma: bool = False) -> Explanation:
+    """What the tuner would run for `collective` of `nbytes` on the machine `topo` (`cma`: a
+    host's ranks may read each other's memory)."""
     model = model or cost_model_of(topo)
-    shape = shape_of(topo)
+    shape = shape_of(topo, cma)
     chosen = _C.cheapest(collective, float(nbytes), shape, model)
     return Explanation(collective, nbytes, chosen, "lowest predicted time", list(_C.predict(collective, float(nbytes), shape, model)))
 
 
 def plan(topo: Topology, collectives: Sequence[str] = COLLECTIVES, sizes: Sequence[int] = SIZES,
-         model: Optional[Dict] = None) -> Dict[str, List[Tuple[int, int, str, float]]]:
+         model: Optional[Dict] = None, cma: bool = False) -> Dict[str, List[Tuple[int, int, str, float]]]:
     """Per collective, bands of sizes with the same choice: (from bytes, to bytes, algorithm,
     predicted seconds at the band's largest size)."""
     model = model or cost_model_of(topo)
@@ -88,7 +91,7 @@ def plan(topo: Topology, collectives: Sequence[str] = COLLECTIVES, sizes: Sequen
     for coll in collectives:
         bands: List[Tuple[int, int, str, float]] = []
         for size in sizes:
-            e = predict(coll, size, topo, model)
+            e = predict(coll, size, topo, model, cma)
             seconds = next(s for n, s, _ in e.predictions if n == e.chosen)
             if bands and bands[-1][2] == e.chosen:
                 bands[-1] = (bands[-1][0], size, e.chosen, seconds)
