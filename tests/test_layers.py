@@ -113,7 +113,7 @@ def test_the_checker_sees_a_forbidden_edge(monkeypatch):
 # one of them is listed on its own). A module may import its own level or below.
 PY_LEVELS: List[Set[str]] = [
     {"_C", "_ops", "_work", "_stores", "_rendezvous", "topology", "_topo_describe", "_topo_schema", "tuning",
-     "_trace"},
+     "_trace", "_cma"},
     {"_arrays", "device.arrays"},  # array adapters: numpy, torch, cupy -> one buffer view
     {"device"},  # the device paths: CUDA IPC, the pipeline, staging
     {"_collectives"},  # the one collective layer
