@@ -88,11 +88,7 @@ void shm_all_reduce_cma(OpContext& ctx, const CollArgs& args) {
   const size_t es = dtype_size(args.dtype);
   const Reduction red = plan_reduction(args, n);
   char* out = static_cast<char*>(args.outputs[0]);
-  const char* in = static_cast<const char*>(args.inputs[0]);
-  if (args.op == RedOp::kPremulSum) {  // scaled into the output: from then on it is the input
-    cpu::scale(args.dtype, out, in, args.count, args.factor);
-    in = out;
-  }
+  const char* in = premultiplied(args);
   Published mine{reinterpret_cast<uint64_t>(in), reinterpret_cast<uint64_t>(out)};
   std::memcpy(h.begin(), &mine, sizeof(mine));
   h.publish_input();

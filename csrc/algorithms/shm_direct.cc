@@ -38,18 +38,17 @@ size_t num_rounds(size_t count, size_t per_round) {
   return count == 0 ? 1 : (count + per_round - 1) / per_round;
 }
 
-// For PREMUL_SUM: scale the input into the output once and reduce from there as a SUM.
-const char* premultiplied(const CollArgs& args) {
-  if (args.op != RedOp::kPremulSum) return static_cast<const char*>(args.inputs[0]);
-  cpu::scale(args.dtype, args.outputs[0], args.inputs[0], args.count, args.factor);
-  return static_cast<const char*>(args.outputs[0]);
-}
-
 void copy(void* dst, const void* src, size_t bytes) {
   if (dst != src && bytes) std::memmove(dst, src, bytes);
 }
 
 }  // namespace
+
+const char* premultiplied(const CollArgs& args) {
+  if (args.op != RedOp::kPremulSum) return static_cast<const char*>(args.inputs[0]);
+  cpu::scale(args.dtype, args.outputs[0], args.inputs[0], args.count, args.factor);
+  return static_cast<const char*>(args.outputs[0]);
+}
 
 bool shm_applicable(const GroupShape& g) { return g.ranks == 1 || (g.hosts == 1 && g.shm); }
 

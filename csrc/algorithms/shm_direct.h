@@ -9,6 +9,9 @@ namespace plexus {
 
 // True when every rank of the group is on one host with shared memory set up (or alone).
 bool shm_applicable(const GroupShape& g);
+// The all_reduce input to read: for PREMUL_SUM the input scaled into the output once (reduced
+// from there as a SUM), else the input itself.
+const char* premultiplied(const CollArgs& args);
 double shm_cost(CollKind kind, double bytes, const GroupShape& g, const CostModel& m);
 double shm_oneshot_cost(CollKind kind, double bytes, const GroupShape& g, const CostModel& m);
 double shm_twoshot_cost(CollKind kind, double bytes, const GroupShape& g, const CostModel& m);
