@@ -48,9 +48,8 @@ class HostMemory {
   virtual void check_peer(int local) const = 0;
 
   // Cross-memory attach: whether every local rank can read every other's memory with
-  // process_vm_readv (the same answer on every local rank), why not, and whom to read from.
+  // process_vm_readv (the same answer on every local rank), and whom to read from.
   virtual bool cma() const { return false; }
-  virtual std::string cma_problem() const { return "no shared memory"; }
   virtual int pid_of(int local) const { (void)local; return -1; }
 };
 

@@ -229,10 +229,10 @@ std::unique_ptr<ShmHost> ShmHost::create(Store& store, uint64_t comm_id, int ran
   for (int i = 0; i < n && host->cma_; ++i) {
     if (host->header(i).cma_ok.load(std::memory_order_acquire) == 1) continue;
     host->cma_ = false;
-    host->cma_problem_ = i == host->local_index_ ? cma_problem : host->names_of_[i] + " cannot read its peers' memory";
+    if (i != host->local_index_) cma_problem = host->names_of_[i] + " cannot read its peers' memory";
   }
   PLEXUS_INFO("shared memory between " << n << " local ranks: " << (total >> 10) << " KiB per rank; CMA "
-                                       << (host->cma_ ? "usable" : "not usable: " + host->cma_problem_));
+                                       << (host->cma_ ? "usable" : "not usable: " + cma_problem));
   return host;
 }
 

@@ -79,7 +79,6 @@ class ShmHost : public HostMemory {
   size_t staging_bytes() const override { return layout_.staging_bytes; }
   void check_peer(int local) const override;
   bool cma() const override { return cma_; }
-  std::string cma_problem() const override { return cma_problem_; }
   int pid_of(int local) const override { return header(local).pid; }
 
   const ShmLayout& layout() const { return layout_; }
@@ -100,7 +99,6 @@ class ShmHost : public HostMemory {
   std::vector<std::string> names_of_;  // rank names for messages
   uint64_t my_pid_ns_ = 0;
   bool cma_ = false;
-  std::string cma_problem_;
 };
 
 }  // namespace plexus
