@@ -10,7 +10,8 @@
 #      interleaved rounds, with their spread), beside NCCL (through
 #      torch; NCCL_MULTI_RANK_GPU_ENABLE=1) and cupy's a + b, then the 2-rank all-reduce sweep
 #      staged through host memory (PLEXUS_CUDA_IPC=0), to show what IPC saves, with registered
-#      buffers (PLEXUS_BENCH_REGISTER=1), and with a grid of 64 blocks (PLEXUS_DEVICE_BLOCKS=64);
+#      buffers (PLEXUS_BENCH_REGISTER=1), with grids of 32, 64 and 128 blocks (PLEXUS_DEVICE_BLOCKS),
+#      and on 4 ranks with one-shot and two-shot forced (PLEXUS_DEVICE_ALGO) around their threshold;
 #   5. runs the native device path's GPU tests first (tests/gpu/test_gpu_native.py: programs,
 #      chunks, CUDA graph capture, deadline, mismatch), and the host CPU time of one call;
 #   6. runs tests/gpu (every collective on cupy and torch CUDA arrays, the torch backend on CUDA
@@ -125,10 +126,18 @@ done
 step "registered buffers (plexus.register: all_reduce in place, no staging), 2 ranks, vs cupy a + b"
 skip registered || PLEXUS_BENCH_REGISTER=1 run bench-registered "$(budget 60 100)" "${BENCH[@]}" -np 2 \
   --json "$RESULTS/bench_cuda_registered.json" && tail -n +1 "$RESULTS/bench_cuda_registered.txt" >> "$RESULTS/summary.txt"
-step "a grid of 64 blocks per rank (PLEXUS_DEVICE_BLOCKS=64: 128 of the SMs), 2 ranks, vs cupy a + b"
-skip grid || PLEXUS_DEVICE_BLOCKS=64 run bench-grid "$(budget 60 100)" "$PY" -m plexus.bench --device cuda --vs cupy-add \
-  --sizes 16,64K,1M,16M,256M -n 50 -w 10 --rounds "${GPU_CHECK_ROUNDS:-3}" -np 2 --json "$RESULTS/bench_cuda_grid64.json" \
-  && tail -n +1 "$RESULTS/bench_cuda_grid64.txt" >> "$RESULTS/summary.txt"
+step "grids of 32 (default), 64 and 128 blocks per rank (PLEXUS_DEVICE_BLOCKS), 2 ranks, vs cupy a + b"
+for B in 32 64 128; do
+  skip grid || PLEXUS_DEVICE_BLOCKS=$B run "bench-grid$B" "$(budget 45 100)" "$PY" -m plexus.bench --device cuda \
+    --vs cupy-add --sizes 1M,16M,256M -n 30 -w 5 --rounds "${GPU_CHECK_ROUNDS:-3}" -np 2 \
+    --json "$RESULTS/bench_cuda_grid$B.json" && tail -n +1 "$RESULTS/bench_cuda_grid$B.txt" >> "$RESULTS/summary.txt"
+done
+step "where one-shot should end on 4 ranks: PLEXUS_DEVICE_ALGO=oneshot, then twoshot"
+for A in oneshot twoshot; do
+  skip threshold || PLEXUS_DEVICE_ALGO=$A run "bench-$A" "$(budget 45 100)" "$PY" -m plexus.bench --device cuda \
+    --sizes 128K,256K,512K,1M,2M,4M -n 50 -w 10 --rounds "${GPU_CHECK_ROUNDS:-3}" -np 4 \
+    --json "$RESULTS/bench_cuda_np4_$A.json" && tail -n +1 "$RESULTS/bench_cuda_np4_$A.txt" >> "$RESULTS/summary.txt"
+done
 step "plexus-bench --device cuda --collective all, 2 ranks (every collective, #wrong checked)"
 skip bench-all || run bench-all "$(budget 90 110)" "$PY" -m plexus.bench --device cuda --vs nccl --collective all -b 4K -e 16M -f 16 \
   -n 10 -w 2 -np 2 --json "$RESULTS/bench_cuda_all.json"

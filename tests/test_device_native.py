@@ -226,8 +226,8 @@ def test_the_group_runs_the_smallest_grid_of_its_ranks(tmp_path):
     assert run_ranks(2, _grids, str(tmp_path)) == [(1, True), (1, True)]
 
 
-def test_a_grid_outside_one_to_64_blocks_is_refused(monkeypatch):
-    for bad in ("0", "65", "many"):
+def test_a_grid_outside_one_to_128_blocks_is_refused(monkeypatch):
+    for bad in ("0", "129", "many"):
         monkeypatch.setenv("PLEXUS_DEVICE_BLOCKS", bad)
         with pytest.raises(ValueError, match="PLEXUS_DEVICE_BLOCKS"):
             plexus._C.DeviceComm(0, 1, 0, True, 0, 5.0, [0])

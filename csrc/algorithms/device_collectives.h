@@ -14,10 +14,11 @@ namespace plexus {
 // `multiprocessors` SMs: small enough that the kernels of all ranks sharing one GPU are resident
 // at once (they wait for each other): at most one SM per rank's block (two blocks of 512 threads
 // fit an SM), and 32 x 2, 16 x 4, 8 x 8 blocks, what ran on an H200. PLEXUS_DEVICE_BLOCKS
-// raises it to up to 64 (kMaxBlocks). Every rank must use the same grid: the group agrees on
+// sets it, up to 128 (kMaxBlocks). Every rank must use the same grid: the group agrees on
 // the smallest.
 inline int device_blocks(int world, int multiprocessors) {
-  return std::max(1, std::min(signals::kMaxBlocks / std::max(world, 2), multiprocessors / world));
+  constexpr int kDefaultBudget = 64;  // blocks of all ranks together, by default
+  return std::max(1, std::min(kDefaultBudget / std::max(world, 2), multiprocessors / world));
 }
 
 #ifdef PLEXUS_WITH_CUDA

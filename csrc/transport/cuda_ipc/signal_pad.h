@@ -24,7 +24,7 @@ namespace plexus {
 namespace signals {
 
 constexpr int kMaxRanks = 8;    // ranks of one host a device communicator spans
-constexpr int kMaxBlocks = 64;  // blocks of one collective kernel
+constexpr int kMaxBlocks = 128;  // blocks of one collective kernel
 constexpr int kPhases = 2;      // barriers per call (two-shot: before the reduce and before the gather)
 constexpr int kSigBits = 24;
 constexpr uint64_t kSigMask = (uint64_t{1} << kSigBits) - 1;
