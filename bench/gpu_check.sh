@@ -20,7 +20,8 @@
 # GPU_CHECK_SKIP="kernels bench-all staged" leaves those steps out (a short device lease).
 # Benchmarks run before the tests so the figures exist even if the tests run long. Everything
 # ends within GPU_CHECK_SECONDS (default 440: with kill grace, under 8 minutes). Results: $OUT if set, else
-# bench/results/gpu-check-<time>/ (gpu_check.log, summary.txt, *.json, tests_gpu.xml).
+# bench/results/gpu-check-<time>/ (gpu_check.log, summary.txt, *.json, tests_gpu.xml; with $OUT
+# set, all but the log and the summary are packed into results.tar.gz).
 # Exit status: 0 all passed, 1 a step failed, 2 no usable GPU here (nothing else is run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -154,6 +155,10 @@ run tests "$(budget 400 5)" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxm
 step "summary"
 [[ -f $RESULTS/summary.txt ]] && cat "$RESULTS/summary.txt"
 echo "results in $RESULTS; took $(($(date +%s) - START)) s"
+if [[ -n ${OUT:-} ]]; then  # the device tool brings back only a few files: one archive holds the rest
+  (cd "$RESULTS" && find . -maxdepth 1 -type f ! -name gpu_check.log ! -name summary.txt ! -name results.tar.gz \
+    -printf '%P\n' | tar czf results.tar.gz -T - --remove-files) && echo "packed the rest into $RESULTS/results.tar.gz"
+fi
 if ((${#FAILED[@]})); then
   echo "gpu_check: FAILED: ${FAILED[*]}"
   exit 1

@@ -131,13 +131,13 @@ def _setup_once(rank, world, folder):
     for _ in range(5):
         plexus.all_reduce(fake.array(np.ones(3, np.float32)))
     g = plexus.distributed._world("test")  # noqa: SLF001
-    return native.explain(g, 1 << 20), g._native.comm.scratch_bytes  # noqa: SLF001
+    return native.explain(g, 4 << 20), g._native.comm.scratch_bytes  # noqa: SLF001
 
 
 def test_workspaces_are_set_up_once_and_explained(tmp_path):
     res = run_ranks(3, _setup_once, str(tmp_path))
     assert res[0] == res[1] == res[2]
-    assert res[0][0].startswith("twoshot: 1048576 bytes > 256 KiB"), res
+    assert res[0][0].startswith("twoshot: 4194304 bytes > 2048 KiB"), res
     assert res[0][1] == 8 << 20
 
 
@@ -238,7 +238,7 @@ def test_a_grid_outside_one_to_128_blocks_is_refused(monkeypatch):
 
 
 def test_explain_says_where_one_shot_ends():
-    for world, one_shot_max in ((2, 1 << 20), (3, 256 << 10), (4, 256 << 10)):
+    for world, one_shot_max in ((2, 1 << 20), (3, 2 << 20), (4, 2 << 20)):
         comm = plexus._C.DeviceComm(0, world, 0, True, 0, 5.0, list(range(world)))
         assert comm.explain_all_reduce(one_shot_max).startswith("oneshot"), world
         assert comm.explain_all_reduce(one_shot_max + 1).startswith("twoshot"), world
