@@ -4,7 +4,8 @@
 
 `my_fn` must be defined at module level (processes are spawned, not forked). Each process
 joins the default group through file:// (so no port can clash) before calling it, and leaves
-it afterwards. A rank that raises makes run_ranks raise with that rank's traceback; a rank that
+it afterwards. `env` applies to every rank, `rank_env` (a list, one dict per rank) to one rank
+each, both before plexus is imported. A rank that raises makes run_ranks raise with that rank's traceback; a rank that
 hangs past `timeout` is killed and reported.
 """
 
@@ -25,8 +26,9 @@ class RankFailure(AssertionError):
     pass
 
 
-def _entry(fn, rank, world_size, init_method, env, args, results, join_group):
+def _entry(fn, rank, world_size, init_method, env, args, results, join_group, rank_env=None):
     os.environ.update(env or {})
+    os.environ.update(rank_env or {})
     # PLEXUS_HOST_ID_BY_RANK="a,a,b,b" puts ranks 0-1 and 2-3 on two pretend hosts.
     by_rank = os.environ.get("PLEXUS_HOST_ID_BY_RANK")
     if by_rank:
@@ -45,7 +47,8 @@ def _entry(fn, rank, world_size, init_method, env, args, results, join_group):
 
 
 def start_ranks(world_size: int, fn: Callable, *args: Any, env: Optional[Dict[str, str]] = None,
-                init_method: Optional[str] = None, join_group: bool = True):
+                init_method: Optional[str] = None, join_group: bool = True,
+                rank_env: Optional[List[Dict[str, str]]] = None):
     """Starts the ranks and returns (processes, result queue) without waiting."""
     if init_method is None:
         fd, path = tempfile.mkstemp(prefix="plexus-rdv-")
@@ -54,7 +57,8 @@ def start_ranks(world_size: int, fn: Callable, *args: Any, env: Optional[Dict[st
         init_method = f"file://{path}"
     results = _ctx.Queue()
     procs = [
-        _ctx.Process(target=_entry, args=(fn, r, world_size, init_method, env, args, results, join_group), daemon=True)
+        _ctx.Process(target=_entry, args=(fn, r, world_size, init_method, env, args, results, join_group,
+                                          rank_env[r] if rank_env else None), daemon=True)
         for r in range(world_size)
     ]
     for p in procs:
@@ -108,6 +112,8 @@ def _kill(procs) -> None:
 
 
 def run_ranks(world_size: int, fn: Callable, *args: Any, timeout: float = 300, env: Optional[Dict[str, str]] = None,
-              init_method: Optional[str] = None, join_group: bool = True) -> List[Any]:
-    procs, results = start_ranks(world_size, fn, *args, env=env, init_method=init_method, join_group=join_group)
+              init_method: Optional[str] = None, join_group: bool = True,
+              rank_env: Optional[List[Dict[str, str]]] = None) -> List[Any]:
+    procs, results = start_ranks(world_size, fn, *args, env=env, init_method=init_method, join_group=join_group,
+                                 rank_env=rank_env)
     return collect(procs, results, timeout)

@@ -182,6 +182,14 @@ def test_a_killed_rank_raises_on_every_survivor(point, transport, tmp_path):
     env = dict(POINTS[point][1], PLEXUS_TIMEOUT=str(TIMEOUT))
     if transport == TCP:
         env["PLEXUS_TRANSPORTS"] = "tcp"
+    check_survivors_raise(point, transport, env, tmp_path)
+
+
+def check_survivors_raise(point, transport, env, tmp_path):
+    """Runs POINTS[point] on WORLD ranks with `env` (PLEXUS_TIMEOUT included); the victim dies,
+    every survivor must raise naming it in time, and /dev/shm must be left clean. `transport`
+    picks the fault point of the collectives without their own function (SHM: shm_round,
+    anything else: send) and names the case in the printed line. Also used by test_ucx.py."""
     before = _shm_names()
     init_method = f"file://{tmp_path}/rdv"
     procs, results = start_ranks(WORLD, _case, point, transport, init_method, env=env, join_group=False)

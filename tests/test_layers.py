@@ -28,10 +28,12 @@ HANDED_TO_ALGORITHMS = {"core/op_context.h", "core/exchange.h"}
 # The transport interface: what the rest of the core may see of the transport layer. Concrete
 # transports (shm, tcp, ...) are named only inside csrc/transport, in their files and the table.
 # The device path's side of cuda_ipc is interface too: the signal pad's layout (which the device
-# programs of csrc/algorithms write) and the workspace memory (which core allocates and maps).
+# programs of csrc/algorithms write) and the workspace memory (which core allocates and maps);
+# and what `plexus info` may know of UCX (ucx_info.h).
 TRANSPORT_INTERFACE = {"transport/transport.h", "transport/transport_set.h", "transport/connection.h",
                        "transport/host_memory.h", "transport/frame.h", "transport/cuda_ipc/cuda_ipc.h",
-                       "transport/cuda_ipc/signal_pad.h", "transport/cuda_ipc/workspace.h"}
+                       "transport/cuda_ipc/signal_pad.h", "transport/cuda_ipc/workspace.h",
+                       "transport/ucx_info.h"}
 SOURCE_EXTENSIONS = (".h", ".cc", ".cu", ".cuh", ".inc")
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
@@ -113,7 +115,7 @@ def test_the_checker_sees_a_forbidden_edge(monkeypatch):
 # one of them is listed on its own). A module may import its own level or below.
 PY_LEVELS: List[Set[str]] = [
     {"_C", "_ops", "_work", "_stores", "_rendezvous", "topology", "_topo_describe", "_topo_schema", "tuning",
-     "_trace", "_cma"},
+     "_trace", "_cma", "_ucx"},
     {"_arrays", "device.arrays"},  # array adapters: numpy, torch, cupy -> one buffer view
     {"device"},  # the device paths: CUDA IPC, the pipeline, staging
     {"_collectives"},  # the one collective layer

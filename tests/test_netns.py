@@ -3,10 +3,12 @@ with one or two ranks, so that per-peer transports (shared memory within a names
 across), hierarchical algorithms and the tuner's multi-host choices run for real. Traffic
 control on the links (tbf rate limits; delay by netem where the kernel has it, else by
 tests/delay_router.py, a userspace router over TUN interfaces) shows the tuner following the
-network. Needs root and iproute2; skipped with the reason otherwise."""
+network. The same beds carry the ucx transport across namespaces (UCX over TCP, where the libucx
+wheel is installed). Needs root and iproute2; skipped with the reason otherwise."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import select
@@ -138,6 +140,34 @@ def test_four_hosts_one_rank_each():
     for r in results:
         assert all(n > 0 for n in r["checked"].values()), r
         assert r["transports"].count("tcp") == 3
+
+
+UCX_WHY_NOT = "" if importlib.util.find_spec("libucx") else \
+    "UCX cannot load: the libucx wheel is not installed (pip install libucx-cu12; .ci/run installs it)"
+UCX_ENV = {"PLEXUS_TRANSPORTS": "shm,ucx", "UCX_TLS": "tcp,self"}
+
+
+@pytest.mark.skipif(bool(UCX_WHY_NOT), reason=UCX_WHY_NOT or "ok")
+def test_two_hosts_with_two_ranks_each_over_ucx():
+    """Shared memory within each namespace, UCX (over its TCP) across: the hierarchical
+    algorithms' network half runs on ucx."""
+    with NetnsBed(2) as bed:
+        results = bed.run([0, 0, 1, 1], "collectives", env=UCX_ENV)
+    for r in results:
+        assert all(n > 0 for n in r["checked"].values()), r
+        assert r["choice_1m"] == "hierarchical", r
+    assert results[0]["transports"] == ["self", "shm", "ucx", "ucx"]
+    assert results[1]["transports"] == ["shm", "self", "ucx", "ucx"]
+    assert results[3]["transports"] == ["ucx", "ucx", "shm", "self"]
+
+
+@pytest.mark.skipif(bool(UCX_WHY_NOT), reason=UCX_WHY_NOT or "ok")
+def test_two_hosts_one_rank_each_over_ucx():
+    with NetnsBed(2) as bed:
+        results = bed.run([0, 1], "collectives", env=UCX_ENV)
+    for r in results:
+        assert all(n > 0 for n in r["checked"].values()), r
+    assert [r["transports"] for r in results] == [["self", "ucx"], ["ucx", "self"]]
 
 
 def calibrated(bed, rank_hosts, tmp_path, name):

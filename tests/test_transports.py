@@ -1,5 +1,6 @@
 """The table of transports: what _C.transports() lists, how PLEXUS_TRANSPORTS is checked against
-it, and which transport each peer gets (the first allowed one that can connect the pair)."""
+it, and which transport each peer gets (the first allowed one that can connect the pair). The
+ucx transport's own cases are in test_ucx.py."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from plexus import _C
 from launch import run_ranks
 
 
-def test_table_lists_shm_then_tcp_with_summaries():
+def test_table_lists_shm_ucx_tcp_with_summaries():
     rows = _C.transports()
-    assert [name for name, _ in rows] == ["shm", "tcp"], rows
+    assert [name for name, _ in rows] == ["shm", "ucx", "tcp"], rows
     assert all(isinstance(summary, str) and summary for _, summary in rows), rows
 
 
@@ -27,7 +28,7 @@ def test_plexus_info_prints_the_table():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     line = next(x for x in out.stdout.splitlines() if x.startswith("transports"))
-    assert [f"{name}: {summary}" in line for name, summary in _C.transports()] == [True, True], line
+    assert [f"{name}: {summary}" in line for name, summary in _C.transports()] == [True] * 3, line
 
 
 def join_and_report(rank, world):
@@ -54,7 +55,7 @@ def join(world, env):
 def test_unknown_transport_is_an_error_naming_the_known_ones():
     for kind, msg in join(2, {"PLEXUS_TRANSPORTS": "shm,udp"}):
         assert kind == "ValueError", (kind, msg)
-        assert "PLEXUS_TRANSPORTS=shm,udp: unknown transport 'udp' (known: shm, tcp)" in msg, msg
+        assert "PLEXUS_TRANSPORTS=shm,udp: unknown transport 'udp' (known: shm, ucx, tcp)" in msg, msg
 
 
 def test_a_setting_without_names_allows_no_transport():

@@ -67,13 +67,28 @@ def test_one_host_uses_shared_memory_algorithms():
     assert choice(topo, 1 << 20, "all_gather") == "shm_direct"
 
 
+def test_hosts_joined_by_ucx_are_costed_with_the_ucx_link():
+    shape = {"ranks": 4, "hosts": 4, "local": 1, "shm": False}
+    model = _C.default_cost_model()
+    slow_ucx = {k: dict(v) for k, v in model.items()}
+    slow_ucx["ucx"]["gbps"] = model["ucx"]["gbps"] / 100
+
+    def ring(sh, m):
+        return {name: t for name, t, _ in _C.predict("all_reduce", 1 << 20, sh, m)}["ring"]
+
+    assert ring(dict(shape, ucx=True), slow_ucx) > 10 * ring(dict(shape, ucx=True), model)
+    assert ring(shape, slow_ucx) == ring(shape, model)  # hosts joined by TCP: the ucx link plays no part
+    assert model["ucx"]["alpha_us"] < model["network"]["alpha_us"]
+
+
 def test_cost_model_settings_from_the_environment(monkeypatch, tmp_path):
     path = tmp_path / "tuner.txt"
-    path.write_text("# measured\nnet_alpha_us = 12.5\nnet_gbps = 3\n")
+    path.write_text("# measured\nnet_alpha_us = 12.5\nnet_gbps = 3\nucx_alpha_us = 2.5\nucx_gbps = 20\n")
     monkeypatch.setenv("PLEXUS_TUNER_FILE", str(path))
     monkeypatch.setenv("PLEXUS_TUNER", "shm_gbps=7.5")
     model = _C.default_cost_model()
     assert model["network"] == pytest.approx({"alpha_us": 12.5, "gbps": 3.0})
+    assert model["ucx"] == pytest.approx({"alpha_us": 2.5, "gbps": 20.0})
     assert model["shm"]["gbps"] == pytest.approx(7.5)
     monkeypatch.setenv("PLEXUS_TUNER", "warp_speed=9")
     with pytest.raises(ValueError, match="unknown setting 'warp_speed'"):

@@ -16,6 +16,7 @@ struct CostModel {
   LinkCost shm{2e-6, 4e9};          // same host, shared memory
   LinkCost local_tcp{30e-6, 1e9};   // same host over TCP loopback (shared memory turned off)
   LinkCost network{30e-6, 1.25e9};  // between hosts (10 Gb/s unless told better)
+  LinkCost ucx{3e-6, 12.5e9};       // between hosts through UCX on InfiniBand / RoCE (100 Gb/s unless told)
 };
 
 // What the cost of an algorithm depends on.
@@ -26,11 +27,12 @@ struct GroupShape {
   bool uniform = true;   // every host has the same number of ranks
   bool shm = false;      // ranks of a host share memory
   bool cma = false;      // ... and can read each other's memory (process_vm_readv), every one
+  bool ucx = false;      // hosts are joined by UCX (InfiniBand / RoCE), every pair of them
 };
 
 // The link that bounds an algorithm whose steps cross the whole group.
 inline const LinkCost& bottleneck(const GroupShape& g, const CostModel& m) {
-  if (g.hosts > 1) return m.network;
+  if (g.hosts > 1) return g.ucx ? m.ucx : m.network;
   return g.shm ? m.shm : m.local_tcp;
 }
 

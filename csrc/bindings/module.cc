@@ -21,6 +21,7 @@
 #include "reduce/cpu_reduce.h"
 #include "transport/host_memory.h"
 #include "transport/transport.h"
+#include "transport/ucx_info.h"
 #include "tuner/cost_model.h"
 #include "tuner/tuner.h"
 
@@ -79,6 +80,7 @@ py::dict shape_to_dict(const GroupShape& g) {
   d["uniform"] = g.uniform;
   d["shm"] = g.shm;
   d["cma"] = g.cma;
+  d["ucx"] = g.ucx;
   return d;
 }
 
@@ -90,6 +92,7 @@ GroupShape shape_from_dict(const py::dict& d) {
   g.uniform = d.contains("uniform") ? d["uniform"].cast<bool>() : true;
   g.shm = d.contains("shm") ? d["shm"].cast<bool>() : true;
   g.cma = d.contains("cma") ? d["cma"].cast<bool>() : false;
+  g.ucx = d.contains("ucx") ? d["ucx"].cast<bool>() : false;
   if (g.ranks < 1 || g.hosts < 1 || g.local < 1) throw InvalidArgument("shape: ranks, hosts and local must be >= 1");
   return g;
 }
@@ -106,6 +109,7 @@ py::dict model_to_dict(const CostModel& m) {
   d["shm"] = link_to_dict(m.shm);
   d["tcp"] = link_to_dict(m.local_tcp);
   d["network"] = link_to_dict(m.network);
+  d["ucx"] = link_to_dict(m.ucx);
   return d;
 }
 
@@ -121,6 +125,7 @@ CostModel model_from_dict(const py::dict& d) {
   read("shm", m.shm);
   read("tcp", m.local_tcp);
   read("network", m.network);
+  read("ucx", m.ucx);
   return m;
 }
 
@@ -317,6 +322,24 @@ PYBIND11_MODULE(_C, m) {
     for (const auto& t : transport_table()) rows.emplace_back(t.name, t.summary);
     return rows;
   }, "The transports, in order of preference: [(name, summary)].");
+  m.def("ucx_set_wheel_library", &ucx_set_wheel_library, py::arg("path"),
+        "Where the libucx wheel's libucp.so.0 is: the last place the ucx transport looks.");
+  m.def("ucx_status", [] {
+    UcxInfo lib;
+    {
+      py::gil_scoped_release unlocked;
+      lib = ucx_info();  // loads UCX: for `plexus info`, not on import
+    }
+    py::dict d;
+    d["ok"] = lib.ok;
+    d["problem"] = lib.problem;
+    d["path"] = lib.path;
+    d["version"] = lib.version;
+    d["transports"] = lib.transports;
+    d["rdma"] = lib.rdma;
+    d["cuda_memory"] = lib.cuda_memory;
+    return d;
+  }, "Loads UCX if it was not: {ok, problem, path, version, transports, rdma, cuda_memory}.");
   m.def("_flight_dump", &flight_dump_json, py::call_guard<py::gil_scoped_release>(),
         "Every flight recorder of this process (the last calls of each communicator), as JSON.");
   m.def("_flight_dump_to_dir", &flight_dump_to_dir, py::arg("why"), py::call_guard<py::gil_scoped_release>(),

@@ -123,12 +123,17 @@ void Communicator::setup_shape(Store& store, Deadline deadline) {
   shape_.uniform = *std::min_element(count.begin(), count.end()) == shape_.local;
   shape_.shm = host_memory() != nullptr;
   shape_.cma = shape_.shm && host_memory()->cma();
-  if (shape_.hosts > 1 && shape_.local > 1) {
-    // Each host decided about shared memory on its own; the tuner needs one answer everywhere.
+  if (shape_.hosts > 1) {
+    // Each host decided about shared memory, and each pair about its transport, on its own; the
+    // tuner needs one answer everywhere.
     const int mine_failed = count[host_of[rank()]] > 1 && !host_memory() ? 1 : 0;
+    int off_fabric = 0;  // pairs of this rank to other hosts that are not on a fabric
+    for (int p = 0; p < size(); ++p) off_fabric += host_of[p] != host_of[rank()] && !transports_->fabric_to(p);
     store.add("shape/shm_failed", mine_failed);
+    store.add("shape/off_fabric", off_fabric);
     store_barrier(store, "shape", rank(), size(), deadline);
-    shape_.shm = store.add("shape/shm_failed", 0) == 0;
+    if (shape_.local > 1) shape_.shm = store.add("shape/shm_failed", 0) == 0;
+    shape_.ucx = store.add("shape/off_fabric", 0) == 0;
   }
   if (shape_.hosts > 1 && shape_.uniform && shape_.local > 1 && shape_.shm) {
     // One communicator per position on a host, across the hosts: the middle of hierarchical
@@ -356,7 +361,7 @@ bool write_fully(Connection& c, const void* data, size_t n, Deadline deadline) {
       v.iov_len = data ? n - sent : std::min(n - sent, sizeof(zeros));
       size_t k = c.write_some(&v, 1);
       if (k == 0) {
-        pollfd p{c.fd(), POLLOUT, 0};
+        pollfd p{c.fd(), c.poll_events(false, true), 0};
         ::poll(&p, 1, 10);
       }
       sent += k;

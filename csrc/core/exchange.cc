@@ -242,8 +242,7 @@ void Exchange::drive() {
       if (s.conn->fd() < 0) {
         polled.push_back({s.conn, want_read});
       } else {
-        short events = static_cast<short>((want_read ? POLLIN : 0) | (want_write ? POLLOUT : 0));
-        fds.push_back({s.conn->fd(), events, 0});
+        fds.push_back({s.conn->fd(), s.conn->poll_events(want_read, want_write), 0});
       }
     }
     if (all_done) return;

@@ -358,7 +358,7 @@ void P2PEngine::loop() {
         if (peer.conn->fd() < 0) {
           spin = true;
         } else {
-          fds.push_back({peer.conn->fd(), static_cast<short>((want_read ? POLLIN : 0) | (want_write ? POLLOUT : 0)), 0});
+          fds.push_back({peer.conn->fd(), peer.conn->poll_events(want_read, want_write), 0});
         }
       }
       if (moved) {

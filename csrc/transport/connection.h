@@ -3,6 +3,7 @@
 // layer sees a socket.
 #pragma once
 
+#include <poll.h>
 #include <sys/uio.h>
 
 #include <cstddef>
@@ -25,6 +26,11 @@ class Connection {
   // A descriptor that poll() reports ready for this connection, or -1 if it must be polled by
   // calling read_some/write_some (e.g. shared memory).
   virtual int fd() const = 0;
+  // The poll() events to wait for on fd() when the caller wants to read and/or write (a
+  // descriptor that only ever becomes readable, as UCX's, says POLLIN for both).
+  virtual short poll_events(bool reading, bool writing) const {
+    return static_cast<short>((reading ? POLLIN : 0) | (writing ? POLLOUT : 0));
+  }
   // Ends the stream: the peer sees end-of-file after what was already written.
   virtual void shutdown() = 0;
   // For connections without a descriptor: throws PeerError if the peer failed or died (a

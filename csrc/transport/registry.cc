@@ -6,11 +6,12 @@
 namespace plexus {
 
 using Opener = std::unique_ptr<Transport>(const TransportSetup& setup);
-Opener open_shm, open_tcp;  // each defined in its transport's file
+Opener open_shm, open_ucx, open_tcp;  // each defined in its transport's file
 
 const std::vector<TransportInfo>& transport_table() {
   static const std::vector<TransportInfo> table = {
       {"shm", "same host: byte rings and staging buffers in shared memory (/dev/shm)", open_shm},
+      {"ucx", "between hosts: InfiniBand / RoCE (or what UCX_TLS allows) through UCX, loaded at run time", open_ucx},
       {"tcp", "anywhere: one TCP stream per peer pair and channel", open_tcp},
   };
   return table;

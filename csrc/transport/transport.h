@@ -72,6 +72,9 @@ class Transport {
   virtual int port(int channel) const { return 0; }
   virtual std::string peer_address(int peer, int channel) const { return ""; }
 
+  // Whether it joins hosts through a low-latency fabric (InfiniBand / RoCE through UCX): the cost
+  // model's `ucx` link rather than `network`.
+  virtual bool fabric() const { return false; }
   // The memory shared with the ranks of this host, when the transport maps it.
   virtual HostMemory* host_memory() { return nullptr; }
   // This rank failed: peers that wait on it without a stream (in host memory) learn why.

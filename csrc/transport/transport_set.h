@@ -32,6 +32,8 @@ class TransportSet {
   // The transport that reaches `rank`, and its name ("" for this rank when none would).
   Transport& to(int rank) const { return *opened_[choice_[rank]].transport; }
   const char* name_to(int rank) const;
+  // Whether `rank` is reached through a fabric (Transport::fabric).
+  bool fabric_to(int rank) const { return choice_[rank] >= 0 && to(rank).fabric(); }
 
   // Descriptors that are readable when peers dial in on `channel` (or go on with a handshake).
   std::vector<int> dial_fds(int channel) const;

@@ -39,9 +39,12 @@ void apply(CostModel& m, const std::string& text, const std::string& origin) {
     else if (name == "tcp_gbps") m.local_tcp.bytes_per_s = v * 1e9;
     else if (name == "net_alpha_us") m.network.alpha_s = v * 1e-6;
     else if (name == "net_gbps") m.network.bytes_per_s = v * 1e9;
+    else if (name == "ucx_alpha_us") m.ucx.alpha_s = v * 1e-6;
+    else if (name == "ucx_gbps") m.ucx.bytes_per_s = v * 1e9;
     else
       throw InvalidArgument(origin + ": unknown setting '" + name +
-                            "' (known: shm_alpha_us, shm_gbps, tcp_alpha_us, tcp_gbps, net_alpha_us, net_gbps)");
+                            "' (known: shm_alpha_us, shm_gbps, tcp_alpha_us, tcp_gbps, net_alpha_us, net_gbps, ucx_alpha_us, "
+                            "ucx_gbps)");
   }
 }
 

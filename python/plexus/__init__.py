@@ -8,7 +8,7 @@ The API follows torch.distributed::
     plexus.all_reduce(x)                # in place, like torch.distributed.all_reduce
 """
 
-from . import _C
+from . import _C, _ucx
 from ._C import CollectiveTimeout, PeerError, PlexusError
 from ._ops import ReduceOp
 from ._work import Work
@@ -49,6 +49,7 @@ from .distributed import (
 )
 
 __version__ = getattr(_C, "__version__", "0+unknown")
+_C.ucx_set_wheel_library(_ucx.wheel_library() or "")  # the ucx transport's last resort
 
 
 def algorithms(collective: str) -> list:

@@ -27,6 +27,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"group shape: {tuning.shape_of(topo, cma)}")
     print("transports (in order of preference; PLEXUS_TRANSPORTS picks among them): " +
           "; ".join(f"{name}: {summary}" for name, summary in _C.transports()))
+    for line in _pair_transports():
+        print(line)
     print(f"device arrays: {device.describe_paths()}")
     print(f"authentication: {_auth_status()}")
     print(f"cross-memory attach (process_vm_readv between a host's ranks): {cma_why}")
@@ -39,6 +41,45 @@ def _info(args: argparse.Namespace) -> int:
             span = tuning.human(lo) if lo == hi else f"{tuning.human(lo)} - {tuning.human(hi)}"
             print(f"  {span:>24s}  {name:14s}  {seconds * 1e6:12.1f} us")
     return 0
+
+
+def _pair_transports() -> List[str]:
+    """Which transport each class of pair takes (the table's order, PLEXUS_TRANSPORTS, whether
+    UCX loads here and has InfiniBand/RoCE), and why; loads UCX when it is allowed."""
+    names = [name for name, _ in _C.transports()]
+    setting = os.environ.get("PLEXUS_TRANSPORTS")
+    allowed = [n for n in names if setting is None or n in setting.split(",")]
+    named = setting is not None and "ucx" in setting.split(",")
+    ucx = _C.ucx_status() if "ucx" in allowed else None
+    if ucx is None:
+        ucx_line = "not allowed by PLEXUS_TRANSPORTS"
+    elif not ucx["ok"]:
+        ucx_line = f"not loaded: {ucx['problem']}"
+    else:
+        tls = ", ".join(ucx["transports"]) or "none"
+        ucx_line = (f"UCX {ucx['version']} ({ucx['path']}); transports with a device: {tls}; "
+                    + ("InfiniBand/RoCE present" if ucx["rdma"] else "no InfiniBand/RoCE transport"))
+    usable = bool(ucx and ucx["ok"])
+    if "shm" in allowed:
+        same = "shm"
+    elif named and usable:
+        same = "ucx (PLEXUS_TRANSPORTS names it)"
+    else:
+        same = "tcp" if "tcp" in allowed else "none"
+    if usable and (named or ucx["rdma"]):
+        other = "ucx (" + ("PLEXUS_TRANSPORTS names it" if named else "InfiniBand/RoCE") + ")"
+    elif "tcp" in allowed:
+        why = ("UCX is not allowed" if ucx is None else "UCX did not load" if not usable
+               else "UCX has no InfiniBand/RoCE here; PLEXUS_TRANSPORTS=shm,ucx,tcp uses it anyway")
+        other = f"tcp ({why})"
+    else:
+        other = "none"
+    cuda = "staged through pinned host memory"
+    if usable:
+        cuda += " (UCX here " + ("can" if ucx["cuda_memory"] else "cannot") + " move CUDA memory itself; not used yet)"
+    return [f"ucx: {ucx_line}",
+            f"pairs of ranks: same host: {same}; other hosts: {other} (every rank must agree)",
+            f"device arrays across hosts: {cuda}"]
 
 
 def _auth_status() -> str:

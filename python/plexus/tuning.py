@@ -62,10 +62,11 @@ def cost_model_of(topo: Topology, base: Optional[Dict[str, Dict[str, float]]] = 
     """The cost model for `topo`: `base` (default: the built-in constants, PLEXUS_TUNER_FILE and
     PLEXUS_TUNER) with the network's beta from the NICs (unless measured) and NVLink for GPU hosts."""
     model = {k: dict(v) for k, v in (base or _C.default_cost_model()).items()}
-    if topo.num_hosts > 1 and "net_gbps" not in _measured_settings():
+    if topo.num_hosts > 1:
         speeds = [topo.host_nic_gbps(h) for h in range(topo.num_hosts)]
-        if all(s > 0 for s in speeds):
-            model["network"]["gbps"] = min(speeds) / 8.0  # Gb/s -> GB/s
+        for link, measured in (("network", "net_gbps"), ("ucx", "ucx_gbps")):
+            if all(s > 0 for s in speeds) and measured not in _measured_settings() and link in model:
+                model[link]["gbps"] = min(speeds) / 8.0  # Gb/s -> GB/s
     nvlinks = [topo.gpu_nvlinks(h, 0, 1) for h in range(topo.num_hosts) if topo.num_gpus(h) > 1]
     if nvlinks and all(n > 0 for n in nvlinks):
         model["shm"] = {"alpha_us": NVLINK_ALPHA_US, "gbps": min(nvlinks) * NVLINK_GBPS_PER_LINK}

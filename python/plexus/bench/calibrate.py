@@ -67,7 +67,9 @@ def calibrate(iters: int = 200) -> Optional[List[str]]:
             else:
                 alpha = m["barrier"]
                 beta = BIG / max(m["allreduce"] - 2 * alpha, 1e-9)
-                lines += [f"net_alpha_us = {alpha * 1e6:.3f}", f"net_gbps = {beta / 1e9:.3f}"]
+                # The link the pair took: UCX on a fabric has its own constants.
+                link = "ucx" if group.comm.transport_to(1 if rank == 0 else 0) == "ucx" else "net"
+                lines += [f"{link}_alpha_us = {alpha * 1e6:.3f}", f"{link}_gbps = {beta / 1e9:.3f}"]
         plexus.barrier()
         plexus.destroy_process_group(group) if group is not plexus.GroupMember.NON_GROUP_MEMBER else None
     # Rank 0 measured (or took part in) every pair: it has all the lines.
