@@ -123,7 +123,7 @@ void Communicator::setup_shape(Store& store, Deadline deadline) {
   shape_.uniform = *std::min_element(count.begin(), count.end()) == shape_.local;
   shape_.shm = host_memory() != nullptr;
   shape_.cma = shape_.shm && host_memory()->cma();
-  if (shape_.hosts > 1) {
+  if (shape_.hosts > 1 && (shape_.local > 1 || transports_->fabric_possible())) {
     // Each host decided about shared memory, and each pair about its transport, on its own; the
     // tuner needs one answer everywhere.
     const int mine_failed = count[host_of[rank()]] > 1 && !host_memory() ? 1 : 0;

@@ -74,6 +74,9 @@ void TransportSet::start(const TransportSetup& setup, const std::vector<Endpoint
                   it != endpoints[p].addresses.end() ? it->second : std::string()};
     }
     o.transport->start(setup, peers);
+    bool everyone = true;
+    for (const auto& p : peers) everyone = everyone && p.uses;
+    fabric_possible_ = fabric_possible_ || (o.transport->fabric() && everyone);
   }
   choice_.assign(n, -1);
   int unreachable = -1;  // a peer no transport reaches; one on another host first

@@ -34,6 +34,9 @@ class TransportSet {
   const char* name_to(int rank) const;
   // Whether `rank` is reached through a fabric (Transport::fabric).
   bool fabric_to(int rank) const { return choice_[rank] >= 0 && to(rank).fabric(); }
+  // Whether every rank opened one same fabric transport: the same answer on every rank (from the
+  // endpoint records), and false means some pairs across hosts are surely off any fabric.
+  bool fabric_possible() const { return fabric_possible_; }
 
   // Descriptors that are readable when peers dial in on `channel` (or go on with a handshake).
   std::vector<int> dial_fds(int channel) const;
@@ -55,6 +58,7 @@ class TransportSet {
   std::string setting_error_;   // what is wrong with it, if anything
   std::vector<Opened> opened_;  // in the table's order
   std::vector<int> choice_;     // by rank: index into opened_, -1 for none (this rank only)
+  bool fabric_possible_ = false;
 };
 
 }  // namespace plexus
