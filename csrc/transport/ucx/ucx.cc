@@ -258,8 +258,10 @@ class UcxConnection : public Connection {
     size_t read = 0;          // received into `data`: bytes the reader took
   };
   void reap_sends();
-  // Starts receiving the peer's next message, if it has come; false if not.
-  bool receive_next(void* dst, size_t n);
+  // The peer's next message on this stream, if it has come (`remove`: taken off UCX's queue).
+  ucp_tag_message_h probe_next(bool remove, ucp_tag_recv_info_t* info) const;
+  // Starts receiving the peer's next message, if it has come.
+  void receive_next(void* dst, size_t n);
   void drop_receives();
   bool has_news() const;  // whether a call would get further now (under the mutex)
   void check_alive();
@@ -314,7 +316,11 @@ bool UcxConnection::has_news() const {
   if (!receiving_.empty())
     return !receiving_.front().request || w_->api.request_check_status(receiving_.front().request) != UCS_INPROGRESS;
   ucp_tag_recv_info_t info{};
-  return !ended_ && w_->api.tag_probe_nb(w_->worker, tag_of(channel_, peer(), recv_seq_), ~ucp_tag_t{0}, 0, &info);
+  return !ended_ && probe_next(false, &info);
+}
+
+ucp_tag_message_h UcxConnection::probe_next(bool remove, ucp_tag_recv_info_t* info) const {
+  return w_->api.tag_probe_nb(w_->worker, tag_of(channel_, peer(), recv_seq_), ~ucp_tag_t{0}, remove, info);
 }
 
 void UcxConnection::broken(const std::string& what) {
@@ -412,10 +418,10 @@ size_t UcxConnection::write_some(const iovec* iov, int iovcnt) {
   return n;
 }
 
-bool UcxConnection::receive_next(void* dst, size_t n) {
+void UcxConnection::receive_next(void* dst, size_t n) {
   ucp_tag_recv_info_t info{};
-  ucp_tag_message_h msg = w_->api.tag_probe_nb(w_->worker, tag_of(channel_, peer(), recv_seq_), ~ucp_tag_t{0}, 1, &info);
-  if (!msg) return false;
+  ucp_tag_message_h msg = probe_next(true, &info);
+  if (!msg) return;
   ++recv_seq_;
   Message m;
   // A large message the reader has room for lands in its memory; others in a buffer of ours.
@@ -434,7 +440,6 @@ bool UcxConnection::receive_next(void* dst, size_t n) {
   if (UCS_PTR_IS_ERR(r)) broken("failed to receive: " + ucx::status_text(UCS_PTR_STATUS(r)));
   m.request = UCS_PTR_IS_PTR(r) ? r : nullptr;
   receiving_.push_back(std::move(m));
-  return true;
 }
 
 size_t UcxConnection::read_some(void* dst, size_t n) {
@@ -474,9 +479,7 @@ void UcxConnection::check_peer(bool reading) {
   // What the peer sent before it went is read first (read_some throws once it is consumed).
   if (reading && !receiving_.empty() && !receiving_.front().request) return;
   ucp_tag_recv_info_t info{};
-  if (reading && receiving_.empty() &&
-      w_->api.tag_probe_nb(w_->worker, tag_of(channel_, peer(), recv_seq_), ~ucp_tag_t{0}, 0, &info))
-    return;
+  if (reading && receiving_.empty() && probe_next(false, &info)) return;
   check_alive();
 }
 
