@@ -167,9 +167,17 @@ std::string flight_dump_to_dir(const std::string& why) {
   const std::string dir = trace_dir();
   ::mkdir(dir.c_str(), 0700);
   const std::string path = dir + "/rank" + std::to_string(log_rank()) + "-pid" + std::to_string(getpid()) + ".json";
-  std::ofstream f(path, std::ios::trunc);
-  if (!(f << flight_dump_json() << "\n")) {
-    PLEXUS_WARN("flight recorder: cannot write " << path);
+  // Written aside and renamed, so a reader (plexus trace, a watcher) never sees half a file.
+  const std::string partial = dir + "/.rank" + std::to_string(log_rank()) + "-pid" + std::to_string(getpid()) + ".partial";
+  {
+    std::ofstream f(partial, std::ios::trunc);
+    if (!(f << flight_dump_json() << "\n") || !f.flush()) {
+      PLEXUS_WARN("flight recorder: cannot write " << partial);
+      return "";
+    }
+  }
+  if (::rename(partial.c_str(), path.c_str()) != 0) {
+    PLEXUS_WARN("flight recorder: cannot rename " << partial << " to " << path);
     return "";
   }
   PLEXUS_WARN("flight recorder written to " << path << " (" << why << "); `plexus trace " << dir
