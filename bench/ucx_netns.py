@@ -75,6 +75,11 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * units[m.group(2)]
 
 
+def cpu_seconds() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
 def worker(args) -> None:
     """One rank: times both groups in interleaved rounds, then idles on the UCX one."""
     import numpy as np
@@ -90,6 +95,7 @@ def worker(args) -> None:
     comm = {name: g.comm.transport_to(1 - plexus.get_rank()) for name, g in groups.items()}
     big, small = np.ones(args.bytes // 4, np.float32), np.ones(2, np.float32)
     times = {(name, size): [] for name in groups for size in ("small", "big")}
+    cpu_per_call = {key: [] for key in times}  # the process's CPU seconds (all threads) per call
     for g in groups.values():  # connect and warm up
         plexus.all_reduce(small, group=g)
         plexus.all_reduce(big, group=g)
@@ -97,10 +103,11 @@ def worker(args) -> None:
         for name, g in groups.items():
             for size, x, iters in (("small", small, args.small_iters), ("big", big, args.big_iters)):
                 plexus.barrier(group=g)
-                t = time.perf_counter()
+                c, t = cpu_seconds(), time.perf_counter()
                 for _ in range(iters):
                     plexus.all_reduce(x, group=g)
                 times[(name, size)].append((time.perf_counter() - t) / iters)
+                cpu_per_call[(name, size)].append((cpu_seconds() - c) / iters)
     plexus.barrier()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
@@ -111,7 +118,8 @@ def worker(args) -> None:
     plexus.all_reduce(small, group=groups["ucx"])  # still works after the idle time
     plexus.barrier()
     print(json.dumps({"rank": plexus.get_rank(), "transports": comm, "idle_cpu_fraction": cpu / wall,
-                      "times": {f"{n}/{s}": v for (n, s), v in times.items()}}), flush=True)
+                      "times": {f"{n}/{s}": v for (n, s), v in times.items()},
+                      "cpu": {f"{n}/{s}": v for (n, s), v in cpu_per_call.items()}}), flush=True)
     plexus.destroy_process_group()
 
 
@@ -181,6 +189,7 @@ def main() -> int:
     for key in outs[0]["times"]:
         per_round = [max(o["times"][key][i] for o in outs) for i in range(args.rounds)]
         report["rows"][key] = per_round
+    report["cpu"] = {key: [o["cpu"][key] for o in outs] for key in outs[0]["cpu"]}
     n = args.bytes
 
     def med(key):
@@ -195,6 +204,9 @@ def main() -> int:
         print(f"  {name}: {n >> 20} MiB {med(name + '/big') * 1e3:.1f} ms = {n / med(name + '/big') / 1e9:.3f} GB/s busbw "
               f"({min(big) * 1e3:.1f}-{max(big) * 1e3:.1f} ms); 8 B {med(name + '/small') * 1e6:.1f} us "
               f"({min(small) * 1e6:.1f}-{max(small) * 1e6:.1f})")
+        cpu_big = statistics.median(c for o in outs for c in o["cpu"][f"{name}/big"])
+        print(f"       CPU per {n >> 20} MiB call (a rank, all threads): median {cpu_big * 1e3:.1f} ms "
+              f"= {cpu_big / med(name + '/big'):.2f} cores")
     print(f"  ucx busbw / tcp busbw at {n >> 20} MiB: {statistics.median(ratio_big):.2f} "
           f"({min(ratio_big):.2f}-{max(ratio_big):.2f}); ucx 8 B time / tcp: {statistics.median(ratio_small):.2f} "
           f"({min(ratio_small):.2f}-{max(ratio_small):.2f})")
