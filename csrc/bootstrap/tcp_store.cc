@@ -83,6 +83,10 @@ TcpStoreServer::TcpStoreServer(const std::string& bind_ip, int port) : token_(jo
 }
 
 TcpStoreServer::~TcpStoreServer() {
+  if (made_before_fork(generation_)) {  // a forked child: the serving thread is the parent's
+    new std::thread(std::move(thread_));
+    return;
+  }
   char c = 'q';
   (void)!::write(wake_write_.get(), &c, 1);
   if (thread_.joinable()) thread_.join();
@@ -318,6 +322,9 @@ std::string TcpStoreClient::request(uint8_t cmd, const std::string& key, const s
                                     Deadline deadline, bool* found) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!fd_.valid()) throw Error("the rendezvous store connection to " + server() + " is closed");
+  if (made_before_fork(generation_))  // its socket is the parent's: requests would cross its replies
+    throw Error("the rendezvous store connection to " + server() + " was made before a fork and this is the "
+                "forked child (pid " + std::to_string(getpid()) + "): make a new process group (and store) in the child");
   std::string msg(1, static_cast<char>(cmd));
   put_u32(msg, static_cast<uint32_t>(key.size()));
   msg += key;

@@ -7,6 +7,7 @@
 #include <string>
 #include <thread>
 
+#include "base/fork.h"
 #include "bootstrap/socket.h"
 #include "bootstrap/store.h"
 
@@ -26,6 +27,7 @@ class TcpStoreServer {
   Fd wake_read_, wake_write_;
   int port_ = 0;
   std::thread thread_;
+  int generation_ = fork_generation();  // of the process that made it
 };
 
 class TcpStoreClient : public Store {
@@ -50,6 +52,7 @@ class TcpStoreClient : public Store {
   int port_;
   double timeout_s_;
   std::string local_ip_;
+  int generation_ = fork_generation();  // of the process that connected
 };
 
 }  // namespace plexus

@@ -166,6 +166,16 @@ const char* Communicator::transport_to(int peer) const {
 }
 
 Communicator::~Communicator() {
+  if (made_before_fork(generation_)) {
+    // A forked child: its copy of the parent's threads does not run and must not be joined, and
+    // closing streams would end the parent's. Left alone, as the child's exit leaves them.
+    new std::thread(std::move(thread_));
+    (void)p2p_.release();
+    (void)cross_.release();
+    (void)transports_.release();
+    for (auto& c : conns_) (void)c.release();
+    return;
+  }
   cross_.reset();
   abort("the communicator was destroyed");
   if (thread_.joinable()) thread_.join();
@@ -176,8 +186,16 @@ Communicator::~Communicator() {
   if (abort_fd_ >= 0) close(abort_fd_);
 }
 
+void Communicator::check_not_forked() const {
+  if (made_before_fork(generation_))
+    throw Error("plexus " + name_of(rank()) + ": this group was made before a fork and this is the forked child (pid " +
+                std::to_string(getpid()) + "): a child cannot use its parent's groups, whose connections and threads "
+                "are the parent's; make a new process group in the child");
+}
+
 std::shared_ptr<Work> Communicator::submit(const Signature& sig, std::function<void(OpContext&)> body,
                                            const char* algorithm, bool blocking) {
+  check_not_forked();
   Op op;
   op.sig = sig;
   op.body = std::move(body);

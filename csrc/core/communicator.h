@@ -13,6 +13,7 @@
 
 #include "algorithms/cost.h"
 #include "base/deadline.h"
+#include "base/fork.h"
 #include "base/signature.h"
 #include "bootstrap/rendezvous.h"
 #include "bootstrap/store.h"
@@ -87,6 +88,8 @@ class Communicator {
   Connection& connection(int peer, Deadline deadline);
   // Readable for good once abort() was called (no waiter drains it, so every waiter sees it).
   int abort_fd() const { return abort_fd_; }
+  // Throws in a forked child: the group's connections, threads and shared memory are the parent's.
+  void check_not_forked() const;
   // Readable when a peer dials in for collectives, or goes on with its handshake
   // (accept_pending takes the streams that are ready).
   std::vector<int> dial_fds() const { return transports_->dial_fds(kCollectiveChannel); }
@@ -142,6 +145,7 @@ class Communicator {
 
   std::string failure_;  // set once an op failed; progress thread only
   std::thread thread_;
+  int generation_ = fork_generation();  // of the process that made it
 };
 
 }  // namespace plexus

@@ -48,6 +48,7 @@ std::shared_ptr<Work> P2PEngine::recv(int peer, void* buf, size_t bytes, DType d
 }
 
 std::shared_ptr<Work> P2PEngine::post(bool is_send, int peer, char* buf, size_t bytes, DType dtype, int tag) {
+  comm_.check_not_forked();
   Signature sig;
   sig.kind = CollKind::kCount;
   auto r = std::make_shared<Request>(Request{std::make_shared<Work>(sig), is_send, peer, buf, bytes, dtype, tag,

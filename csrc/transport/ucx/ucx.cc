@@ -16,7 +16,6 @@
 // UCX has an InfiniBand/RoCE transport; with "ucx" in PLEXUS_TRANSPORTS, every pair that no
 // earlier transport of the table connects.
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -34,6 +33,7 @@
 
 #include "base/config.h"
 #include "base/error.h"
+#include "base/fork.h"
 #include "base/log.h"
 #include "transport/transport.h"
 #include "transport/ucx/library.h"
@@ -67,14 +67,6 @@ std::string from_hex(const std::string& s) {
   std::string out(s.size() / 2, '\0');
   for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<char>(std::stoi(s.substr(2 * i, 2), nullptr, 16));
   return out;
-}
-
-// Bumped in every forked child: UCX state made before a fork is unusable after it.
-std::atomic<int> g_fork_generation{0};
-int fork_generation() {
-  static std::once_flag once;
-  std::call_once(once, [] { pthread_atfork(nullptr, nullptr, [] { ++g_fork_generation; }); });
-  return g_fork_generation.load(std::memory_order_relaxed);
 }
 
 // One endpoint; `failed` is set by UCX's callback.
@@ -175,7 +167,7 @@ struct Worker {
       lock.lock();
     }
   }
-  bool forked() const { return generation != g_fork_generation.load(std::memory_order_relaxed); }
+  bool forked() const { return made_before_fork(generation); }  // UCX state is unusable after a fork
   void require_owner() const {
     if (forked())
       throw Error("ucx: this communicator's UCX state was made before a fork, and this is the forked child (pid " +
