@@ -45,6 +45,7 @@ namespace {
 constexpr size_t kMessageMax = 4u << 20;    // bytes per message: large writes become several
 constexpr size_t kSendWindow = 16u << 20;   // bytes in flight per stream (as a socket buffer)
 constexpr size_t kSmallMessage = 8u << 10;  // sent from the caller's memory when UCX takes it at once
+constexpr int kSmallParts = 4;              // ... from up to this many pieces (a frame has two)
 constexpr int kRankBits = 22, kSeqBits = 40;
 constexpr double kFlushSeconds = 2.0;  // for sends still in flight when a stream ends
 
@@ -372,14 +373,14 @@ size_t UcxConnection::write_some(const iovec* iov, int iovcnt) {
     total = iov[0].iov_len;
     iovcnt = 1;
   }
-  if (total <= kSmallMessage && sending_.empty()) {
+  if (total <= kSmallMessage && sending_.empty() && iovcnt <= kSmallParts) {
     // From the caller's memory, if UCX copies it out before returning.
-    std::vector<ucp_dt_iov_t> parts(iovcnt);
+    ucp_dt_iov_t parts[kSmallParts];
     for (int i = 0; i < iovcnt; ++i) parts[i] = {iov[i].iov_base, iov[i].iov_len};
     ucp_request_param_t now = param;
     now.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL;
     now.datatype = UCP_DATATYPE_IOV;
-    ucs_status_ptr_t r = w_->api.tag_send_nbx(ep_.ep, parts.data(), parts.size(), tag, &now);
+    ucs_status_ptr_t r = w_->api.tag_send_nbx(ep_.ep, parts, static_cast<size_t>(iovcnt), tag, &now);
     if (!UCS_PTR_IS_ERR(r) || UCS_PTR_STATUS(r) != UCS_ERR_NO_RESOURCE) {
       ucs_status_t st = w_->wait(r, kFlushSeconds);  // done already: UCX starts nothing it cannot finish now
       if (st != UCS_OK) broken("failed to send: " + ucx::status_text(st));
