@@ -28,6 +28,7 @@ import plexus
 import reference as ref
 from plexus import _C
 from launch import run_ranks
+from test_fork import _fork_and_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -536,48 +537,12 @@ def test_an_idle_communicator_uses_little_cpu(tls):
 # A fork()ed child cannot use its parent's UCX worker: it gets a clear error, not a hang, and the
 # parent's group goes on.
 
-def forked_child(rank, world):
-    x = np.ones(PRIME, dtype=np.float32)
-    plexus.all_reduce(x)
-    child = None
-    if rank == 0:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report what the call did, then leave without any cleanup
-            os.close(r)
-            t0 = time.monotonic()
-            try:
-                plexus.all_reduce(np.ones(PRIME, dtype=np.float32))
-                kind, is_runtime, msg = "returned", False, "the call returned"
-            except BaseException as e:  # noqa: BLE001 - reported to the parent
-                kind, is_runtime, msg = type(e).__name__, isinstance(e, RuntimeError), str(e)
-            os.write(w, f"{time.monotonic() - t0:.2f}|{kind}|{is_runtime}|{msg}".encode())
-            os._exit(0)
-        os.close(w)
-        deadline = time.monotonic() + 30
-        done = 0
-        while not done and time.monotonic() < deadline:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
-        if not done:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            child = "hung: killed after 30 s"
-        else:
-            child = os.read(r, 65536).decode()
-        os.close(r)
-    plexus.barrier()
-    x = np.full(PRIME, rank + 1, dtype=np.float32)
-    plexus.all_reduce(x)  # the parents' group still works
-    assert np.all(x == world * (world + 1) // 2), x[:4]
-    return child
-
-
 @pytest.mark.timeout(TIMEOUT + 60)
 def test_a_forked_child_using_a_ucx_communicator_gets_a_clear_error():
-    child = run_ranks(2, forked_child, env=ucx_env("tcp", PLEXUS_TIMEOUT="20"), timeout=TIMEOUT)[0]
-    assert not child.startswith("hung"), child
-    seconds, kind, is_runtime, msg = child.split("|", 3)
+    report = run_ranks(2, _fork_and_report, "all_reduce", env=ucx_env("tcp", PLEXUS_TIMEOUT="20"), timeout=TIMEOUT)[0]
+    assert not report.startswith("hung"), report
+    status, seconds, kind, is_runtime, msg = report.split("|", 4)
+    assert status == "status 0", report
     assert is_runtime == "True", f"the child got {kind}: {msg}"
     assert "fork" in msg.lower(), f"the child's error does not say it is a forked process: {kind}: {msg}"
     assert float(seconds) < 5, f"the child waited {seconds} s before raising: {msg}"
