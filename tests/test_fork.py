@@ -92,6 +92,11 @@ def test_a_forked_child_gets_a_clear_error(transport, what):
     # tcp:// so that the store is a TCP store, whose socket the child shares too.
     report = run_ranks(2, _fork_and_report, what, env=env, timeout=120,
                        init_method=f"tcp://127.0.0.1:{_free_port()}")[0]
+    check_child_raised(report, what)
+
+
+def check_child_raised(report: str, what: str) -> None:
+    """The child exited cleanly after `what` raised a RuntimeError at once, saying it is a fork."""
     assert not report.startswith("hung"), report
     status, seconds, kind, is_runtime, msg = report.split("|", 4)
     assert status == "status 0", report
