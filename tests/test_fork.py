@@ -1,13 +1,13 @@
 """A fork()ed child and its parent's groups: fork copies no threads, and the child shares the
 parent's sockets and shared memory. So a child that calls a collective, a point-to-point call or
-new_group on a group made before the fork gets a clear RuntimeError at once (not a hang, and
-not a call that quietly takes the parent's place in the group); a child that exits normally
-exits cleanly without closing the parent's connections; and the parent's group goes on.
-(The UCX transport's own case is in test_ucx.py.)"""
+new_group on a group made before the fork, or waits for a call its parent started, gets a clear
+RuntimeError at once (not a hang, and not a call that quietly takes the parent's place in the
+group); a child that destroys the group leaves the parent's connections alone and its parent
+idle; and the parent's group goes on. (The UCX transport's own case is in test_ucx.py.)"""
 
 import gc
 import os
-import socket
+import resource
 import time
 
 import numpy as np
@@ -16,15 +16,16 @@ import pytest
 from launch import run_ranks
 
 PRIME = 1009
+CHILD_SECONDS = 10  # the parent's wait for its child: under the group's timeout (ENV), so a hung
+ENV = {"PLEXUS_TIMEOUT": "30"}  # child is reported as such, not as the other rank's timeout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _cpu_seconds() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
 
 
-def _in_child(what: str) -> str:
+def _in_child(what: str, pending) -> str:
     """What `what` did in a forked child: "seconds|exception type|is a RuntimeError|message"."""
     import plexus
 
@@ -34,6 +35,7 @@ def _in_child(what: str) -> str:
         "async all_reduce": lambda: plexus.all_reduce(x, async_op=True).wait(),
         "isend": lambda: plexus.isend(x, dst=1).wait(),
         "new_group": lambda: plexus.new_group([0, 1]),
+        "wait": lambda: pending.wait(),  # the parent's receive, which rank 1 sends only later
     }
     t0 = time.monotonic()
     try:
@@ -49,7 +51,8 @@ def _fork_and_report(rank, world, what):
 
     x = np.ones(PRIME, dtype=np.float32)
     plexus.all_reduce(x)  # connected before the fork
-    report = None
+    report, got = None, np.zeros(PRIME, dtype=np.float32)
+    pending = plexus.irecv(got, src=1) if what == "wait" and rank == 0 else None
     if rank == 0:
         r, w = os.pipe()
         pid = os.fork()
@@ -63,10 +66,10 @@ def _fork_and_report(rank, world, what):
                 except BaseException as e:  # noqa: BLE001 - reported to the parent
                     os.write(w, f"{type(e).__name__}: {e}".encode())
                 os._exit(0)  # launch.py's handler and queue are the parent's: not through them
-            os.write(w, _in_child(what).encode())
+            os.write(w, _in_child(what, pending).encode())
             os._exit(0)
         os.close(w)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + CHILD_SECONDS
         done, status = 0, 0
         while not done and time.monotonic() < deadline:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -74,10 +77,19 @@ def _fork_and_report(rank, world, what):
         if not done:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
-            report = "hung: killed after 30 s"
+            report = f"hung: killed after {CHILD_SECONDS} s"
         else:
             report = f"status {status}|" + os.read(r, 65536).decode()
         os.close(r)
+        if what == "exit":  # a child's abort must not reach the parent (whose waits would spin)
+            c, t = _cpu_seconds(), time.monotonic()
+            time.sleep(1.5)
+            report += f"|cpu {(_cpu_seconds() - c) / (time.monotonic() - t):.2f}"
+    if what == "wait" and rank == 1:
+        plexus.send(np.full(PRIME, 7, dtype=np.float32), dst=0)
+    if pending is not None:
+        pending.wait()
+        assert np.all(got == 7), got[:4]
     plexus.barrier()
     x = np.full(PRIME, rank + 1, dtype=np.float32)
     plexus.all_reduce(x)  # the parents' group still works
@@ -86,12 +98,9 @@ def _fork_and_report(rank, world, what):
 
 
 @pytest.mark.parametrize("transport", ["tcp", "shm"])
-@pytest.mark.parametrize("what", ["all_reduce", "async all_reduce", "isend", "new_group"])
+@pytest.mark.parametrize("what", ["all_reduce", "async all_reduce", "isend", "new_group", "wait"])
 def test_a_forked_child_gets_a_clear_error(transport, what):
-    env = {"PLEXUS_TRANSPORTS": transport, "PLEXUS_TIMEOUT": "20"}
-    # tcp:// so that the store is a TCP store, whose socket the child shares too.
-    report = run_ranks(2, _fork_and_report, what, env=env, timeout=120,
-                       init_method=f"tcp://127.0.0.1:{_free_port()}")[0]
+    report = run_ranks(2, _fork_and_report, what, env=dict(ENV, PLEXUS_TRANSPORTS=transport), timeout=120)[0]
     check_child_raised(report, what)
 
 
@@ -106,8 +115,8 @@ def check_child_raised(report: str, what: str) -> None:
 
 
 @pytest.mark.parametrize("transport", ["tcp", "shm"])
-def test_a_forked_child_exits_normally_without_harm(transport):
-    env = {"PLEXUS_TRANSPORTS": transport, "PLEXUS_TIMEOUT": "20"}
-    report = run_ranks(2, _fork_and_report, "exit", env=env, timeout=120,
-                       init_method=f"tcp://127.0.0.1:{_free_port()}")[0]
-    assert report == "status 0|ok", f"the child's teardown: {report} (a signal in the low byte is a crash)"
+def test_a_forked_child_destroys_its_copy_without_harm(transport):
+    report = run_ranks(2, _fork_and_report, "exit", env=dict(ENV, PLEXUS_TRANSPORTS=transport), timeout=120)[0]
+    status, done, cpu = report.split("|")
+    assert (status, done) == ("status 0", "ok"), f"the child's teardown: {report} (a signal in the low byte is a crash)"
+    assert float(cpu.split()[1]) < 0.3, f"the parent is busy after its child's teardown: {cpu} cores"

@@ -539,5 +539,5 @@ def test_an_idle_communicator_uses_little_cpu(tls):
 
 @pytest.mark.timeout(TIMEOUT + 60)
 def test_a_forked_child_using_a_ucx_communicator_gets_a_clear_error():
-    report = run_ranks(2, _fork_and_report, "all_reduce", env=ucx_env("tcp", PLEXUS_TIMEOUT="20"), timeout=TIMEOUT)[0]
+    report = run_ranks(2, _fork_and_report, "all_reduce", env=ucx_env("tcp", PLEXUS_TIMEOUT="30"), timeout=TIMEOUT)[0]
     check_child_raised(report, "all_reduce")

@@ -430,6 +430,7 @@ PYBIND11_MODULE(_C, m) {
            "(chosen algorithm, why, [(name, predicted seconds, runnable)]) for a call on this group.")
       .def_property_readonly("local_size", [](Communicator& c) { return c.host_memory() ? c.host_memory()->local_size() : 1; })
       .def("abort", &Communicator::abort, py::call_guard<py::gil_scoped_release>())
+      .def("check_not_forked", &Communicator::check_not_forked)
       // Collectives. `blocking=True` means the caller waits at once: the op may then run on
       // the calling thread. The GIL is released throughout.
       .def("all_reduce",

@@ -320,11 +320,11 @@ void TcpStoreClient::authenticate(const std::string& token) {
 
 std::string TcpStoreClient::request(uint8_t cmd, const std::string& key, const std::string& value,
                                     Deadline deadline, bool* found) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!fd_.valid()) throw Error("the rendezvous store connection to " + server() + " is closed");
-  if (made_before_fork(generation_))  // its socket is the parent's: requests would cross its replies
+  if (made_before_fork(generation_))  // its socket is the parent's (and a parent thread may hold mu_)
     throw Error("the rendezvous store connection to " + server() + " was made before a fork and this is the "
                 "forked child (pid " + std::to_string(getpid()) + "): make a new process group (and store) in the child");
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!fd_.valid()) throw Error("the rendezvous store connection to " + server() + " is closed");
   std::string msg(1, static_cast<char>(cmd));
   put_u32(msg, static_cast<uint32_t>(key.size()));
   msg += key;

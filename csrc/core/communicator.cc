@@ -173,6 +173,7 @@ Communicator::~Communicator() {
     (void)p2p_.release();
     (void)cross_.release();
     (void)transports_.release();
+    (void)recorder_.release();  // its registry's lock may have been held by a parent thread
     for (auto& c : conns_) (void)c.release();
     return;
   }
@@ -230,6 +231,9 @@ std::shared_ptr<Work> Communicator::submit(const Signature& sig, std::function<v
 }
 
 void Communicator::abort(const std::string& why) {
+  // A forked child's abort would write the descriptor it shares with the parent (whose waits
+  // would then spin) and take locks a parent thread may have held at the fork.
+  if (made_before_fork(generation_)) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return;

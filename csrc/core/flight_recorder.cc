@@ -6,7 +6,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -167,17 +169,22 @@ std::string flight_dump_to_dir(const std::string& why) {
   const std::string dir = trace_dir();
   ::mkdir(dir.c_str(), 0700);
   const std::string path = dir + "/rank" + std::to_string(log_rank()) + "-pid" + std::to_string(getpid()) + ".json";
-  // Written aside and renamed, so a reader (plexus trace, a watcher) never sees half a file.
+  // Written aside and renamed, so a reader (plexus trace, a watcher) never sees half a file; one
+  // dump at a time (groups failing together dump together), since they share the names.
+  static std::mutex dumping;
+  std::lock_guard<std::mutex> lock(dumping);
   const std::string partial = dir + "/.rank" + std::to_string(log_rank()) + "-pid" + std::to_string(getpid()) + ".partial";
   {
     std::ofstream f(partial, std::ios::trunc);
     if (!(f << flight_dump_json() << "\n") || !f.flush()) {
       PLEXUS_WARN("flight recorder: cannot write " << partial);
+      ::unlink(partial.c_str());
       return "";
     }
   }
   if (::rename(partial.c_str(), path.c_str()) != 0) {
-    PLEXUS_WARN("flight recorder: cannot rename " << partial << " to " << path);
+    PLEXUS_WARN("flight recorder: cannot rename " << partial << " to " << path << ": " << std::strerror(errno));
+    ::unlink(partial.c_str());
     return "";
   }
   PLEXUS_WARN("flight recorder written to " << path << " (" << why << "); `plexus trace " << dir

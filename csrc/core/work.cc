@@ -1,6 +1,10 @@
 #include "core/work.h"
 
+#include <unistd.h>
+
 #include <chrono>
+
+#include "base/error.h"
 
 namespace plexus {
 
@@ -22,6 +26,9 @@ void Work::set_failed(std::exception_ptr error) {
 }
 
 bool Work::wait(double timeout_s) {
+  if (made_before_fork(generation_) && !is_completed())  // the thread that would finish it is the parent's
+    throw Error(sig_.describe() + " was started before a fork and this is the forked child (pid " +
+                std::to_string(getpid()) + "): a child cannot wait for its parent's calls");
   std::unique_lock<std::mutex> lock(mu_);
   if (timeout_s < 0) {
     cv_.wait(lock, [this] { return done_; });

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <string>
 
+#include "base/fork.h"
 #include "base/signature.h"
 
 namespace plexus {
@@ -37,6 +38,7 @@ class Work {
   std::exception_ptr error_;
   Signature sig_;
   std::atomic<int> source_{-1};
+  int generation_ = fork_generation();  // a forked child never sees the parent's work finish
 };
 
 }  // namespace plexus

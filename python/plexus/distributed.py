@@ -235,6 +235,7 @@ def new_group(ranks: Optional[Sequence[int]] = None, timeout: Any = None, backen
     same order as the other new_group calls; ranks outside the group get
     GroupMember.NON_GROUP_MEMBER."""
     world = _world("new_group")
+    world.comm.check_not_forked()  # a forked child would rendezvous over its parent's store
     n = world.size()
     members = list(range(n)) if ranks is None else sorted(int(r) for r in ranks)
     if len(set(members)) != len(members):
