@@ -21,6 +21,7 @@ stdcxx=$(gcc -print-file-name=libstdc++.so)
 # the sanitizers intercept the same calls, and with both every UCX rank died (SIGSEGV). The
 # transport's own code does not depend on those hooks.
 export UCX_MEM_EVENTS=no UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none
+skip=()  # tests a sanitizer cannot judge (see below)
 case "$mode" in
   address,undefined)
     export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $stdcxx"
@@ -34,6 +35,11 @@ case "$mode" in
   thread)
     export LD_PRELOAD="$(gcc -print-file-name=libtsan.so) $stdcxx"
     export TSAN_OPTIONS="halt_on_error=1:abort_on_error=1:second_deadlock_stack=1"
+    # torch's OpenMP pool (libgomp) is not instrumented: TSan cannot see its barriers and reports
+    # races inside torch's own kernels. One thread each: the tests with torch tensors still run.
+    export OMP_NUM_THREADS=1
+    # Its comparison with torch's gloo backend: TSan reports gloo's own work objects (c10d).
+    skip=(--deselect tests/test_ucx.py::test_torch_backend_over_ucx_matches_gloo)
     tests=(tests/test_p2p.py tests/test_async.py tests/test_abort.py tests/test_strangers.py tests/test_errors.py
            tests/test_groups.py tests/test_flight_recorder.py tests/test_auth.py tests/test_ucx.py tests/test_fork.py)
     ;;
@@ -42,4 +48,4 @@ case "$mode" in
     exit 2
     ;;
 esac
-"$py" -m pytest -q -p no:cacheprovider "${@:3}" "${tests[@]}"
+"$py" -m pytest -q -p no:cacheprovider "${skip[@]}" "${@:3}" "${tests[@]}"
