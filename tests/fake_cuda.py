@@ -51,6 +51,7 @@ class FakeCuda:
         self.opened = collections.Counter()  # segment name -> times mapped
         self.events = 0
         self.busy = False  # True: the "GPU" has not finished what was queued (events not done)
+        self.capture = False  # True: the caller's stream is being captured into a graph
 
     # --- memory the tests allocate --------------------------------------------------------
     def array(self, values: np.ndarray, offset: int = 0) -> FakeDeviceArray:
@@ -138,6 +139,10 @@ class FakeCuda:
     def synchronize(self, device, ev):
         self.calls["synchronize"] += 1
         self.busy = False  # the host waited: the GPU is done
+
+    def capturing(self, device, stream):
+        assert stream == 7
+        return self.capture
 
     def synchronize_device(self, device):
         self.calls["synchronize_device"] += 1

@@ -104,13 +104,14 @@ void bind_ipc(py::module_& m) {
     copy(dev, as_ptr(dst), as_ptr(src), n, as_ptr(s));
   }, nogil);
   m.def("_cuda_device_synchronize", [](int dev) { synchronize_device(dev); }, nogil);
+  m.def("_cuda_stream_capturing", [](int dev, uintptr_t s) { return capturing(dev, as_ptr(s)); }, nogil);
 }
 #else
 void bind_ipc(py::module_& m) {
   for (const char* name : {"_cuda_ipc_export", "_cuda_ipc_open", "_cuda_ipc_close", "_cuda_event_create",
                            "_cuda_event_open", "_cuda_event_destroy", "_cuda_event_record", "_cuda_stream_wait",
                            "_cuda_event_query", "_cuda_event_synchronize", "_cuda_memcpy",
-                           "_cuda_device_synchronize"}) {
+                           "_cuda_device_synchronize", "_cuda_stream_capturing"}) {
     std::string n = name;
     m.def(name, [n](py::args, py::kwargs) { no_cuda(n.c_str()); });
   }

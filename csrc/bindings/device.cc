@@ -88,6 +88,22 @@ void bind_device(py::module_& m) {
         return c.add_window(in_ptr(ptr), bytes, peers);
       }, py::arg("ptr"), py::arg("bytes"), py::arg("peers"))
       .def("remove_window", &DeviceComm::remove_window)
+      .def("in_windows", [](const DeviceComm& c, uintptr_t in, uintptr_t out, size_t bytes) {
+        return c.in_windows(in_ptr(in), in_ptr(out), bytes);
+      }, "Whether all_reduce(in, out) of `bytes` reads and writes registered buffers in place.")
+      .def("all_reduce_mapped", [](DeviceComm& c, uintptr_t in, uintptr_t out, size_t n, int dt, int op, double scale,
+                                   const std::vector<uintptr_t>& peer_in, const std::vector<uintptr_t>& peer_out,
+                                   uintptr_t s) {
+        DType d = dtype_of(dt);
+        RedOp o = op_of(op, d);
+        py::gil_scoped_release r;
+        c.all_reduce_mapped(in_ptr(in), out_ptr(out), n, d, o, scale, peer_in, peer_out, out_ptr(s));
+      }, py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("scale"),
+         py::arg("peer_in"), py::arg("peer_out"), py::arg("stream"))
+      .def_property_readonly("mapped_min", &DeviceComm::mapped_min,
+                             "all_reduce bytes from which every rank's arrays are mapped per call")
+      .def_property_readonly("mapped_calls", &DeviceComm::mapped_calls,
+                             "all_reduce calls that ran in place on arrays mapped for the call")
       .def("check", &DeviceComm::check, "Raises the first error the device reported, if any.")
       .def("abort", &DeviceComm::abort, "Makes every waiting kernel of this communicator give up.")
       .def("explain_all_reduce", &DeviceComm::explain_all_reduce)

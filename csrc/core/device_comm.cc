@@ -1,6 +1,7 @@
 #include "core/device_comm.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -27,6 +28,10 @@ constexpr size_t kOneShotMax = 2u << 20;
 constexpr size_t kOneShotMax2 = 1u << 20;  // 2 ranks: 4 against 5, a smaller gain for the extra barrier
 constexpr uint32_t kNoOp = 0xFF;
 constexpr size_t kDirectMin = 1u << 20;  // registered all_reduce bytes from which staging is skipped
+// all_reduce bytes from which the ranks' arrays are mapped per call (plexus.device.mapped): the
+// host round (two small host all-gathers and the exports, tens of us) then costs less GPU time
+// than the staging copies it saves; two-shot moves (5 - 2/w) times the bytes per rank, in place 2.
+constexpr size_t kMappedMin = 16u << 20;
 
 uint64_t round_up(uint64_t v, uint64_t m) { return (v + m - 1) / m * m; }
 
@@ -40,6 +45,7 @@ std::string describe(const CallRecord& r) {
   s += ", count " + std::to_string(r.count);
   if (reduces) s += std::string(", op ") + op_name(static_cast<RedOp>(r.op));
   if (rooted) s += ", root " + std::to_string(r.root);
+  if (r.window == kMappedWindow) return s + ", every rank's arrays mapped for the call)";
   if (r.window) s += ", registered input at offset " + std::to_string(r.offset);
   if (r.window_out) s += ", registered output at offset " + std::to_string(r.offset_out);
   return s + ")";
@@ -67,6 +73,7 @@ DeviceComm::DeviceComm(int rank, int world, int device, bool emulated, size_t sc
   if (!forced_.empty() && forced_ != "oneshot" && forced_ != "twoshot")
     throw InvalidArgument("PLEXUS_DEVICE_ALGO must be oneshot or twoshot, not '" + forced_ + "'");
   direct_min_ = env_bytes("PLEXUS_DEVICE_DIRECT_MIN", kDirectMin);
+  mapped_min_ = forced_.empty() ? env_bytes("PLEXUS_DEVICE_MAPPED_MIN", kMappedMin) : SIZE_MAX;  // forced: staged
   timeout_ns_ = timeout_s > 0 ? static_cast<uint64_t>(timeout_s * 1e9) : ~uint64_t{0} >> 1;
 #ifdef PLEXUS_WITH_CUDA
   memory_ = emulated ? make_emulated_workspace() : make_cuda_workspace(device);
@@ -164,6 +171,11 @@ size_t DeviceComm::one_shot_max() const { return world_ <= 2 ? kOneShotMax2 : kO
 
 std::string DeviceComm::explain_all_reduce(size_t bytes) const {
   if (!forced_.empty()) return forced_ + ": PLEXUS_DEVICE_ALGO";
+  if (world_ > 1 && bytes >= mapped_min_)
+    return "mapped: " + std::to_string(bytes) + " bytes >= " + std::to_string(mapped_min_ >> 10) +
+           " KiB (PLEXUS_DEVICE_MAPPED_MIN), every rank maps the others' arrays for the call (one host round) and "
+           "reduces 1/" + std::to_string(world_) + " of it into every output in place (2 times the bytes moved per "
+           "rank); twoshot when a rank cannot map them or the stream is being captured";
   const std::string limit = std::to_string(one_shot_max() >> 10) + " KiB";
   if (bytes <= one_shot_max())
     return "oneshot: " + std::to_string(bytes) + " bytes <= " + limit + ", one barrier beats fewer bytes";
@@ -212,31 +224,64 @@ const DeviceComm::Window* DeviceComm::window_of(const void* p, size_t bytes) con
   return nullptr;
 }
 
+bool DeviceComm::in_windows(const void* in, const void* out, size_t bytes) const {
+  return !windows_.empty() && bytes >= direct_min_ && window_of(in, bytes) && window_of(out, bytes);
+}
+
 bool DeviceComm::direct_all_reduce(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale,
                                    void* stream) {
   const size_t bytes = count * dtype_size(dtype);
-  if (windows_.empty() || bytes < direct_min_) return false;
+  if (!in_windows(in, out, bytes)) return false;
   const Window* wi = window_of(in, bytes);
   const Window* wo = window_of(out, bytes);
-  if (!wi || !wo) return false;
+  const uintptr_t at_in = reinterpret_cast<uintptr_t>(in) - wi->lo, at_out = reinterpret_cast<uintptr_t>(out) - wo->lo;
+  uintptr_t peer_in[kMaxRanks], peer_out[kMaxRanks];
+  for (int p = 0; p < world_; ++p) {
+    peer_in[p] = wi->peers[p] + at_in;
+    peer_out[p] = wo->peers[p] + at_out;
+  }
+  CallRecord marks;
+  marks.window = wi->id + 1;
+  marks.window_out = wo->id + 1;
+  marks.offset = at_in;
+  marks.offset_out = at_out;
+  launch_direct(in, out, count, dtype, op, scale, peer_in, peer_out, marks, stream);
+  ++direct_calls_;
+  return true;
+}
+
+void DeviceComm::all_reduce_mapped(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale,
+                                   const std::vector<uintptr_t>& peer_in, const std::vector<uintptr_t>& peer_out,
+                                   void* stream) {
+  check();
+  if (peer_in.size() != static_cast<size_t>(world_) || peer_out.size() != static_cast<size_t>(world_))
+    throw InvalidArgument("device collectives: a mapped all_reduce needs every rank's input and output");
+  if (peer_in[rank_] != reinterpret_cast<uintptr_t>(in) || peer_out[rank_] != reinterpret_cast<uintptr_t>(out))
+    throw InvalidArgument("device collectives: a mapped all_reduce lists this rank's own arrays at its own place");
+  CallRecord marks;
+  marks.window = marks.window_out = kMappedWindow;
+  launch_direct(in, out, count, dtype, op, scale, peer_in.data(), peer_out.data(), marks, stream);
+  ++mapped_calls_;
+}
+
+void DeviceComm::launch_direct(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale,
+                               const uintptr_t* peer_in, const uintptr_t* peer_out, const CallRecord& marks,
+                               void* stream) {
   DeviceCall c = base_call(CollKind::kAllReduce, dtype, op, count, -1, scale);
   c.program = kDirectAllReduce;
-  const uintptr_t at_in = reinterpret_cast<uintptr_t>(in) - wi->lo, at_out = reinterpret_cast<uintptr_t>(out) - wo->lo;
   for (int p = 0; p < world_; ++p) {
-    c.peer_in[p] = reinterpret_cast<const char*>(wi->peers[p] + at_in);
-    c.peer_out[p] = reinterpret_cast<char*>(wo->peers[p] + at_out);
+    c.peer_in[p] = reinterpret_cast<const char*>(peer_in[p]);
+    c.peer_out[p] = reinterpret_cast<char*>(peer_out[p]);
   }
-  c.record.window = wi->id + 1;
-  c.record.window_out = wo->id + 1;
-  c.record.offset = at_in;
-  c.record.offset_out = at_out;
+  c.record.window = marks.window;
+  c.record.window_out = marks.window_out;
+  c.record.offset = marks.offset;
+  c.record.offset_out = marks.offset_out;
   c.sig = signature(c.record.kind, c.record.dtype, c.record.op, count, -1, &c.record);
   c.in = in;
   c.out = out;
   c.count = count;
   launch(c, stream);
-  ++direct_calls_;
-  return true;
 }
 
 void DeviceComm::all_reduce(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, void* stream) {

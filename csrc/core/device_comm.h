@@ -51,6 +51,17 @@ class DeviceComm {
   // every rank must then pass the same windows at the same offsets (the signature says so).
   uint32_t add_window(const void* ptr, size_t bytes, const std::vector<uintptr_t>& peers);
   void remove_window(uint32_t id);
+  // Whether all_reduce(in, out) of `bytes` would read and write registered windows in place.
+  bool in_windows(const void* in, const void* out, size_t bytes) const;
+
+  // An all_reduce in place between arrays that every rank mapped for this call (`peer_in`,
+  // `peer_out`: every rank's input and output here, own included): the caller
+  // (plexus.device.mapped) exchanged their handles, so every rank calls it alike. For calls of
+  // at least mapped_min() bytes (PLEXUS_DEVICE_MAPPED_MIN), where a host round costs less than
+  // the staging copies it saves.
+  void all_reduce_mapped(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale,
+                         const std::vector<uintptr_t>& peer_in, const std::vector<uintptr_t>& peer_out, void* stream);
+  size_t mapped_min() const { return mapped_min_; }
 
   // Throws the first error the device reported (Timeout, PeerError, or Error), if any.
   void check();
@@ -61,6 +72,7 @@ class DeviceComm {
   size_t scratch_bytes() const { return scratch_; }
   int blocks() const { return blocks_; }
   uint64_t direct_calls() const { return direct_calls_; }
+  uint64_t mapped_calls() const { return mapped_calls_; }
 
  private:
   signals::DeviceCall base_call(CollKind kind, DType dtype, RedOp op, size_t count, int root, double scale) const;
@@ -77,6 +89,10 @@ class DeviceComm {
   };
   const Window* window_of(const void* p, size_t bytes) const;
   bool direct_all_reduce(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, void* stream);
+  // kDirectAllReduce on every rank's `peer_in` / `peer_out`; `marks` names the windows (or the
+  // per-call mapping) in the record and the signature, so a rank that staged instead mismatches.
+  void launch_direct(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale,
+                     const uintptr_t* peer_in, const uintptr_t* peer_out, const signals::CallRecord& marks, void* stream);
 
   int rank_, world_, device_;
   bool emulated_;
@@ -85,9 +101,11 @@ class DeviceComm {
   uint64_t timeout_ns_;
   std::string forced_;  // PLEXUS_DEVICE_ALGO, read once
   size_t direct_min_;   // PLEXUS_DEVICE_DIRECT_MIN
+  size_t mapped_min_;   // PLEXUS_DEVICE_MAPPED_MIN
   std::vector<Window> windows_;
   uint32_t next_window_ = 0;
   uint64_t direct_calls_ = 0;
+  uint64_t mapped_calls_ = 0;
   std::vector<int> names_;
   std::unique_ptr<WorkspaceMemory> memory_;
   char* own_ = nullptr;

@@ -73,9 +73,52 @@ def _cupy_graph(rank, world):
 
 
 @pytest.mark.cupy
+@pytest.mark.parametrize("world,env", [(2, {}), (3, {}), (2, {"PLEXUS_DEVICE_MAPPED_MIN": "1K"})])
+def test_cupy_graph_capture_replays(world, env):
+    """(With arrays mapped from 1 KiB: the first call maps them, the captured ones are staged.)"""
+    assert run_ranks(world, _cupy_graph, env=env, timeout=300) == [True] * world
+
+
+def _mapped(rank, world, library):
+    """Large all_reduces on arrays mapped for the call, in place and out of place, at offsets
+    within their allocations, on cupy arrays or torch tensors."""
+    from plexus.device import mapped
+
+    if library == "cupy":
+        import cupy as xp
+
+        xp.cuda.Device(0).use()
+        to_host, dtypes = xp.asnumpy, (np.float32, np.float16, np.int32)
+    else:
+        import torch
+
+        torch.cuda.set_device(0)
+        codes = {np.float32: torch.float32, np.float16: torch.float16, np.int32: torch.int32}
+        to_host, dtypes = (lambda t: t.cpu().numpy()), tuple(codes)
+    for dtype in dtypes:
+        for n in (16411, (1 << 20) + 3):  # from 32 KiB on (float16 too), counts that do not divide
+            base = (np.arange(n + 5) % 11).astype(dtype)
+            for i in range(3):
+                host = base + rank + i
+                x = xp.asarray(host) if library == "cupy" else torch.from_numpy(host).cuda()
+                view = x[5:]  # not at its allocation's start
+                plexus.all_reduce(view)
+                want = (base[5:].astype(np.float64) * world + sum(r + i for r in range(world))).astype(dtype)
+                np.testing.assert_array_equal(to_host(view), want, err_msg=f"{library} {dtype} {n} in place")
+                out = xp.zeros(n, dtype) if library == "cupy" else torch.zeros(n, dtype=codes[dtype], device="cuda")
+                plexus.all_reduce(x[:n], op=plexus.ReduceOp.MAX, out=out)
+                np.testing.assert_array_equal(to_host(out), (base[:n] + world - 1 + i).astype(dtype))
+    comm = plexus.distributed._world("test")._native.comm  # noqa: SLF001
+    assert not mapped.STAGED, mapped.STAGED
+    return comm.mapped_calls
+
+
+@pytest.mark.parametrize("library", [pytest.param("cupy", marks=pytest.mark.cupy),
+                                     pytest.param("torch", marks=pytest.mark.torch_cuda)])
 @pytest.mark.parametrize("world", [2, 3])
-def test_cupy_graph_capture_replays(world):
-    assert run_ranks(world, _cupy_graph, timeout=300) == [True] * world
+def test_large_all_reduces_run_on_mapped_arrays(world, library):
+    res = run_ranks(world, _mapped, library, env={"PLEXUS_DEVICE_MAPPED_MIN": "32K"}, timeout=300)
+    assert res == [36] * world
 
 
 def _torch_graph(rank, world, init_method):

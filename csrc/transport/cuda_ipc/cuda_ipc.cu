@@ -94,6 +94,13 @@ void synchronize_device(int device) {
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
+bool capturing(int device, void* stream) {
+  DeviceGuard g(device);
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status), "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
+}
+
 int multiprocessors(int device) {
   int n = 0;
   check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");

@@ -54,6 +54,8 @@ void free_mapped_host(void* ptr);
 
 // Waits until everything queued on the device by this process is done (before closing mappings).
 void synchronize_device(int device);
+// Whether `stream` is being captured into a CUDA graph (what is enqueued then runs at replays).
+bool capturing(int device, void* stream);
 // The device's streaming multiprocessors (what sizes the device collectives' grids).
 int multiprocessors(int device);
 

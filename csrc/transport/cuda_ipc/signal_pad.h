@@ -30,6 +30,8 @@ constexpr int kSigBits = 24;
 constexpr uint64_t kSigMask = (uint64_t{1} << kSigBits) - 1;
 constexpr size_t kPadBytes = 64 * 1024;  // the Pad, rounded up: scratch starts 64 KiB in
 
+constexpr uint32_t kMappedWindow = 0xFFFFFFFFu;
+
 // What a call was, for the error that names both calls of a mismatch.
 struct CallRecord {
   uint64_t seq = 0;
@@ -39,6 +41,7 @@ struct CallRecord {
   uint32_t op = 0;
   int32_t root = -1;
   uint32_t window = 0;  // registered buffers read in place: 1 + the window of the input, else 0
+                        // (kMappedWindow: arrays mapped for this one call)
   uint32_t window_out = 0;
   uint64_t offset = 0;  // of the input in its window (the output's: offset_out)
   uint64_t offset_out = 0;

@@ -3,7 +3,8 @@ __cuda_array_interface__), for the collective layer (plexus._collectives), which
 call whose buffers are in device memory; the numpy API and the torch backend both go through it.
 
 Modules: arrays (what a device array is), libraries (cupy's and torch's streams, copies and pinned
-memory), pinned (a pool of host staging blocks), ipc (CUDA IPC between the ranks of one host),
+memory), pinned (a pool of host staging blocks), native (kernels of the C++ core between the
+ranks of one host), mapped (its large all_reduces in place), ipc (CUDA IPC with a host round per call),
 pipeline (all_reduce through host memory in overlapping chunks), staging (any call through host
 memory), work (the core work of a call enqueued on a stream).
 """

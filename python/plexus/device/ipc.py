@@ -127,6 +127,7 @@ class CudaDriver:
     query = staticmethod(lambda device, ev: _C._cuda_event_query(device, ev))
     synchronize = staticmethod(lambda device, ev: _C._cuda_event_synchronize(device, ev))
     synchronize_device = staticmethod(lambda device: _C._cuda_device_synchronize(device))
+    capturing = staticmethod(lambda device, stream: _C._cuda_stream_capturing(device, stream))
     copy = staticmethod(lambda device, dst, src, nbytes, stream: _C._cuda_memcpy(device, dst, src, nbytes, stream))
 
     @staticmethod
@@ -170,28 +171,20 @@ def slices(count: int, n: int, itemsize: int) -> List[Tuple[int, int]]:
     return [(min(count, r * chunk), min(count, (r + 1) * chunk)) for r in range(n)]
 
 
-class _Peers:
-    """What one group keeps per device: its two interprocess events and the peers' mapped
-    allocations and events (opened once, by handle).
+class Mappings:
+    """Peers' allocations mapped into this process by their IPC handles, on one device.
 
     A mapping stays open while calls keep using it (training reuses its buffers). One that no
     call has used for STALE_CALLS calls is closed (after the device has finished everything this
     process queued, since any stream may still read it): a peer's allocator may have freed that
-    memory, and the driver keeps it alive until every mapping of it is closed."""
+    memory, and the driver keeps it alive until every mapping of it is closed. A handle names one
+    allocation, so memory freed and allocated again at the same address comes with a new handle
+    and never reaches an old mapping."""
 
     def __init__(self, driver: Any, device: int):
         self.driver, self.device = driver, device
-        self.entry = driver.event_create(device, True)  # (event, handle)
-        self.done = driver.event_create(device, True)
-        self.events: Dict[bytes, int] = {}
         self.memory: Dict[bytes, List[int]] = {}  # handle -> [base, last call that used it]
         self.calls = 0
-
-    def event(self, handle: bytes) -> int:
-        ev = self.events.get(handle)
-        if ev is None:
-            ev = self.events[handle] = self.driver.event_open(self.device, handle)
-        return ev
 
     def base(self, handle: bytes) -> int:
         entry = self.memory.get(handle)
@@ -214,12 +207,32 @@ class _Peers:
 
     def release(self) -> None:
         d, dev = self.driver, self.device
-        d.synchronize_device(dev)  # no kernel of ours reads a mapping or waits on an event any more
+        d.synchronize_device(dev)  # no kernel of ours reads a mapping any more
         for base, _ in self.memory.values():
             d.close(dev, base)
-        for ev in list(self.events.values()) + [self.entry[0], self.done[0]]:
-            d.event_destroy(dev, ev)
         self.memory.clear()
+
+
+class _Peers(Mappings):
+    """What one group keeps per device: the peers' mapped allocations (Mappings), its two
+    interprocess events and the peers' (opened once, by handle)."""
+
+    def __init__(self, driver: Any, device: int):
+        super().__init__(driver, device)
+        self.entry = driver.event_create(device, True)  # (event, handle)
+        self.done = driver.event_create(device, True)
+        self.events: Dict[bytes, int] = {}
+
+    def event(self, handle: bytes) -> int:
+        ev = self.events.get(handle)
+        if ev is None:
+            ev = self.events[handle] = self.driver.event_open(self.device, handle)
+        return ev
+
+    def release(self) -> None:
+        super().release()  # waits for the device first: no kernel waits on an event any more
+        for ev in list(self.events.values()) + [self.entry[0], self.done[0]]:
+            self.driver.event_destroy(self.device, ev)
         self.events.clear()
 
 

@@ -12,7 +12,9 @@ makes every rank decline, for good: the group then uses plexus.device.ipc.
 
 register() maps a buffer of every rank once (plexus.register), so large all_reduces between
 registered buffers run in place; all_reduce_fast() is the hot path of a blocking in-place
-all_reduce of a plain array.
+all_reduce of a plain array. All_reduces from PLEXUS_DEVICE_MAPPED_MIN bytes (16 MiB) of
+unregistered arrays run in place too, on arrays mapped for the call, at the price of one host
+round (plexus.device.mapped).
 
 The group is bound to the GPU of its first such call (as a NCCL communicator is to its device);
 arrays on another GPU are a ValueError. With the fake driver of the tests (its `native` is
@@ -27,7 +29,7 @@ import threading
 from typing import Any, Optional, Tuple
 
 from .. import _C
-from . import arrays, ipc
+from . import arrays, ipc, mapped
 from .work import StreamWork
 
 KINDS = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce")
@@ -38,10 +40,11 @@ _lock = threading.Lock()
 
 
 class _Native:
-    __slots__ = ("comm", "device")
+    __slots__ = ("comm", "device", "mapped_min")
 
-    def __init__(self, comm: Any, device: int):
-        self.comm, self.device = comm, device
+    def __init__(self, comm: Any, device: int, mapped_min: int):
+        # mapped_min: all_reduce bytes from which the ranks' arrays are mapped per call (mapped.py)
+        self.comm, self.device, self.mapped_min = comm, device, mapped_min
 
 
 def _problem(g: Any) -> Optional[str]:
@@ -81,7 +84,7 @@ def _setup(g: Any, device: int) -> Any:
     if not all(agreed):
         bad = next(p for p, row in enumerate(agreed) if not row[0])
         return ipc.Declined(problem if problem else f"rank {g.ranks[bad]} cannot map its peers' workspaces")
-    return _Native(comm, device)
+    return _Native(comm, device, comm.mapped_min if g.size() > 1 else 1 << 64)
 
 
 def _native(g: Any, device: int) -> Any:
@@ -139,7 +142,10 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
     out = call.out_ptrs[0] if call.out_ptrs else call.in_ptrs[0]
     src = call.in_ptrs[0] if call.in_ptrs else out
     if kind == "all_reduce":
-        comm.all_reduce(src, out, call.count, call.code, op, scale, stream)
+        nbytes = dst.nbytes
+        if (nbytes < st.mapped_min or comm.in_windows(src, out, nbytes) or
+                mapped.all_reduce(g, comm, device, src, out, call.count, call.code, op, scale, stream, call.where)):
+            comm.all_reduce(src, out, call.count, call.code, op, scale, stream)  # staged (or registered windows)
     elif kind == "all_gather_into_tensor":
         comm.all_gather(src, out, call.count, call.code, stream)
     elif kind == "all_gather":
@@ -182,9 +188,11 @@ def all_reduce_fast(g: Any, x: Any, op: int, out: Any = None) -> bool:
     ptr, count, code, dev, stream = a
     if dev != st.device or code == _BOOL or (op == _AVG and code not in _FLOATS):
         return False
+    nbytes = count * _ITEMSIZE[code]
+    if nbytes >= st.mapped_min:  # mapped per call: the checked path does that
+        return False
     dst = b[0]
     if b is not a:  # out of place: the same shape of call, and disjoint (else the checked path says why)
-        nbytes = count * _ITEMSIZE[code]
         if b[1:] != a[1:] or (dst != ptr and dst < ptr + nbytes and ptr < dst + nbytes):
             return False
     st.comm.all_reduce(ptr, dst, count, code, op, 1.0 / g.size() if op == _AVG else 1.0, stream)
@@ -230,22 +238,22 @@ def register(g: Any, buf: Any, where: str) -> Registration:
     if not all(row[0] for row in rows):
         bad = next(p for p, row in enumerate(rows) if not row[0])
         return Registration(g, buf.obj, None, [], why or f"rank {g.ranks[bad]} cannot export its buffer")
-    peers, mapped = [], []
+    peers, opened = [], []
     try:
         for p, row in enumerate(rows):
             if p == g.rank():
                 peers.append(buf.ptr)
                 continue
             base = ipc._driver.open(device, row[1:1 + HANDLE])
-            mapped.append(base)
+            opened.append(base)
             peers.append(base + struct.unpack_from("<Q", row, 1 + HANDLE)[0])
     except Exception as e:  # noqa: BLE001
         ok, why = False, f"rank {g.ranks[g.rank()]} cannot map its peers' buffers: {e}"
     if not all(row[0] for row in ipc.host_all_gather(g, bytes([ok]))):
-        for base in mapped:
+        for base in opened:
             ipc._driver.close(device, base)
         return Registration(g, buf.obj, None, [], why or "a rank cannot map its peers' buffers")
-    return Registration(g, buf.obj, st.comm.add_window(buf.ptr, buf.nbytes, peers), mapped)
+    return Registration(g, buf.obj, st.comm.add_window(buf.ptr, buf.nbytes, peers), opened)
 
 
 def deregister(reg: Registration) -> None:
@@ -269,6 +277,7 @@ def abort(g: Any) -> None:
 
 def release(g: Any) -> None:
     """Waits for the GPU, then unmaps the peers' workspaces and frees this rank's."""
+    mapped.release(g)
     st = g.__dict__.pop("_native", None)
     if isinstance(st, _Native):
         try:
