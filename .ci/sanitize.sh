@@ -30,6 +30,7 @@ case "$mode" in
     tests=(tests/test_algorithms.py tests/test_errors.py tests/test_shm.py tests/test_p2p.py tests/test_abort.py
            tests/test_strangers.py tests/test_fuzz.py tests/test_kill_matrix.py tests/test_groups.py
            tests/test_async.py tests/test_flight_recorder.py tests/test_auth.py tests/test_device_native.py
+           tests/test_device_mapped.py
            tests/test_ucx.py tests/test_fork.py)
     ;;
   thread)

@@ -111,6 +111,7 @@ class FakeCuda:
 
     def close(self, device, base):
         self.calls["close"] += 1
+        assert not self.busy, "a mapping closed while the GPU may still use it"
         self.mapped.pop(base)
 
     def event_create(self, device, interprocess):
@@ -146,6 +147,7 @@ class FakeCuda:
 
     def synchronize_device(self, device):
         self.calls["synchronize_device"] += 1
+        self.busy = False
 
     def copy(self, device, dst, src, nbytes, stream):
         self.calls["copy"] += 1

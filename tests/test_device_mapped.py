@@ -6,13 +6,14 @@ processes. PLEXUS_DEVICE_MAPPED_MIN is lowered so that small arrays take the pat
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
 
 import plexus
+from fake_cuda import FakeDeviceArray
 from launch import run_ranks
-from plexus import device
 from plexus.device import ipc, mapped, native
 from test_cuda_ipc_logic import _collectives
 from test_device_native import _fake
@@ -105,10 +106,10 @@ def _declined(rank, world, folder, how):
                                      ("fail_open", "cannot map its peers' arrays")])
 def test_a_rank_that_cannot_export_or_map_stages_the_call_on_every_rank(how, why, tmp_path):
     res = run_ranks(3, _declined, str(tmp_path), how, env=SMALL_MIN)
-    for calls, staged in res:
+    for rank, (calls, staged) in enumerate(res):
         assert calls == 0
         (text, n), = staged.items()
-        assert n == 1 and why in text and ("rank 1" in text), (rank, text)
+        assert n == 1 and why in text and "rank 1" in text, (rank, text)
 
 
 def _capture_alike(rank, world, folder):
@@ -175,15 +176,106 @@ def _absent(rank, world, folder):
     x = fake.array(np.ones(1000, np.float32))
     plexus.all_reduce(fake.array(np.ones(3, np.float32)))  # both set up the native path
     if rank == 1:
+        time.sleep(4)  # past rank 0's deadline, still in the group
         return "absent"
-    with pytest.raises(plexus.PlexusError):
+    t0 = time.monotonic()
+    with pytest.raises(plexus.CollectiveTimeout) as e:
         plexus.all_reduce(x)
-    return "raised"
+    return round(time.monotonic() - t0), str(e.value)
 
 
-def test_a_peer_that_never_calls_makes_the_call_raise_not_hang(tmp_path):
-    res = run_ranks(2, _absent, str(tmp_path), env=dict(SMALL_MIN, PLEXUS_TIMEOUT="2"), timeout=120)
-    assert res == ["raised", "absent"]
+def test_a_peer_that_never_calls_makes_the_call_raise_at_the_deadline(tmp_path):
+    (seconds, text), absent = run_ranks(2, _absent, str(tmp_path), env=dict(SMALL_MIN, PLEXUS_TIMEOUT="2"),
+                                        timeout=120)
+    assert absent == "absent" and 1 <= seconds <= 3, seconds
+    assert ("rank 0 waited for its peers to share the arrays of all_reduce(dtype float32, count 1000, op sum)"
+            in text), text
+
+
+def _across_the_threshold(rank, world, folder):
+    """Counts on either side of the threshold: one rank maps, the other stages; both raise."""
+    fake = _fake(folder, rank)
+    plexus.all_reduce(fake.array(np.ones(3, np.float32)))
+    with pytest.raises(plexus.PlexusError) as e:
+        plexus.all_reduce(fake.array(np.ones(256 - rank, np.float32)))  # 1024 bytes, 1020 bytes
+    return type(e.value).__name__, str(e.value)
+
+
+def test_calls_on_either_side_of_the_threshold_raise_on_both_ranks(tmp_path):
+    res = run_ranks(2, _across_the_threshold, str(tmp_path), env=dict(SMALL_MIN, PLEXUS_TIMEOUT="2"), timeout=120)
+    assert "PLEXUS_DEVICE_MAPPED_MIN" in res[0][1], res[0]
+    assert res[1][0] in ("CollectiveTimeout", "PeerError"), res[1]
+
+
+def _different_settings(rank, world, folder):
+    if rank == 1:
+        os.environ["PLEXUS_DEVICE_MAPPED_MIN"] = "4K"  # read when the group sets up its workspace
+    fake = _fake(folder, rank)
+    x = fake.array(np.full(600, rank + 1.0, np.float32))  # 2400 bytes: under rank 1's 4 KiB
+    plexus.all_reduce(x)
+    np.testing.assert_array_equal(x.host, np.full(600, 3.0, np.float32))
+    y = fake.array(np.full(1024, rank + 1.0, np.float32))  # 4096 bytes
+    plexus.all_reduce(y)
+    np.testing.assert_array_equal(y.host, np.full(1024, 3.0, np.float32))
+    comm = _group()._native.comm  # noqa: SLF001
+    return comm.mapped_min, comm.mapped_calls
+
+
+def test_the_group_maps_from_the_largest_threshold_of_its_ranks(tmp_path):
+    assert run_ranks(2, _different_settings, str(tmp_path), env=SMALL_MIN) == [(4096, 1)] * 2
+
+
+def _premul_factors(rank, world, folder):
+    fake = _fake(folder, rank)
+    with pytest.raises(plexus.PlexusError) as e:
+        plexus.all_reduce(fake.array(np.ones(1000, np.float32)), op=plexus.ReduceOp.premul_sum(1.0 + rank))
+    return str(e.value)
+
+
+def test_different_premul_factors_are_a_mismatch_naming_both(tmp_path):
+    for rank, text in enumerate(run_ranks(2, _premul_factors, str(tmp_path), env=SMALL_MIN)):
+        assert f"rank {rank} called all_reduce(dtype float32, count 1000, op premul_sum, factor {1.0 + rank})" in text
+        assert f"factor {2.0 - rank}" in text, text
+
+
+def _odd_shapes(rank, world, folder):
+    """Asynchronous, input and output in one allocation, and (threshold 0) empty and tiny arrays."""
+    fake = _fake(folder, rank)
+    both = fake.array(np.zeros(2000, np.float32), offset=8)
+    src, out = FakeDeviceArray(both.host[:1000]), FakeDeviceArray(both.host[1000:])
+    src.host[...] = np.arange(1000) + rank
+    w = plexus.all_reduce(src, out=out, async_op=True)
+    w.wait()
+    np.testing.assert_array_equal(out.host, (2 * np.arange(1000) + 1).astype(np.float32))
+    np.testing.assert_array_equal(src.host, np.arange(1000) + rank)
+    for n in (0, 1, 5):
+        x = fake.array(np.full(n, rank + 1, np.int64))
+        plexus.all_reduce(x)
+        np.testing.assert_array_equal(x.host, np.full(n, 3, np.int64))
+    return _group()._native.comm.mapped_calls, dict(mapped.STAGED)  # noqa: SLF001
+
+
+def test_async_calls_one_allocation_and_tiny_arrays(tmp_path):
+    assert run_ranks(2, _odd_shapes, str(tmp_path), env={"PLEXUS_DEVICE_MAPPED_MIN": "0"}) == [(3, {})] * 2
+
+
+def _deferred(rank, world, folder):
+    """Stale mappings wait for the GPU: closed only once the event after the latest call is done."""
+    ipc.STALE_CALLS = 4  # this process only
+    fake = _fake(folder, rank)
+    closes = []
+    for i in range(13):
+        fake.busy = i < 8  # the "GPU" is behind for the first 8 calls: nothing may close then
+        x = fake.array(np.full(600, i + rank, np.float32))
+        plexus.all_reduce(x)
+        closes.append(fake.calls["close"])
+    return closes, fake.calls["synchronize_device"]
+
+
+def test_stale_mappings_close_only_once_the_gpu_is_past_them(tmp_path):
+    for closes, syncs in run_ranks(2, _deferred, str(tmp_path), env=SMALL_MIN):
+        assert closes[:8] == [0] * 8 and closes[-1] == 8, closes  # at the 12th call: the first 8
+        assert syncs == 0
 
 
 def test_forcing_a_staged_program_turns_mapping_off(monkeypatch):
@@ -194,4 +286,3 @@ def test_forcing_a_staged_program_turns_mapping_off(monkeypatch):
     monkeypatch.delenv("PLEXUS_DEVICE_ALGO")
     monkeypatch.setenv("PLEXUS_DEVICE_MAPPED_MIN", "64K")
     assert plexus._C.DeviceComm(0, 2, 0, True, 0, 5.0, [0, 1]).mapped_min == 64 << 10
-    assert os.environ["PLEXUS_DEVICE_MAPPED_MIN"] == "64K"

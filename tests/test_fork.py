@@ -120,3 +120,51 @@ def test_a_forked_child_destroys_its_copy_without_harm(transport):
     status, done, cpu = report.split("|")
     assert (status, done) == ("status 0", "ok"), f"the child's teardown: {report} (a signal in the low byte is a crash)"
     assert float(cpu.split()[1]) < 0.3, f"the parent is busy after its child's teardown: {cpu} cores"
+
+
+def _device_fork(rank, world, folder):
+    """The native device path (the emulated device of the tests) and its mapped all_reduces, set
+    up before the fork: the child's calls raise, the parent's group goes on."""
+    import plexus
+    from fake_cuda import FakeCuda
+    from plexus.device import ipc
+
+    fake = FakeCuda(folder, rank, native=True)
+    ipc.set_driver(fake)
+    small, large = fake.array(np.ones(5, np.float32)), fake.array(np.ones(PRIME, np.float32))
+    plexus.all_reduce(small)  # the device workspaces, mapped before the fork
+    plexus.all_reduce(large)  # and a peer's array, mapped for the call (PLEXUS_DEVICE_MAPPED_MIN)
+    reports = []
+    if rank == 0:
+        for x in (small, large):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(r)
+                t0, out = time.monotonic(), "the call returned"
+                try:
+                    plexus.all_reduce(x)
+                except BaseException as e:  # noqa: BLE001 - reported to the parent
+                    out = f"{type(e).__name__}|{isinstance(e, RuntimeError)}|{e}"
+                os.write(w, f"{time.monotonic() - t0:.2f}|{out}".encode())
+                plexus.destroy_process_group()  # the child's teardown leaves the parent's alone
+                os._exit(0)
+            os.close(w)
+            _, status = os.waitpid(pid, 0)
+            reports.append(f"status {status}|" + os.read(r, 65536).decode())
+            os.close(r)
+    plexus.barrier()
+    for x in (small, large):
+        x.host[...] = rank + 1
+        plexus.all_reduce(x)  # the parents' device calls still work
+        assert np.all(x.host == world * (world + 1) // 2), x.host[:4]
+    return reports
+
+
+def test_a_forked_child_cannot_use_the_device_path_of_its_parent(tmp_path):
+    reports = run_ranks(2, _device_fork, str(tmp_path), env=dict(ENV, PLEXUS_DEVICE_MAPPED_MIN="1K"), timeout=120)[0]
+    assert len(reports) == 2
+    for report in reports:
+        status, seconds, kind, is_runtime, msg = report.split("|", 4)
+        assert status == "status 0" and is_runtime == "True", report
+        assert "fork" in msg.lower() and float(seconds) < 5, report

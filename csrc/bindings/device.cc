@@ -100,8 +100,8 @@ void bind_device(py::module_& m) {
         c.all_reduce_mapped(in_ptr(in), out_ptr(out), n, d, o, scale, peer_in, peer_out, out_ptr(s));
       }, py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("scale"),
          py::arg("peer_in"), py::arg("peer_out"), py::arg("stream"))
-      .def_property_readonly("mapped_min", &DeviceComm::mapped_min,
-                             "all_reduce bytes from which every rank's arrays are mapped per call")
+      .def_property("mapped_min", &DeviceComm::mapped_min, &DeviceComm::set_mapped_min,
+                    "all_reduce bytes from which every rank's arrays are mapped per call (the group's)")
       .def_property_readonly("mapped_calls", &DeviceComm::mapped_calls,
                              "all_reduce calls that ran in place on arrays mapped for the call")
       .def("check", &DeviceComm::check, "Raises the first error the device reported, if any.")

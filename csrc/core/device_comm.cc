@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <unistd.h>
+
 #include "algorithms/device_collectives.h"
 #include "base/config.h"
 #include "base/error.h"
@@ -95,6 +97,10 @@ DeviceComm::DeviceComm(int rank, int world, int device, bool emulated, size_t sc
 }
 
 DeviceComm::~DeviceComm() {
+  if (made_before_fork(generation_)) {  // a forked child: the mappings and the memory are the parent's
+    (void)memory_.release();
+    return;
+  }
   for (int p = 0; p < static_cast<int>(peers_.size()); ++p) {
     if (p == rank_ || !peers_[p]) continue;
     try {
@@ -338,6 +344,10 @@ void DeviceComm::reduce_scatter(const void* in, void* out, size_t count, DType d
 }
 
 void DeviceComm::check() {
+  if (made_before_fork(generation_))
+    throw Error("plexus rank " + std::to_string(names_[rank_]) + ": this group's device collectives were set up before "
+                "a fork and this is the forked child (pid " + std::to_string(getpid()) + "): a child cannot use its "
+                "parent's device workspaces; make a new process group in the child");
   if (!failure_.empty()) {
     if (failure_kind_ == kTimeout) throw Timeout(failure_);
     if (failure_kind_ == kPeerFailed) throw PeerError(failure_peer_, failure_);
@@ -379,6 +389,9 @@ void DeviceComm::check() {
   check();
 }
 
-void DeviceComm::abort() { __atomic_store_n(&memory_->box()->abort, 1u, __ATOMIC_RELEASE); }
+void DeviceComm::abort() {
+  if (made_before_fork(generation_)) return;
+  __atomic_store_n(&memory_->box()->abort, 1u, __ATOMIC_RELEASE);
+}
 
 }  // namespace plexus

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "base/fork.h"
 #include "base/types.h"
 #include "transport/cuda_ipc/signal_pad.h"
 #include "transport/cuda_ipc/workspace.h"
@@ -62,10 +63,13 @@ class DeviceComm {
   void all_reduce_mapped(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale,
                          const std::vector<uintptr_t>& peer_in, const std::vector<uintptr_t>& peer_out, void* stream);
   size_t mapped_min() const { return mapped_min_; }
+  void set_mapped_min(size_t bytes) { mapped_min_ = bytes; }  // what the group agreed on
 
-  // Throws the first error the device reported (Timeout, PeerError, or Error), if any.
+  // Throws the first error the device reported (Timeout, PeerError, or Error), if any; in a
+  // fork()ed child, that the group is its parent's (every call begins here).
   void check();
-  // Makes every kernel of this communicator that waits give up (then check() throws).
+  // Makes every kernel of this communicator that waits give up (then check() throws); nothing in
+  // a forked child, whose abort would reach the parent's kernels through the shared error box.
   void abort();
   // The all_reduce program for `bytes`, and why ("oneshot: ..." / "twoshot: ...").
   std::string explain_all_reduce(size_t bytes) const;
@@ -114,6 +118,7 @@ class DeviceComm {
   std::string failure_;  // set once check() has seen an error: every later call throws it
   int failure_kind_ = 0;
   int failure_peer_ = -1;
+  int generation_ = fork_generation();  // of the process that made it
 };
 
 }  // namespace plexus

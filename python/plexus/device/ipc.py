@@ -175,11 +175,13 @@ class Mappings:
     """Peers' allocations mapped into this process by their IPC handles, on one device.
 
     A mapping stays open while calls keep using it (training reuses its buffers). One that no
-    call has used for STALE_CALLS calls is closed (after the device has finished everything this
-    process queued, since any stream may still read it): a peer's allocator may have freed that
-    memory, and the driver keeps it alive until every mapping of it is closed. A handle names one
-    allocation, so memory freed and allocated again at the same address comes with a new handle
-    and never reaches an old mapping."""
+    call has used for STALE_CALLS calls is closed once the GPU has finished the calls that used it:
+    at once when the event recorded after the latest call says so (end_call's `event`; a group's
+    calls run in order on the GPU, which its device protocol needs anyway), else at a later check,
+    or after waiting for that event (or, without one, the device) when more than OPEN_LIMIT are
+    open. CUDA requires the owner not to free an allocation while a peer has it mapped; a handle
+    names one allocation, so memory freed and allocated again at the same address comes with a new
+    handle and never reaches an old mapping."""
 
     def __init__(self, driver: Any, device: int):
         self.driver, self.device = driver, device
@@ -193,17 +195,24 @@ class Mappings:
         entry[1] = self.calls
         return entry[0]
 
-    def end_call(self) -> None:
-        """After a call's work is enqueued: closes mappings gone stale (never this call's)."""
+    def end_call(self, event: Optional[int] = None) -> None:
+        """After a call's work is enqueued (and `event`, if given, recorded after it): closes
+        mappings gone stale (never this call's)."""
         self.calls += 1
         if self.calls % STALE_CALLS and len(self.memory) <= OPEN_LIMIT:
             return
         stale = [h for h, (_, last) in self.memory.items() if self.calls - 1 - last >= STALE_CALLS or
                  (len(self.memory) > OPEN_LIMIT and last < self.calls - 1)]
-        if stale:
+        if not stale:
+            return
+        if event is None:
             self.driver.synchronize_device(self.device)
-            for h in stale:
-                self.driver.close(self.device, self.memory.pop(h)[0])
+        elif not self.driver.query(self.device, event):
+            if len(self.memory) <= OPEN_LIMIT:
+                return  # closed at a later check, when the GPU is past them
+            self.driver.synchronize(self.device, event)
+        for h in stale:
+            self.driver.close(self.device, self.memory.pop(h)[0])
 
     def release(self) -> None:
         d, dev = self.driver, self.device

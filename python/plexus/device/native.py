@@ -6,7 +6,8 @@ device memory. This module only turns a call into pointers, a dtype and a stream
 Setup, once per group, at its first device call of these kinds: every rank allocates its
 workspace, one host all-gather shares the IPC handles, each rank maps its peers', a one-byte
 all-gather agrees that all could. From then on a call is a launch on the caller's current stream:
-no host round with the peers, nothing the host waits for, so it can be captured in a CUDA graph.
+no host round with the peers, nothing the host waits for, so it can be captured in a CUDA graph
+(all but the all_reduces that mapped.py maps per call, which are staged under capture).
 A rank that cannot take part (no CUDA, PLEXUS_DEVICE_NATIVE=0, several hosts, more than 8 ranks)
 makes every rank decline, for good: the group then uses plexus.device.ipc.
 
@@ -62,20 +63,24 @@ def _problem(g: Any) -> Optional[str]:
 
 def _setup(g: Any, device: int) -> Any:
     """The group's _Native, or ipc.Declined on every rank alike."""
-    problem, comm, handle, blocks = _problem(g), None, b"", 0
+    problem, comm, handle, blocks, mapped_min = _problem(g), None, b"", 0, 0
     if problem is None:
         try:
             emulated = ipc._driver.native == "emulated"
             comm = _C.DeviceComm(g.rank(), g.size(), device, emulated, 0, g.comm.timeout, list(g.ranks))
-            handle, blocks = comm.handle(), comm.blocks
+            handle, blocks, mapped_min = comm.handle(), comm.blocks, comm.mapped_min
         except Exception as e:  # noqa: BLE001 - this rank's alone: it says so, and all decline
             problem, comm = f"rank {g.ranks[g.rank()]} cannot set up its device workspace: {e}", None
-    rows = ipc.host_all_gather(g, bytes([problem is None, blocks]) + handle.ljust(HANDLE, b"\0")[:HANDLE])
+    rows = ipc.host_all_gather(g, bytes([problem is None, blocks]) + handle.ljust(HANDLE, b"\0")[:HANDLE] +
+                               struct.pack("<Q", mapped_min))
     if not all(row[0] for row in rows):
         bad = next(p for p, row in enumerate(rows) if not row[0])
         return ipc.Declined(problem if problem else f"rank {g.ranks[bad]} cannot use the native device path")
     try:  # one grid for all: the smallest (ranks on GPUs of different sizes)
-        comm.connect([row[2:] for row in rows], min(row[1] for row in rows))
+        comm.connect([row[2:2 + HANDLE] for row in rows], min(row[1] for row in rows))
+        # One size from which the group maps its arrays (PLEXUS_DEVICE_MAPPED_MIN, or none where
+        # PLEXUS_DEVICE_ALGO forces a program): the largest of its ranks', so equal calls agree.
+        comm.mapped_min = max(struct.unpack_from("<Q", row, 2 + HANDLE)[0] for row in rows)
         ok = True
     except Exception as e:  # noqa: BLE001
         problem, ok = f"rank {g.ranks[g.rank()]} cannot map its peers' workspaces: {e}", False
@@ -84,7 +89,7 @@ def _setup(g: Any, device: int) -> Any:
     if not all(agreed):
         bad = next(p for p, row in enumerate(agreed) if not row[0])
         return ipc.Declined(problem if problem else f"rank {g.ranks[bad]} cannot map its peers' workspaces")
-    return _Native(comm, device, comm.mapped_min if g.size() > 1 else 1 << 64)
+    return _Native(comm, device, max(comm.mapped_min, 1) if g.size() > 1 else 1 << 64)
 
 
 def _native(g: Any, device: int) -> Any:
