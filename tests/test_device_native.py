@@ -293,3 +293,54 @@ def test_a_registered_buffer_used_on_one_rank_only_is_a_mismatch(tmp_path):
     res = run_ranks(2, _one_sided_registration, str(tmp_path), env={"PLEXUS_DEVICE_DIRECT_MIN": "1K"})
     assert "registered input at offset 0" in res[0] and "mismatched device collectives" in res[0], res[0]
     assert "mismatched device collectives" in res[1], res[1]
+
+
+def _rooted_lists(rank, world, folder):
+    """gather and scatter on the native path: every dtype, counts that do not divide (chunks of a
+    small scratch too), every root, gather in place (the root's own entry is its input)."""
+    import reference as ref
+    from test_cuda_ipc_logic import DTYPES
+
+    fake = _fake(folder, rank)
+    checked = 0
+    for i, dtype in enumerate(DTYPES):
+        for count in (0, 1, 7, 4099):
+            root = (i + count) % world
+            case = f"rooted/{dtype}/{count}"
+            blocks = [ref.make_input(case, r, count, dtype) for r in range(world)]
+            src = fake.array(blocks[rank], offset=8)
+            outs = [fake.array(np.zeros_like(blocks[0]), offset=16 * q) for q in range(world)] if rank == root else None
+            if rank == root:
+                outs[root] = src  # in place
+            plexus.gather(src, outs, dst=root)
+            if rank == root:
+                for q in range(world):
+                    ref.assert_equal(outs[q].host, blocks[q], "SUM", f"gather {case} from {q}")
+            ins = [fake.array(blocks[q]) for q in range(world)] if rank == root else None
+            out = fake.array(np.zeros_like(blocks[0]), offset=4)
+            plexus.scatter(out, ins, src=root)
+            ref.assert_equal(out.host, blocks[rank], "SUM", f"scatter {case} from {root}")
+            checked += 2
+    return checked, device.PATHS["native"], sorted(device.PATHS)
+
+
+@pytest.mark.parametrize("world,scratch", [(1, ""), (2, ""), (3, "1024"), (4, "")])
+def test_gather_and_scatter_run_natively_and_match_numpy(world, scratch, tmp_path):
+    env = {"PLEXUS_DEVICE_SCRATCH": scratch} if scratch else {}
+    for checked, native_calls, paths in run_ranks(world, _rooted_lists, str(tmp_path), env=env, timeout=600):
+        assert checked > 0 and native_calls == checked and paths == ["native"], (checked, native_calls, paths)
+
+
+def _rooted_mismatch(rank, world, folder):
+    fake = _fake(folder, rank)
+    x = fake.array(np.ones(6, np.float32))
+    with pytest.raises(plexus.PlexusError) as e:
+        plexus.scatter(x, [fake.array(np.ones(6, np.float32)) for _ in range(world)],
+                       src=rank)  # every rank names itself the root
+    return str(e.value)
+
+
+def test_rooted_calls_with_different_roots_are_a_mismatch_naming_both(tmp_path):
+    for rank, text in enumerate(run_ranks(2, _rooted_mismatch, str(tmp_path))):
+        assert "mismatched device collectives" in text, text
+        assert f"rank {rank} called scatter(dtype float32, count 6, root {rank})" in text, text

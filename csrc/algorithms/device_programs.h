@@ -13,6 +13,7 @@
 //   reduce-scatter       part r of every copy, reduced into the output
 //   all-gather           every rank's copy into its block of the output (or its own output)
 //   broadcast / reduce   the root's copy / every copy reduced at the root
+//   gather / scatter     every copy into the root's outputs / the root's blocks, each to its rank
 //   direct all-reduce    registered buffers: rank r reduces part r of every rank's input and
 //                        writes it into every rank's output, between two barriers (no staging)
 // Executor X: leader(), sync(), sync_or(bool), broadcast(u64), load_acquire/store_release(u64*),
@@ -229,6 +230,25 @@ PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
       if (r == c.root) x.copy(mine + s.lo * es, in + s.lo * es, s.size() * es);
       if (!barrier(x, c, b, 0, seq, start)) return;
       const char* from = r == c.root ? in + s.lo * es : c.scratch[c.root] + set + s.lo * es;
+      x.copy(out + s.lo * es, from, s.size() * es);
+      return;
+    }
+    case kGather: {  // the root copies its own block straight from its input
+      const Range s = part(n, G, b, grain);
+      if (r != c.root) x.copy(mine + s.lo * es, in + s.lo * es, s.size() * es);
+      if (!barrier(x, c, b, 0, seq, start)) return;
+      if (r != c.root) return;
+      for (int q = 0; q < w; ++q)
+        x.copy(c.peer_out[q] + s.lo * es, q == r ? in + s.lo * es : c.scratch[q] + set + s.lo * es, s.size() * es);
+      return;
+    }
+    case kScatter: {  // the root stages block q (of n) for rank q at q * n of its scratch
+      const Range s = part(n, G, b, grain);
+      if (r == c.root)
+        for (int q = 0; q < w; ++q)
+          if (q != r) x.copy(mine + (q * n + s.lo) * es, c.peer_in[q] + s.lo * es, s.size() * es);
+      if (!barrier(x, c, b, 0, seq, start)) return;
+      const char* from = r == c.root ? c.peer_in[r] + s.lo * es : c.scratch[c.root] + set + (r * n + s.lo) * es;
       x.copy(out + s.lo * es, from, s.size() * es);
       return;
     }

@@ -84,6 +84,22 @@ void bind_device(py::module_& m) {
         py::gil_scoped_release r;
         c.reduce_scatter(in_ptr(in), out_ptr(out), n, d, o, scale, out_ptr(s));
       })
+      .def("gather", [](DeviceComm& c, uintptr_t in, const std::vector<uintptr_t>& outs, size_t n, int dt, int root,
+                        uintptr_t s) {
+        DType d = dtype_of(dt);
+        std::vector<void*> o;
+        for (auto p : outs) o.push_back(out_ptr(p));
+        py::gil_scoped_release r;
+        c.gather(in_ptr(in), o, n, d, root, out_ptr(s));
+      }, py::arg("inp"), py::arg("outs"), py::arg("count"), py::arg("dtype"), py::arg("root"), py::arg("stream"))
+      .def("scatter", [](DeviceComm& c, const std::vector<uintptr_t>& ins, uintptr_t out, size_t n, int dt, int root,
+                         uintptr_t s) {
+        DType d = dtype_of(dt);
+        std::vector<const void*> i;
+        for (auto p : ins) i.push_back(in_ptr(p));
+        py::gil_scoped_release r;
+        c.scatter(i, out_ptr(out), n, d, root, out_ptr(s));
+      }, py::arg("ins"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("root"), py::arg("stream"))
       .def("add_window", [](DeviceComm& c, uintptr_t ptr, size_t bytes, const std::vector<uintptr_t>& peers) {
         return c.add_window(in_ptr(ptr), bytes, peers);
       }, py::arg("ptr"), py::arg("bytes"), py::arg("peers"))

@@ -39,7 +39,8 @@ uint64_t round_up(uint64_t v, uint64_t m) { return (v + m - 1) / m * m; }
 
 std::string describe(const CallRecord& r) {
   const bool reduces = r.op != kNoOp && r.op < static_cast<uint32_t>(RedOp::kNone);
-  const bool rooted = r.kind == static_cast<uint32_t>(CollKind::kBroadcast) || r.kind == static_cast<uint32_t>(CollKind::kReduce);
+  const bool rooted = r.kind == static_cast<uint32_t>(CollKind::kBroadcast) || r.kind == static_cast<uint32_t>(CollKind::kReduce) ||
+                      r.kind == static_cast<uint32_t>(CollKind::kGather) || r.kind == static_cast<uint32_t>(CollKind::kScatter);
   std::string s = r.kind <= static_cast<uint32_t>(CollKind::kAllToAll) ? coll_name(static_cast<CollKind>(r.kind))
                                                                        : "kind " + std::to_string(r.kind);
   s += "(dtype ";
@@ -191,7 +192,7 @@ std::string DeviceComm::explain_all_reduce(size_t bytes) const {
 }
 
 void DeviceComm::run_chunks(DeviceCall& c, const void* in, void* out, size_t count, size_t chunk, void* stream,
-                            const std::vector<void*>* outs) {
+                            const std::vector<void*>* outs, const std::vector<const void*>* ins) {
   const size_t es = dtype_size(static_cast<DType>(c.dtype));
   size_t at = 0;
   do {  // count 0 still launches: a peer that passed a different count then hears of it
@@ -199,6 +200,8 @@ void DeviceComm::run_chunks(DeviceCall& c, const void* in, void* out, size_t cou
     c.out = static_cast<char*>(out) + at * es;
     if (outs)  // one output per rank: the chunk's place in each
       for (int q = 0; q < world_; ++q) c.peer_out[q] = static_cast<char*>((*outs)[q]) + at * es;
+    if (ins)
+      for (int q = 0; q < world_; ++q) c.peer_in[q] = static_cast<const char*>((*ins)[q]) + at * es;
     c.count = std::min(chunk, count - at);
     launch(c, stream);
     at += c.count;
@@ -341,6 +344,42 @@ void DeviceComm::reduce_scatter(const void* in, void* out, size_t count, DType d
   c.stride = count;
   // Every rank's block of the chunk is staged: world * chunk elements fit one scratch set.
   run_chunks(c, in, out, count, std::max(grain, scratch_ / (static_cast<size_t>(world_) * es) / grain * grain), stream);
+}
+
+void DeviceComm::gather(const void* in, const std::vector<void*>& outs, size_t count, DType dtype, int root,
+                        void* stream) {
+  check();
+  check_root(root);
+  const bool at_root = rank_ == root;
+  if (outs.size() != (at_root ? static_cast<size_t>(world_) : 0u))
+    throw InvalidArgument("device collectives: gather needs one output per rank at its root, none elsewhere");
+  // Elsewhere nothing is written: the input stands in for the outputs the program never uses.
+  const std::vector<void*> unused(world_, const_cast<void*>(in));
+  DeviceCall c = base_call(CollKind::kGather, dtype, RedOp::kNone, count, root, 1.0);
+  c.program = kGather;
+  run_chunks(c, in, const_cast<void*>(in), count, scratch_ / dtype_size(dtype), stream, at_root ? &outs : &unused);
+}
+
+void DeviceComm::scatter(const std::vector<const void*>& ins, void* out, size_t count, DType dtype, int root,
+                         void* stream) {
+  check();
+  check_root(root);
+  const bool at_root = rank_ == root;
+  if (ins.size() != (at_root ? static_cast<size_t>(world_) : 0u))
+    throw InvalidArgument("device collectives: scatter needs one input per rank at its root, none elsewhere");
+  const std::vector<const void*> unused(world_, out);  // never read away from the root
+  const size_t es = dtype_size(dtype), grain = std::max<size_t>(1, 16 / es);
+  DeviceCall c = base_call(CollKind::kScatter, dtype, RedOp::kNone, count, root, 1.0);
+  c.program = kScatter;
+  // The root stages every rank's block of the chunk: world * chunk elements fit one scratch set.
+  const size_t chunk = std::max(grain, scratch_ / (static_cast<size_t>(world_) * es) / grain * grain);
+  run_chunks(c, out, out, count, chunk, stream, nullptr, at_root ? &ins : &unused);
+}
+
+void DeviceComm::check_root(int root) const {
+  if (root < 0 || root >= world_)
+    throw InvalidArgument("device collectives: root " + std::to_string(root) + " is out of range for a group of " +
+                          std::to_string(world_) + " ranks");
 }
 
 void DeviceComm::check() {

@@ -45,6 +45,10 @@ class DeviceComm {
   // The list form: rank q's block into outs[q] (one output per rank).
   void all_gather_list(const void* in, const std::vector<void*>& outs, size_t count, DType dtype, void* stream);
   void reduce_scatter(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale, void* stream);
+  // Rooted lists: every rank's block of `count` into outs[q] of the root (outs: empty elsewhere),
+  // and ins[q] of the root into `out` of rank q (ins: empty elsewhere).
+  void gather(const void* in, const std::vector<void*>& outs, size_t count, DType dtype, int root, void* stream);
+  void scatter(const std::vector<const void*>& ins, void* out, size_t count, DType dtype, int root, void* stream);
 
   // Registered buffers (windows): `ptr`, `bytes` here and the same buffer of every rank mapped
   // here (`peers`, own included). An all_reduce whose input and output lie in windows, of at
@@ -82,8 +86,10 @@ class DeviceComm {
   signals::DeviceCall base_call(CollKind kind, DType dtype, RedOp op, size_t count, int root, double scale) const;
   void launch(signals::DeviceCall& call, void* stream);
   // Launches `call` per chunk of `chunk` elements, moving in and out (or every output of `outs`).
+  // `ins`: one input per rank instead (kScatter's at its root).
   void run_chunks(signals::DeviceCall& call, const void* in, void* out, size_t count, size_t chunk, void* stream,
-                  const std::vector<void*>* outs = nullptr);
+                  const std::vector<void*>* outs = nullptr, const std::vector<const void*>* ins = nullptr);
+  void check_root(int root) const;
   signals::Program all_reduce_program(size_t bytes) const;
   size_t one_shot_max() const;  // all_reduce bytes up to which one-shot runs
   struct Window {

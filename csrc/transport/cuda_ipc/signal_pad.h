@@ -81,6 +81,8 @@ enum Program : uint32_t {
   kBroadcast,
   kReduce,
   kDirectAllReduce,       // registered buffers: rank r reduces part r of every input into every output
+  kGather,                // every rank's copy into the root's outputs (peer_out[])
+  kScatter,               // the root's inputs (peer_in[]) through its scratch to every rank
   kProgramCount,
 };
 
@@ -89,7 +91,8 @@ struct DeviceCall {
   Pad* pads[kMaxRanks];        // every rank's pad, mapped here (own at [rank])
   char* scratch[kMaxRanks];    // every rank's scratch set 0, mapped here; set 1 follows it
   const char* peer_in[kMaxRanks];  // kDirectAllReduce: every rank's input and output, mapped here
-  char* peer_out[kMaxRanks];       // (kAllGather with `listed`: this rank's output per source rank)
+  char* peer_out[kMaxRanks];       // (kAllGather with `listed`, kGather: this rank's output per source
+                                   // rank; kScatter: the root's input per destination in peer_in)
   uint32_t listed = 0;             // kAllGather: the outputs are peer_out[], not blocks of `out`
   uint64_t scratch_bytes = 0;  // of one set
   ErrorBox* box = nullptr;

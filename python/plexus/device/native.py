@@ -1,5 +1,5 @@
-"""The native device path: all_reduce, all_gather (both forms), reduce_scatter_tensor, broadcast
-and reduce on device arrays of ranks that share one host, as kernels of the C++ core
+"""The native device path: all_reduce, all_gather (both forms), reduce_scatter_tensor, broadcast,
+reduce, gather and scatter on device arrays of ranks that share one host, as kernels of the C++ core
 (plexus._C.DeviceComm, csrc/core/device_comm.h) that synchronise through signal pads in mapped
 device memory. This module only turns a call into pointers, a dtype and a stream.
 
@@ -33,7 +33,8 @@ from .. import _C
 from . import arrays, ipc, mapped
 from .work import StreamWork
 
-KINDS = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce")
+KINDS = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce",
+         "gather", "scatter")
 MAX_RANKS = 8
 HANDLE = 64
 _AVG, _PREMUL_SUM = (_C.OPS.index(name) for name in ("avg", "premul_sum"))
@@ -159,6 +160,10 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
         comm.reduce_scatter(src, out, call.count, call.code, op, scale, stream)
     elif kind == "broadcast":
         comm.broadcast(out, out, call.count, call.code, call.root, stream)
+    elif kind == "gather":  # out_ptrs: the root's outputs, none elsewhere
+        comm.gather(src, call.out_ptrs, call.count, call.code, call.root, stream)
+    elif kind == "scatter":  # in_ptrs: the root's inputs, none elsewhere
+        comm.scatter(call.in_ptrs, call.out_ptrs[0], call.count, call.code, call.root, stream)
     else:
         comm.reduce(src, out, call.count, call.code, op, scale, call.root, stream)
     if blocking:
