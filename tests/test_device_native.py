@@ -344,3 +344,59 @@ def test_rooted_calls_with_different_roots_are_a_mismatch_naming_both(tmp_path):
     for rank, text in enumerate(run_ranks(2, _rooted_mismatch, str(tmp_path))):
         assert "mismatched device collectives" in text, text
         assert f"rank {rank} called scatter(dtype float32, count 6, root {rank})" in text, text
+
+
+def _all_to_all(rank, world, folder):
+    """all_to_all on the native path, both forms: uneven blocks (some empty, different each way),
+    several launches for the largest, rows of 3 columns, even splits without sizes."""
+    import reference as ref
+    from test_collectives import _pair_count
+    from test_cuda_ipc_logic import DTYPES
+
+    fake = _fake(folder, rank)
+    checked = 0
+    for dtype in DTYPES:
+        for count in (0, 1, 7, 1000, 4099):
+            case = f"a2a/{dtype}/{count}"
+            sent = {(i, j): ref.make_input(f"{case}/{i}->{j}", 0, _pair_count(i, j, count), dtype)
+                    for i in range(world) for j in range(world)}
+            outs = [fake.array(np.zeros(_pair_count(j, rank, count), sent[(0, 0)].dtype), offset=8 * j)
+                    for j in range(world)]
+            plexus.all_to_all(outs, [fake.array(sent[(rank, j)]) for j in range(world)])
+            for j in range(world):
+                ref.assert_equal(outs[j].host, sent[(j, rank)], "SUM", f"list {case} from {j}")
+            rows_in = [_pair_count(rank, j, count) for j in range(world)]
+            rows_out = [_pair_count(j, rank, count) for j in range(world)]
+            src = fake.array(np.concatenate([np.repeat(sent[(rank, j)][:, None], 3, axis=1) for j in range(world)]))
+            dst = fake.array(np.zeros((sum(rows_out), 3), sent[(0, 0)].dtype))
+            plexus.all_to_all_single(dst, src, rows_out, rows_in)
+            want = np.concatenate([np.repeat(sent[(j, rank)][:, None], 3, axis=1) for j in range(world)])
+            ref.assert_equal(dst.host, want, "SUM", f"single {case}")
+            checked += 2
+    src = fake.array(np.arange(world * 4, dtype=np.int64) + 100 * rank)
+    dst = fake.array(np.zeros(world * 4, np.int64))
+    plexus.all_to_all_single(dst, src)
+    want = np.concatenate([np.arange(rank * 4, rank * 4 + 4) + 100 * j for j in range(world)])
+    np.testing.assert_array_equal(dst.host, want)
+    return checked + 1, device.PATHS["native"], sorted(device.PATHS)
+
+
+@pytest.mark.parametrize("world,scratch", [(1, ""), (2, "1024"), (3, ""), (4, "1024")])
+def test_all_to_all_runs_natively_and_matches_numpy(world, scratch, tmp_path):
+    env = {"PLEXUS_DEVICE_SCRATCH": scratch} if scratch else {}
+    for checked, native_calls, paths in run_ranks(world, _all_to_all, str(tmp_path), env=env, timeout=600):
+        assert checked > 1 and native_calls == checked and paths == ["native"], (checked, native_calls, paths)
+
+
+def _all_to_all_disagree(rank, world, folder):
+    fake = _fake(folder, rank)
+    outs = [fake.array(np.zeros(4, np.float32)) for _ in range(world)]
+    ins = [fake.array(np.ones(4 - rank, np.float32)) for _ in range(world)]  # rank 1 sends 3, 0 expects 4
+    with pytest.raises(plexus.PlexusError) as e:
+        plexus.all_to_all(outs, ins)
+    return str(e.value)
+
+
+def test_all_to_all_blocks_the_pair_disagrees_on_are_an_error_on_every_rank(tmp_path):
+    for rank, text in enumerate(run_ranks(2, _all_to_all_disagree, str(tmp_path))):
+        assert text == f"all_to_all on rank {rank}: rank 1 sends 3 elements to rank 0, which expects 4 from it", text

@@ -14,6 +14,7 @@
 //   all-gather           every rank's copy into its block of the output (or its own output)
 //   broadcast / reduce   the root's copy / every copy reduced at the root
 //   gather / scatter     every copy into the root's outputs / the root's blocks, each to its rank
+//   all-to-all           every rank's block j into rank j's output (blocks of any size)
 //   direct all-reduce    registered buffers: rank r reduces part r of every rank's input and
 //                        writes it into every rank's output, between two barriers (no staging)
 // Executor X: leader(), sync(), sync_or(bool), broadcast(u64), load_acquire/store_release(u64*),
@@ -250,6 +251,20 @@ PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
       if (!barrier(x, c, b, 0, seq, start)) return;
       const char* from = r == c.root ? c.peer_in[r] + s.lo * es : c.scratch[c.root] + set + (r * n + s.lo) * es;
       x.copy(out + s.lo * es, from, s.size() * es);
+      return;
+    }
+    case kAllToAll: {  // the block for rank j goes to j * stride of the scratch; its own, straight
+      for (int j = 0; j < w; ++j) {
+        if (j == r) continue;
+        const Range s = part(c.sends[j], G, b, grain);
+        x.copy(mine + (j * c.stride + s.lo) * es, c.peer_in[j] + s.lo * es, s.size() * es);
+      }
+      if (!barrier(x, c, b, 0, seq, start)) return;
+      for (int q = 0; q < w; ++q) {  // rank q sent c.receives[q] (= its sends[r]): the same slices
+        const Range s = part(c.receives[q], G, b, grain);
+        const char* from = q == r ? c.peer_in[r] + s.lo * es : c.scratch[q] + set + (r * c.stride + s.lo) * es;
+        x.copy(c.peer_out[q] + s.lo * es, from, s.size() * es);
+      }
       return;
     }
     case kDirectAllReduce: {  // no staging: the peers' inputs and outputs are mapped

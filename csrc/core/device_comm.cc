@@ -376,6 +376,35 @@ void DeviceComm::scatter(const std::vector<const void*>& ins, void* out, size_t 
   run_chunks(c, out, out, count, chunk, stream, nullptr, at_root ? &ins : &unused);
 }
 
+void DeviceComm::all_to_all(const std::vector<const void*>& ins, const std::vector<uint64_t>& sends,
+                            const std::vector<void*>& outs, const std::vector<uint64_t>& receives, uint64_t largest,
+                            DType dtype, void* stream) {
+  check();
+  const size_t w = static_cast<size_t>(world_);
+  if (ins.size() != w || sends.size() != w || outs.size() != w || receives.size() != w)
+    throw InvalidArgument("device collectives: all_to_all needs one input, output and count per rank");
+  for (size_t j = 0; j < w; ++j)
+    if (sends[j] > largest || receives[j] > largest)
+      throw InvalidArgument("device collectives: all_to_all blocks larger than the group's largest");
+  const size_t es = dtype_size(dtype), grain = std::max<size_t>(1, 16 / es);
+  // Every rank's block of a launch has a place of `chunk` elements in its scratch set.
+  const uint64_t chunk = std::max(grain, scratch_ / (w * es) / grain * grain);
+  DeviceCall c = base_call(CollKind::kAllToAll, dtype, RedOp::kNone, largest, -1, 1.0);
+  c.program = kAllToAll;
+  c.stride = chunk;
+  uint64_t at = 0;
+  do {  // largest 0 still launches: a peer that called with other blocks then hears of it
+    for (size_t j = 0; j < w; ++j) {
+      c.peer_in[j] = static_cast<const char*>(ins[j]) + std::min(at, sends[j]) * es;
+      c.sends[j] = std::min(chunk, sends[j] - std::min(at, sends[j]));
+      c.peer_out[j] = static_cast<char*>(outs[j]) + std::min(at, receives[j]) * es;
+      c.receives[j] = std::min(chunk, receives[j] - std::min(at, receives[j]));
+    }
+    launch(c, stream);
+    at += chunk;
+  } while (at < largest);
+}
+
 void DeviceComm::check_root(int root) const {
   if (root < 0 || root >= world_)
     throw InvalidArgument("device collectives: root " + std::to_string(root) + " is out of range for a group of " +

@@ -49,6 +49,12 @@ class DeviceComm {
   // and ins[q] of the root into `out` of rank q (ins: empty elsewhere).
   void gather(const void* in, const std::vector<void*>& outs, size_t count, DType dtype, int root, void* stream);
   void scatter(const std::vector<const void*>& ins, void* out, size_t count, DType dtype, int root, void* stream);
+  // ins[j] (sends[j] elements) to rank j, into outs[q] (receives[q] elements) from rank q; the
+  // caller (plexus.device.native) checked that every pair agrees, and `largest` is the largest
+  // block of the whole group (every rank launches alike: one launch per chunk of it).
+  void all_to_all(const std::vector<const void*>& ins, const std::vector<uint64_t>& sends,
+                  const std::vector<void*>& outs, const std::vector<uint64_t>& receives, uint64_t largest, DType dtype,
+                  void* stream);
 
   // Registered buffers (windows): `ptr`, `bytes` here and the same buffer of every rank mapped
   // here (`peers`, own included). An all_reduce whose input and output lie in windows, of at

@@ -199,3 +199,37 @@ def _mismatch(rank, world):
 @pytest.mark.cupy
 def test_mismatched_calls_are_reported_by_the_device():
     assert run_ranks(2, _mismatch, env={"PLEXUS_TIMEOUT": "20"}, timeout=120) == [True, True]
+
+
+def _rooted_and_all_to_all(rank, world):
+    """gather, scatter and all_to_all (uneven blocks, several launches) on the native path."""
+    import cupy as cp
+
+    from plexus import device
+
+    cp.cuda.Device(0).use()
+    device.PATHS.clear()
+    for n in (0, 5, (1 << 20) + 3):
+        blocks = [np.arange(n, dtype=np.float32) + 1000 * q for q in range(world)]
+        outs = [cp.zeros(n, cp.float32) for _ in range(world)] if rank == 0 else None
+        plexus.gather(cp.asarray(blocks[rank]), outs, dst=0)
+        if rank == 0:
+            for q in range(world):
+                np.testing.assert_array_equal(cp.asnumpy(outs[q]), blocks[q])
+        out = cp.zeros(n, cp.float32)
+        plexus.scatter(out, [cp.asarray(b) for b in blocks] if rank == world - 1 else None, src=world - 1)
+        np.testing.assert_array_equal(cp.asnumpy(out), blocks[rank])
+        size = {(i, j): (n + 3 * i + 5 * j) % (n + 7) for i in range(world) for j in range(world)}
+        ins = [cp.full(size[(rank, j)], rank * 10 + j, cp.int32) for j in range(world)]
+        got = [cp.zeros(size[(j, rank)], cp.int32) for j in range(world)]
+        plexus.all_to_all(got, ins)
+        for j in range(world):
+            np.testing.assert_array_equal(cp.asnumpy(got[j]), np.full(size[(j, rank)], j * 10 + rank, np.int32))
+    assert set(device.PATHS) == {"native"}, device.PATHS
+    return True
+
+
+@pytest.mark.cupy
+@pytest.mark.parametrize("world", [2, 3])
+def test_gather_scatter_and_all_to_all_run_natively(world):
+    assert run_ranks(world, _rooted_and_all_to_all, timeout=300) == [True] * world

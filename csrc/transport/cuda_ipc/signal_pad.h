@@ -83,6 +83,7 @@ enum Program : uint32_t {
   kDirectAllReduce,       // registered buffers: rank r reduces part r of every input into every output
   kGather,                // every rank's copy into the root's outputs (peer_out[])
   kScatter,               // the root's inputs (peer_in[]) through its scratch to every rank
+  kAllToAll,              // block j of peer_in[] to rank j, through the scratches, into peer_out[]
   kProgramCount,
 };
 
@@ -94,6 +95,8 @@ struct DeviceCall {
   char* peer_out[kMaxRanks];       // (kAllGather with `listed`, kGather: this rank's output per source
                                    // rank; kScatter: the root's input per destination in peer_in)
   uint32_t listed = 0;             // kAllGather: the outputs are peer_out[], not blocks of `out`
+  uint64_t sends[kMaxRanks];       // kAllToAll: elements of this launch to each rank (from peer_in[])
+  uint64_t receives[kMaxRanks];    // and from each rank (into peer_out[])
   uint64_t scratch_bytes = 0;  // of one set
   ErrorBox* box = nullptr;
   const void* in = nullptr;
