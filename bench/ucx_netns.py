@@ -22,49 +22,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def sh(*cmd: str) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
-
-
-class Bed:
-    """Two namespaces on a bridge, 10.214.<k>.1 and .2."""
-
-    def __init__(self):
-        tag = os.getpid() % 10000
-        self.names = [f"plxu{tag}n{i}" for i in range(2)]
-        self.bridge = f"plxu{tag}br"
-        self.net = f"10.214.{os.getpid() % 250}"
-
-    def __enter__(self):
-        try:
-            sh("ip", "link", "add", self.bridge, "type", "bridge")
-            sh("ip", "link", "set", self.bridge, "up")
-            for i, ns in enumerate(self.names):
-                sh("ip", "netns", "add", ns)
-                inner, outer = f"{ns}i", f"{ns}o"
-                sh("ip", "link", "add", inner, "type", "veth", "peer", "name", outer)
-                sh("ip", "link", "set", inner, "netns", ns)
-                sh("ip", "link", "set", outer, "master", self.bridge)
-                sh("ip", "link", "set", outer, "up")
-                sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.ip(i)}/24", "dev", inner)
-                sh("ip", "netns", "exec", ns, "ip", "link", "set", inner, "up")
-                sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        except Exception:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        for ns in self.names:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
-    def ip(self, i: int) -> str:
-        return f"{self.net}.{i + 1}"
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+from netns_bed import Bed  # noqa: E402 - two namespaces on a bridge, shared with tests/test_netns.py
 
 
 def parse_size(text: str) -> int:
@@ -166,7 +125,7 @@ def main() -> int:
         print("ucx_netns: needs root and iproute2 (ip)", file=sys.stderr)
         return 2
     os.environ.setdefault("UCX_TLS", "tcp")
-    with Bed() as bed:
+    with Bed(2, prefix="plxu", subnet=214) as bed:
         env = dict(os.environ, MASTER_ADDR=bed.ip(0), MASTER_PORT=str(29500 + os.getpid() % 1000), WORLD_SIZE="2")
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--rounds", str(args.rounds), "--bytes",
                str(args.bytes), "--small-iters", str(args.small_iters), "--big-iters", str(args.big_iters),

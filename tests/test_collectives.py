@@ -40,9 +40,14 @@ def _plain_cases(prefix, counts=ref.COUNTS):
             yield f"{prefix}/{dtype}/{count}", dtype, count
 
 
-def check_all_reduce(rank, world):
+# The check_* functions below take their cases (what _reducing_cases / _plain_cases yield) as an
+# argument, so other test files run the same checks over their own counts (test_ucx.py).
+LARGE_FROM = 4096  # counts from which the per-rank collectives take a share of the count
+
+
+def check_all_reduce(rank, world, cases=None):
     checked = 0
-    for case, dtype, op, count in _reducing_cases("all_reduce"):
+    for case, dtype, op, count in cases or _reducing_cases("all_reduce"):
         inputs = [ref.make_input(case, r, count, dtype, op) for r in range(world)]
         want = ref.reduce_ref(inputs, op, dtype)
         x = inputs[rank].copy()
@@ -67,9 +72,9 @@ def check_all_reduce(rank, world):
     return checked + 2
 
 
-def check_all_gather(rank, world):
+def check_all_gather(rank, world, cases=None):
     checked = 0
-    for case, dtype, count in _plain_cases("all_gather"):
+    for case, dtype, count in cases or _plain_cases("all_gather"):
         inputs = [ref.make_input(case, r, count, dtype) for r in range(world)]
         dt = ref.np_dtype(dtype)
         # list form, out of place
@@ -98,10 +103,10 @@ def check_all_gather(rank, world):
     return checked
 
 
-def check_reduce_scatter(rank, world):
+def check_reduce_scatter(rank, world, cases=None):
     checked = 0
-    for case, dtype, op, count in _reducing_cases("reduce_scatter"):
-        if count > 1000:
+    for case, dtype, op, count in cases or _reducing_cases("reduce_scatter"):
+        if count >= LARGE_FROM:
             # The large case moves about as much data as all_reduce's: 2^20+3 elements in all.
             count = count // world + 1
         full = [ref.make_input(case, r, count * world, dtype, op) for r in range(world)]
@@ -126,9 +131,9 @@ def check_reduce_scatter(rank, world):
     return checked
 
 
-def check_broadcast(rank, world):
+def check_broadcast(rank, world, cases=None):
     checked = 0
-    for i, (case, dtype, count) in enumerate(_plain_cases("broadcast")):
+    for i, (case, dtype, count) in enumerate(cases or _plain_cases("broadcast")):
         root = i % world
         want = ref.make_input(case, root, count, dtype)
         x = want.copy() if rank == root else ref.make_input(case + "/junk", rank, count, dtype)
@@ -138,9 +143,9 @@ def check_broadcast(rank, world):
     return checked
 
 
-def check_reduce(rank, world):
+def check_reduce(rank, world, cases=None):
     checked = 0
-    for i, (case, dtype, op, count) in enumerate(_reducing_cases("reduce")):
+    for i, (case, dtype, op, count) in enumerate(cases or _reducing_cases("reduce")):
         root = i % world
         inputs = [ref.make_input(case, r, count, dtype, op) for r in range(world)]
         x = inputs[rank].copy()
@@ -153,9 +158,9 @@ def check_reduce(rank, world):
     return checked
 
 
-def check_gather(rank, world):
+def check_gather(rank, world, cases=None):
     checked = 0
-    for i, (case, dtype, count) in enumerate(_plain_cases("gather")):
+    for i, (case, dtype, count) in enumerate(cases or _plain_cases("gather")):
         root = i % world
         inputs = [ref.make_input(case, r, count, dtype) for r in range(world)]
         outs = [np.zeros(count, dtype=ref.np_dtype(dtype)) for _ in range(world)] if rank == root else None
@@ -167,9 +172,9 @@ def check_gather(rank, world):
     return checked
 
 
-def check_scatter(rank, world):
+def check_scatter(rank, world, cases=None):
     checked = 0
-    for i, (case, dtype, count) in enumerate(_plain_cases("scatter")):
+    for i, (case, dtype, count) in enumerate(cases or _plain_cases("scatter")):
         root = i % world
         blocks = [ref.make_input(case, r, count, dtype) for r in range(world)]
         out = np.zeros(count, dtype=ref.np_dtype(dtype))
@@ -184,11 +189,11 @@ def _pair_count(i, j, base):
     return (base + 3 * i + 5 * j) % 7 if base < 100 else base + i - j
 
 
-def check_all_to_all(rank, world):
+def check_all_to_all(rank, world, cases=None):
     checked = 0
     # Every rank builds all N^2 blocks to check against: a large count that still spans several
     # chunks keeps this affordable.
-    for case, dtype, count in _plain_cases("all_to_all", [0, 1, 7, 1000, 65537]):
+    for case, dtype, count in cases or _plain_cases("all_to_all", [0, 1, 7, 1000, 65537]):
         dt = ref.np_dtype(dtype)
         sent = {(i, j): ref.make_input(f"{case}/{i}->{j}", 0, _pair_count(i, j, count), dtype) for i in range(world) for j in range(world)}
         # list form, uneven sizes

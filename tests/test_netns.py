@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+from netns_bed import Bed, sh
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,47 +39,8 @@ WHY_NOT = _why_not()
 pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT or "ok")
 
 
-def sh(*cmd: str) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
-
-
-class NetnsBed:
-    """`hosts` namespaces on a bridge, at 10.213.<k>.<i+1>/24."""
-
-    def __init__(self, hosts: int):
-        self.tag = f"{os.getpid() % 10000}"
-        self.names = [f"plx{self.tag}n{i}" for i in range(hosts)]
-        self.bridge = f"plx{self.tag}br"
-        self.net = f"10.213.{os.getpid() % 250}"
-
-    def __enter__(self):
-        try:
-            sh("ip", "link", "add", self.bridge, "type", "bridge")
-            sh("ip", "link", "set", self.bridge, "up")
-            for i, ns in enumerate(self.names):
-                sh("ip", "netns", "add", ns)
-                inner, outer = f"{ns}i", f"{ns}o"
-                sh("ip", "link", "add", inner, "type", "veth", "peer", "name", outer)
-                sh("ip", "link", "set", inner, "netns", ns)
-                sh("ip", "link", "set", outer, "master", self.bridge)
-                sh("ip", "link", "set", outer, "up")
-                sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.ip(i)}/24", "dev", inner)
-                sh("ip", "netns", "exec", ns, "ip", "link", "set", inner, "up")
-                sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        except Exception:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        for ns in self.names:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
-    def ip(self, i: int) -> str:
-        return f"{self.net}.{i + 1}"
+class NetnsBed(Bed):
+    """`hosts` namespaces on a bridge, at 10.213.<k>.<i+1>/24, and ranks run in them."""
 
     def qdisc(self, spec: str) -> None:
         """Applies `tc qdisc replace ... root <spec>` to every namespace's link (its egress)."""

@@ -104,133 +104,22 @@ def _plain(prefix, large):
         yield f"{prefix}/{dtype}/{large}", dtype, large
 
 
-def check_all_reduce(rank, world):
-    checked = 0
-    for case, dtype, op, count in _reducing("all_reduce", world):
-        inputs = [ref.make_input(case, r, count, dtype, op) for r in range(world)]
-        want = ref.reduce_ref(inputs, op, dtype)
-        x = inputs[rank].copy()
-        plexus.all_reduce(x, op=ref.plexus_op(op))
-        ref.assert_equal(x, want, op, f"in place {case}")
-        src = inputs[rank].copy()
-        out = np.empty_like(src)
-        plexus.all_reduce(src, op=ref.plexus_op(op), out=out)
-        ref.assert_equal(out, want, op, f"out of place {case}")
-        ref.assert_equal(src, inputs[rank], "SUM", f"input left alone {case}")
-        checked += 2
-    return checked
+def checks(rank, world):
+    """test_collectives' checks of every collective over this file's counts, by name."""
+    import test_collectives as tc
 
-
-def check_all_gather(rank, world):
-    checked = 0
-    for case, dtype, count in _plain("all_gather", LARGE // world):
-        inputs = [ref.make_input(case, r, count, dtype) for r in range(world)]
-        dt = ref.np_dtype(dtype)
-        want = np.concatenate(inputs)
-        outs = [np.ones(count, dtype=dt) for _ in range(world)]
-        plexus.all_gather(outs, inputs[rank].copy())
-        for r in range(world):
-            ref.assert_equal(outs[r], inputs[r], "SUM", f"list {case} block {r}")
-        out = np.zeros(count * world, dtype=dt)
-        plexus.all_gather_into_tensor(out, inputs[rank])
-        ref.assert_equal(out, want, "SUM", f"into tensor {case}")
-        out = np.zeros(count * world, dtype=dt)
-        out[rank * count:(rank + 1) * count] = inputs[rank]
-        plexus.all_gather_into_tensor(out, out[rank * count:(rank + 1) * count])
-        ref.assert_equal(out, want, "SUM", f"into tensor in place {case}")
-        checked += 3
-    return checked
-
-
-def check_reduce_scatter(rank, world):
-    checked = 0
-    for case, dtype, op, count in _reducing("reduce_scatter", world):
-        if count == LARGE:
-            count = LARGE // world + 1  # about as much data in all as the large all_reduce
-        full = [ref.make_input(case, r, count * world, dtype, op) for r in range(world)]
-        want = ref.reduce_ref(full, op, dtype)[rank * count:(rank + 1) * count]
-        dt = ref.np_dtype(dtype)
-        out = np.zeros(count, dtype=dt)
-        plexus.reduce_scatter(out, [full[rank][i * count:(i + 1) * count].copy() for i in range(world)],
-                              op=ref.plexus_op(op))
-        ref.assert_equal(out, want, op, f"list {case}")
-        src = full[rank].copy()
-        out = np.zeros(count, dtype=dt)
-        plexus.reduce_scatter_tensor(out, src, op=ref.plexus_op(op))
-        ref.assert_equal(out, want, op, f"tensor {case}")
-        ref.assert_equal(src, full[rank], "SUM", f"input left alone {case}")
-        src = full[rank].copy()
-        out = src[rank * count:(rank + 1) * count]
-        plexus.reduce_scatter_tensor(out, src, op=ref.plexus_op(op))
-        ref.assert_equal(out, want, op, f"tensor in place {case}")
-        checked += 3
-    return checked
-
-
-def check_broadcast(rank, world):
-    checked = 0
-    for i, (case, dtype, count) in enumerate(_plain("broadcast", LARGE)):
-        root = i % world
-        want = ref.make_input(case, root, count, dtype)
-        x = want.copy() if rank == root else ref.make_input(case + "/junk", rank, count, dtype)
-        plexus.broadcast(x, src=root)
-        ref.assert_equal(x, want, "SUM", f"{case} root {root}")
-        checked += 1
-    return checked
-
-
-def check_reduce(rank, world):
-    checked = 0
-    for i, (case, dtype, op, count) in enumerate(_reducing("reduce", world)):
-        root = i % world
-        inputs = [ref.make_input(case, r, count, dtype, op) for r in range(world)]
-        x = inputs[rank].copy()
-        plexus.reduce(x, dst=root, op=ref.plexus_op(op))
-        if rank == root:
-            ref.assert_equal(x, ref.reduce_ref(inputs, op, dtype), op, f"{case} root {root}")
-        else:
-            ref.assert_equal(x, inputs[rank], "SUM", f"{case}: non-root tensor left alone")
-        checked += 1
-    return checked
-
-
-def check_gather_scatter(rank, world):
-    checked = 0
-    for i, (case, dtype, count) in enumerate(_plain("gather", LARGE // world)):
-        root = i % world
-        inputs = [ref.make_input(case, r, count, dtype) for r in range(world)]
-        outs = [np.zeros(count, dtype=ref.np_dtype(dtype)) for _ in range(world)] if rank == root else None
-        plexus.gather(inputs[rank], outs, dst=root)
-        if rank == root:
-            for r in range(world):
-                ref.assert_equal(outs[r], inputs[r], "SUM", f"{case} root {root} block {r}")
-        out = np.zeros(count, dtype=ref.np_dtype(dtype))
-        plexus.scatter(out, inputs if rank == root else None, src=root)
-        ref.assert_equal(out, inputs[rank], "SUM", f"scatter {case} root {root}")
-        checked += 2
-    return checked
-
-
-def check_all_to_all(rank, world):
-    from test_collectives import _pair_count  # uneven, sometimes empty, different each way
-
-    checked = 0
-    for case, dtype, count in _plain("all_to_all", LARGE // (world * world)):
-        dt = ref.np_dtype(dtype)
-        sent = {(i, j): ref.make_input(f"{case}/{i}->{j}", 0, _pair_count(i, j, count), dtype)
-                for i in range(world) for j in range(world)}
-        outs = [np.zeros(_pair_count(j, rank, count), dtype=dt) for j in range(world)]
-        plexus.all_to_all(outs, [sent[(rank, j)].copy() for j in range(world)])
-        for j in range(world):
-            ref.assert_equal(outs[j], sent[(j, rank)], "SUM", f"list {case} from {j}")
-        rows_in = [_pair_count(rank, j, count) for j in range(world)]
-        rows_out = [_pair_count(j, rank, count) for j in range(world)]
-        src = np.concatenate([sent[(rank, j)] for j in range(world)])
-        dst = np.zeros(sum(rows_out), dtype=dt)
-        plexus.all_to_all_single(dst, src, rows_out, rows_in)
-        ref.assert_equal(dst, np.concatenate([sent[(j, rank)] for j in range(world)]), "SUM", f"single {case}")
-        checked += 2
-    return checked
+    return {
+        "all_reduce": lambda: tc.check_all_reduce(rank, world, _reducing("all_reduce", world)),
+        "all_gather": lambda: tc.check_all_gather(rank, world, _plain("all_gather", LARGE // world)),
+        "reduce_scatter": lambda: tc.check_reduce_scatter(rank, world, _reducing("reduce_scatter", world)),
+        "broadcast": lambda: tc.check_broadcast(rank, world, _plain("broadcast", LARGE)),
+        "reduce": lambda: tc.check_reduce(rank, world, _reducing("reduce", world)),
+        "gather": lambda: tc.check_gather(rank, world, _plain("gather", LARGE // world)),
+        "scatter": lambda: tc.check_scatter(rank, world, _plain("scatter", LARGE // world)),
+        "all_to_all": lambda: tc.check_all_to_all(rank, world, _plain("all_to_all", LARGE // (world * world))),
+        "point_to_point": lambda: check_point_to_point(rank, world),
+        "barrier": lambda: tc.check_barrier(rank, world),
+    }
 
 
 def check_point_to_point(rank, world):
@@ -258,19 +147,9 @@ def check_point_to_point(rank, world):
     return 3
 
 
-def check_barrier(rank, world):
-    for _ in range(20):
-        plexus.barrier()
-    return 20
-
-
-CHECKS = [check_all_reduce, check_all_gather, check_reduce_scatter, check_broadcast, check_reduce,
-          check_gather_scatter, check_all_to_all, check_point_to_point, check_barrier]
-
-
 def matrix(rank, world):
     t0 = time.monotonic()
-    checked = {fn.__name__[len("check_"):]: fn(rank, world) for fn in CHECKS}
+    checked = {name: check() for name, check in checks(rank, world).items()}
     return transports_of(rank, world), checked, time.monotonic() - t0
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 from .. import _C
 from . import arrays, ipc, mapped
