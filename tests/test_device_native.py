@@ -310,8 +310,8 @@ def _rooted_lists(rank, world, folder):
             blocks = [ref.make_input(case, r, count, dtype) for r in range(world)]
             src = fake.array(blocks[rank], offset=8)
             outs = [fake.array(np.zeros_like(blocks[0]), offset=16 * q) for q in range(world)] if rank == root else None
-            if rank == root:
-                outs[root] = src  # in place
+            if rank == root and (i + count) % 2:
+                outs[root] = src  # in place, every other call
             plexus.gather(src, outs, dst=root)
             if rank == root:
                 for q in range(world):
@@ -373,12 +373,19 @@ def _all_to_all(rank, world, folder):
             want = np.concatenate([np.repeat(sent[(j, rank)][:, None], 3, axis=1) for j in range(world)])
             ref.assert_equal(dst.host, want, "SUM", f"single {case}")
             checked += 2
+    # Only rank 0 sends, only to the last rank, several launches' worth: the others launch as often.
+    big = 5000
+    ins = [fake.array(np.arange(big if rank == 0 and j == world - 1 else 0, dtype=np.float32)) for j in range(world)]
+    outs = [fake.array(np.zeros(big if rank == world - 1 and j == 0 else 0, np.float32)) for j in range(world)]
+    plexus.all_to_all(outs, ins)
+    if rank == world - 1:
+        np.testing.assert_array_equal(outs[0].host, np.arange(big, dtype=np.float32))
     src = fake.array(np.arange(world * 4, dtype=np.int64) + 100 * rank)
     dst = fake.array(np.zeros(world * 4, np.int64))
     plexus.all_to_all_single(dst, src)
     want = np.concatenate([np.arange(rank * 4, rank * 4 + 4) + 100 * j for j in range(world)])
     np.testing.assert_array_equal(dst.host, want)
-    return checked + 1, device.PATHS["native"], sorted(device.PATHS)
+    return checked + 2, device.PATHS["native"], sorted(device.PATHS)
 
 
 @pytest.mark.parametrize("world,scratch", [(1, ""), (2, "1024"), (3, ""), (4, "1024")])

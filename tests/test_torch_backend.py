@@ -237,3 +237,7 @@ def test_one_rank_group_edge_cases():
     with pytest.raises(ValueError, match=r"gather_list\[1\] overlaps the input tensor"):
         coll.gather(TwoRanks(), "w", conv, x, [torch.zeros(4), x], 0)
     assert coll.gather(TwoRanks(), "w", conv, x, [x, torch.zeros(4)], 0).kind == "gather"  # in place: its slot
+    base = torch.zeros(9)  # a scatter's output overlapping another rank's input
+    with pytest.raises(ValueError, match=r"scatter_list\[1\] overlaps the output tensor"):
+        coll.scatter(TwoRanks(), "w", conv, base[:4], [torch.zeros(4), base[2:6]], 0)
+    assert coll.scatter(TwoRanks(), "w", conv, x, [x, torch.zeros(4)], 0).kind == "scatter"  # in place: its slot

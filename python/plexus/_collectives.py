@@ -204,11 +204,13 @@ def _root_list(g: ProcessGroup, where: str, conv: Converter, tensors: Any, argna
     return _list_of_buffers(conv, tensors, argname, where, g.size(), ref, ref_name, writable)
 
 
-def _only_own_slot_overlaps(where: str, outs: List[Buffer], argname: str, src: Buffer, own: int) -> None:
-    """A gather's outputs may hold its input only as entry `own`, exactly (in place)."""
+def _only_own_slot_overlaps(where: str, outs: List[Buffer], argname: str, src: Buffer, own: int,
+                            other: str = "the input tensor") -> None:
+    """A gather's outputs (a scatter's inputs) may hold its input (output) only as entry `own`,
+    exactly (in place)."""
     for i, b in enumerate(outs):
         if b.overlaps(src) and not (i == own and b.ptr == src.ptr):
-            raise ValueError(f"{where}: {argname}[{i}] overlaps the input tensor")
+            raise ValueError(f"{where}: {argname}[{i}] overlaps {other}")
 
 
 def all_reduce(g: ProcessGroup, where: str, conv: Converter, tensor: Any, out: Any, op: int, factor: float,
@@ -312,6 +314,7 @@ def scatter(g: ProcessGroup, where: str, conv: Converter, tensor: Any, scatter_l
     an empty list."""
     dst = conv(tensor, f"{where}: tensor", True, -1)
     ins = _root_list(g, where, conv, scatter_list, "scatter_list", root, "src", dst, "tensor", False)
+    _only_own_slot_overlaps(where, ins, "scatter_list", dst, root, "the output tensor")
     return Call("scatter", where, ins, [dst], [b.ptr for b in ins], [dst.ptr], dst.count, dst.code, -1, 1.0, root)
 
 

@@ -230,6 +230,7 @@ def _rooted_and_all_to_all(rank, world):
 
 
 @pytest.mark.cupy
-@pytest.mark.parametrize("world", [2, 3])
-def test_gather_scatter_and_all_to_all_run_natively(world):
-    assert run_ranks(world, _rooted_and_all_to_all, timeout=300) == [True] * world
+@pytest.mark.parametrize("world,env", [(2, {}), (3, {}), (3, {"PLEXUS_DEVICE_SCRATCH": "4096"})])
+def test_gather_scatter_and_all_to_all_run_natively(world, env):
+    """(A 4 KiB scratch: many launches per call, each scratch set used again and again.)"""
+    assert run_ranks(world, _rooted_and_all_to_all, env=env, timeout=300) == [True] * world

@@ -117,8 +117,9 @@ struct DeviceCall {
 };
 
 // 24 bits of a call's signature (kind, dtype, op, count, root, and the registered windows it
-// reads in place, which every rank must use alike): equal calls agree; block 0
-// compares the records too, so a collision of two different calls is still caught there.
+// reads in place, which every rank must use alike): equal calls agree, and different ones
+// disagree but for a collision (1 in 2^24), which goes unnoticed; the records in the pads only
+// name both calls in the error.
 inline uint32_t signature(uint32_t kind, uint32_t dtype, uint32_t op, uint64_t count, int32_t root,
                           const CallRecord* windows = nullptr) {
   uint64_t h = 1469598103934665603ull;

@@ -77,8 +77,8 @@ def describe_paths() -> str:
               if path == CUDA_IPC and not (native_on and name in native.KINDS)]
     chunked = [name for name, (_, fallback) in COLLECTIVES.items() if fallback == PIPELINE]
     if native_on:
-        head = (f"native kernels within a host for {', '.join(native.KINDS)} (signal pads, no host round per "
-                f"call); ")
+        head = (f"native kernels within a host for {', '.join(native.KINDS)} (signal pads; a host round per "
+                f"call only for all_to_all's block sizes and all_reduces mapped from PLEXUS_DEVICE_MAPPED_MIN); ")
     else:
         head = "native kernels off (PLEXUS_DEVICE_NATIVE=0); "
     ipc_part = f"CUDA IPC with a host round per call for {', '.join(direct)}; " if direct else ""

@@ -6,9 +6,10 @@ device memory. This module only turns a call into pointers, a dtype and a stream
 Setup, once per group, at its first device call of these kinds: every rank allocates its
 workspace, one host all-gather shares the IPC handles, each rank maps its peers', a one-byte
 all-gather agrees that all could. From then on a call is a launch on the caller's current stream:
-no host round with the peers, nothing the host waits for, so it can be captured in a CUDA graph
-(all but the all_reduces that mapped.py maps per call, which are staged under capture, and
-all_to_all, whose block sizes go round the group once per call).
+no host round with the peers, nothing the host waits for, so it can be captured in a CUDA graph.
+Two exceptions have one host round per call: the all_reduces that mapped.py maps (staged instead
+under capture), and all_to_all, whose block sizes go round the group (at capture, once: a replay
+reuses them); an asynchronous all_to_all returns once every peer has made the call.
 A rank that cannot take part (no CUDA, PLEXUS_DEVICE_NATIVE=0, several hosts, more than 8 ranks)
 makes every rank decline, for good: the group then uses plexus.device.ipc.
 
@@ -129,13 +130,16 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
     """`call` (one of KINDS, on device arrays, checked by the collective layer) enqueued on the
     caller's current stream; None when `blocking`, else its core work; ipc.Declined when the
     group cannot use the native path (every rank alike)."""
+    st = g.__dict__.get("_native")
+    if type(st) is _Native:
+        st.comm.check()  # what the device reported; in a forked child, that the group is its parent's
     dst = call.writes[0] if call.writes else call.reads[0]
     try:
         device, stream = ipc._driver.placement(dst)
     except Exception as e:  # noqa: BLE001 - e.g. a foreign __cuda_array_interface__ object without cupy
         device, stream = -1, 0
         why = f"cannot tell the device and stream of {call.where}'s arrays: {e}"
-    st = g.__dict__.get("_native") or _native(g, max(device, 0))
+    st = st or _native(g, max(device, 0))
     if isinstance(st, ipc.Declined):
         return st
     if device != st.device:
