@@ -324,11 +324,18 @@ def _rooted_lists(rank, world, folder):
     return checked, device.PATHS["native"], sorted(device.PATHS)
 
 
+def _run_all_natively(fn, world, scratch, folder):
+    """Runs `fn` (returning its calls, the native ones and the paths taken) on `world` ranks with
+    PLEXUS_DEVICE_SCRATCH=`scratch` (when given): every call ran natively, alike on every rank."""
+    env = {"PLEXUS_DEVICE_SCRATCH": scratch} if scratch else {}
+    res = run_ranks(world, fn, folder, env=env, timeout=600)
+    for checked, native_calls, paths in res:
+        assert checked == res[0][0] > 0 and native_calls == checked and paths == ["native"], res
+
+
 @pytest.mark.parametrize("world,scratch", [(1, ""), (2, ""), (3, "1024"), (4, "")])
 def test_gather_and_scatter_run_natively_and_match_numpy(world, scratch, tmp_path):
-    env = {"PLEXUS_DEVICE_SCRATCH": scratch} if scratch else {}
-    for checked, native_calls, paths in run_ranks(world, _rooted_lists, str(tmp_path), env=env, timeout=600):
-        assert checked > 0 and native_calls == checked and paths == ["native"], (checked, native_calls, paths)
+    _run_all_natively(_rooted_lists, world, scratch, str(tmp_path))
 
 
 def _rooted_mismatch(rank, world, folder):
@@ -390,9 +397,7 @@ def _all_to_all(rank, world, folder):
 
 @pytest.mark.parametrize("world,scratch", [(1, ""), (2, "1024"), (3, ""), (4, "1024")])
 def test_all_to_all_runs_natively_and_matches_numpy(world, scratch, tmp_path):
-    env = {"PLEXUS_DEVICE_SCRATCH": scratch} if scratch else {}
-    for checked, native_calls, paths in run_ranks(world, _all_to_all, str(tmp_path), env=env, timeout=600):
-        assert checked > 1 and native_calls == checked and paths == ["native"], (checked, native_calls, paths)
+    _run_all_natively(_all_to_all, world, scratch, str(tmp_path))
 
 
 def _all_to_all_disagree(rank, world, folder):

@@ -348,11 +348,7 @@ void DeviceComm::reduce_scatter(const void* in, void* out, size_t count, DType d
 
 void DeviceComm::gather(const void* in, const std::vector<void*>& outs, size_t count, DType dtype, int root,
                         void* stream) {
-  check();
-  check_root(root);
-  const bool at_root = rank_ == root;
-  if (outs.size() != (at_root ? static_cast<size_t>(world_) : 0u))
-    throw InvalidArgument("device collectives: gather needs one output per rank at its root, none elsewhere");
+  const bool at_root = check_rooted_list("gather", "output", outs.size(), root);
   // Elsewhere nothing is written: the input stands in for the outputs the program never uses.
   const std::vector<void*> unused(world_, const_cast<void*>(in));
   DeviceCall c = base_call(CollKind::kGather, dtype, RedOp::kNone, count, root, 1.0);
@@ -362,11 +358,7 @@ void DeviceComm::gather(const void* in, const std::vector<void*>& outs, size_t c
 
 void DeviceComm::scatter(const std::vector<const void*>& ins, void* out, size_t count, DType dtype, int root,
                          void* stream) {
-  check();
-  check_root(root);
-  const bool at_root = rank_ == root;
-  if (ins.size() != (at_root ? static_cast<size_t>(world_) : 0u))
-    throw InvalidArgument("device collectives: scatter needs one input per rank at its root, none elsewhere");
+  const bool at_root = check_rooted_list("scatter", "input", ins.size(), root);
   const std::vector<const void*> unused(world_, out);  // never read away from the root
   const size_t es = dtype_size(dtype), grain = std::max<size_t>(1, 16 / es);
   DeviceCall c = base_call(CollKind::kScatter, dtype, RedOp::kNone, count, root, 1.0);
@@ -405,10 +397,16 @@ void DeviceComm::all_to_all(const std::vector<const void*>& ins, const std::vect
   } while (at < largest);
 }
 
-void DeviceComm::check_root(int root) const {
+bool DeviceComm::check_rooted_list(const char* kind, const char* what, size_t listed, int root) {
+  check();
   if (root < 0 || root >= world_)
     throw InvalidArgument("device collectives: root " + std::to_string(root) + " is out of range for a group of " +
                           std::to_string(world_) + " ranks");
+  const bool at_root = rank_ == root;
+  if (listed != (at_root ? static_cast<size_t>(world_) : 0u))
+    throw InvalidArgument(std::string("device collectives: ") + kind + " needs one " + what +
+                          " per rank at its root, none elsewhere");
+  return at_root;
 }
 
 void DeviceComm::check() {

@@ -95,7 +95,8 @@ class DeviceComm {
   // `ins`: one input per rank instead (kScatter's at its root).
   void run_chunks(signals::DeviceCall& call, const void* in, void* out, size_t count, size_t chunk, void* stream,
                   const std::vector<void*>* outs = nullptr, const std::vector<const void*>* ins = nullptr);
-  void check_root(int root) const;
+  // check(), the root, and a list of one entry per rank at the root and none elsewhere: at the root?
+  bool check_rooted_list(const char* kind, const char* what, size_t listed, int root);
   signals::Program all_reduce_program(size_t bytes) const;
   size_t one_shot_max() const;  // all_reduce bytes up to which one-shot runs
   struct Window {
