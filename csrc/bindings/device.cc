@@ -19,6 +19,14 @@ namespace {
 
 const void* in_ptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
 void* out_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+// A list of addresses from Python as pointers (P: void or const void).
+template <typename P>
+std::vector<P*> pointers(const std::vector<uintptr_t>& addresses) {
+  std::vector<P*> v;
+  v.reserve(addresses.size());
+  for (auto a : addresses) v.push_back(reinterpret_cast<P*>(a));
+  return v;
+}
 
 DType dtype_of(int code) {
   if (code < 0 || code >= static_cast<int>(DType::kCount)) throw TypeMismatch("DeviceComm: unsupported dtype code " + std::to_string(code));
@@ -72,8 +80,7 @@ void bind_device(py::module_& m) {
       .def("all_gather_list", [](DeviceComm& c, uintptr_t in, const std::vector<uintptr_t>& outs, size_t n, int dt,
                                  uintptr_t s) {
         DType d = dtype_of(dt);
-        std::vector<void*> o;
-        for (auto p : outs) o.push_back(out_ptr(p));
+        std::vector<void*> o = pointers<void>(outs);
         py::gil_scoped_release r;
         c.all_gather_list(in_ptr(in), o, n, d, out_ptr(s));
       })
@@ -87,16 +94,14 @@ void bind_device(py::module_& m) {
       .def("gather", [](DeviceComm& c, uintptr_t in, const std::vector<uintptr_t>& outs, size_t n, int dt, int root,
                         uintptr_t s) {
         DType d = dtype_of(dt);
-        std::vector<void*> o;
-        for (auto p : outs) o.push_back(out_ptr(p));
+        std::vector<void*> o = pointers<void>(outs);
         py::gil_scoped_release r;
         c.gather(in_ptr(in), o, n, d, root, out_ptr(s));
       }, py::arg("inp"), py::arg("outs"), py::arg("count"), py::arg("dtype"), py::arg("root"), py::arg("stream"))
       .def("scatter", [](DeviceComm& c, const std::vector<uintptr_t>& ins, uintptr_t out, size_t n, int dt, int root,
                          uintptr_t s) {
         DType d = dtype_of(dt);
-        std::vector<const void*> i;
-        for (auto p : ins) i.push_back(in_ptr(p));
+        std::vector<const void*> i = pointers<const void>(ins);
         py::gil_scoped_release r;
         c.scatter(i, out_ptr(out), n, d, root, out_ptr(s));
       }, py::arg("ins"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("root"), py::arg("stream"))
@@ -104,10 +109,8 @@ void bind_device(py::module_& m) {
                             const std::vector<uintptr_t>& outs, const std::vector<uint64_t>& receives,
                             uint64_t largest, int dt, uintptr_t s) {
         DType d = dtype_of(dt);
-        std::vector<const void*> i;
-        std::vector<void*> o;
-        for (auto p : ins) i.push_back(in_ptr(p));
-        for (auto p : outs) o.push_back(out_ptr(p));
+        std::vector<const void*> i = pointers<const void>(ins);
+        std::vector<void*> o = pointers<void>(outs);
         py::gil_scoped_release r;
         c.all_to_all(i, sends, o, receives, largest, d, out_ptr(s));
       }, py::arg("ins"), py::arg("sends"), py::arg("outs"), py::arg("receives"), py::arg("largest"), py::arg("dtype"),

@@ -338,12 +338,11 @@ void DeviceComm::all_gather_list(const void* in, const std::vector<void*>& outs,
 void DeviceComm::reduce_scatter(const void* in, void* out, size_t count, DType dtype, RedOp op, double scale,
                                 void* stream) {
   check();
-  const size_t es = dtype_size(dtype), grain = std::max<size_t>(1, 16 / es);
   DeviceCall c = base_call(CollKind::kReduceScatter, dtype, op, count, -1, scale);
   c.program = kReduceScatter;
   c.stride = count;
   // Every rank's block of the chunk is staged: world * chunk elements fit one scratch set.
-  run_chunks(c, in, out, count, std::max(grain, scratch_ / (static_cast<size_t>(world_) * es) / grain * grain), stream);
+  run_chunks(c, in, out, count, per_rank_chunk(dtype), stream);
 }
 
 void DeviceComm::gather(const void* in, const std::vector<void*>& outs, size_t count, DType dtype, int root,
@@ -360,12 +359,10 @@ void DeviceComm::scatter(const std::vector<const void*>& ins, void* out, size_t 
                          void* stream) {
   const bool at_root = check_rooted_list("scatter", "input", ins.size(), root);
   const std::vector<const void*> unused(world_, out);  // never read away from the root
-  const size_t es = dtype_size(dtype), grain = std::max<size_t>(1, 16 / es);
   DeviceCall c = base_call(CollKind::kScatter, dtype, RedOp::kNone, count, root, 1.0);
   c.program = kScatter;
-  // The root stages every rank's block of the chunk: world * chunk elements fit one scratch set.
-  const size_t chunk = std::max(grain, scratch_ / (static_cast<size_t>(world_) * es) / grain * grain);
-  run_chunks(c, out, out, count, chunk, stream, nullptr, at_root ? &ins : &unused);
+  // The root stages every rank's block of the chunk.
+  run_chunks(c, out, out, count, per_rank_chunk(dtype), stream, nullptr, at_root ? &ins : &unused);
 }
 
 void DeviceComm::all_to_all(const std::vector<const void*>& ins, const std::vector<uint64_t>& sends,
@@ -378,9 +375,8 @@ void DeviceComm::all_to_all(const std::vector<const void*>& ins, const std::vect
   for (size_t j = 0; j < w; ++j)
     if (sends[j] > largest || receives[j] > largest)
       throw InvalidArgument("device collectives: all_to_all blocks larger than the group's largest");
-  const size_t es = dtype_size(dtype), grain = std::max<size_t>(1, 16 / es);
-  // Every rank's block of a launch has a place of `chunk` elements in its scratch set.
-  const uint64_t chunk = std::max(grain, scratch_ / (w * es) / grain * grain);
+  const size_t es = dtype_size(dtype);
+  const uint64_t chunk = per_rank_chunk(dtype);  // every rank's block of a launch has its place
   DeviceCall c = base_call(CollKind::kAllToAll, dtype, RedOp::kNone, largest, -1, 1.0);
   c.program = kAllToAll;
   c.stride = chunk;
@@ -395,6 +391,11 @@ void DeviceComm::all_to_all(const std::vector<const void*>& ins, const std::vect
     launch(c, stream);
     at += chunk;
   } while (at < largest);
+}
+
+size_t DeviceComm::per_rank_chunk(DType dtype) const {
+  const size_t es = dtype_size(dtype), grain = std::max<size_t>(1, 16 / es);
+  return std::max(grain, scratch_ / (static_cast<size_t>(world_) * es) / grain * grain);
 }
 
 bool DeviceComm::check_rooted_list(const char* kind, const char* what, size_t listed, int root) {

@@ -97,6 +97,8 @@ class DeviceComm {
                   const std::vector<void*>* outs = nullptr, const std::vector<const void*>* ins = nullptr);
   // check(), the root, and a list of one entry per rank at the root and none elsewhere: at the root?
   bool check_rooted_list(const char* kind, const char* what, size_t listed, int root);
+  // Elements of one chunk when a scratch set holds one block of it per rank (whole 16-byte grains).
+  size_t per_rank_chunk(DType dtype) const;
   signals::Program all_reduce_program(size_t bytes) const;
   size_t one_shot_max() const;  // all_reduce bytes up to which one-shot runs
   struct Window {

@@ -58,10 +58,8 @@ class _Mapped(ipc.Mappings):
 
 
 def _mappings(g: Any, device: int) -> _Mapped:
-    m = g.__dict__.get("_mapped")
-    if m is None or m.device != device:
-        if m is not None:
-            m.release()
+    m = g.__dict__.get("_mapped")  # (the group's device calls all run on one GPU: native.run says so)
+    if m is None:
         m = g.__dict__["_mapped"] = _Mapped(ipc._driver, device)
     return m
 

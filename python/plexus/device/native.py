@@ -47,7 +47,8 @@ class _Native:
     __slots__ = ("comm", "device", "mapped_min")
 
     def __init__(self, comm: Any, device: int, mapped_min: int):
-        # mapped_min: all_reduce bytes from which the ranks' arrays are mapped per call (mapped.py)
+        # mapped_min: all_reduce bytes from which the ranks' arrays are mapped per call (mapped.py):
+        # the group's comm.mapped_min, kept here for the hot path (and out of reach on one rank)
         self.comm, self.device, self.mapped_min = comm, device, mapped_min
 
 
