@@ -355,7 +355,7 @@ def test_rooted_calls_with_different_roots_are_a_mismatch_naming_both(tmp_path):
 
 def _all_to_all(rank, world, folder):
     """all_to_all on the native path, both forms: uneven blocks (some empty, different each way),
-    several launches for the largest, rows of 3 columns, even splits without sizes."""
+    several rounds of the scratch for the largest, rows of 3 columns, even splits without sizes."""
     import reference as ref
     from test_collectives import _pair_count
     from test_cuda_ipc_logic import DTYPES
@@ -380,7 +380,8 @@ def _all_to_all(rank, world, folder):
             want = np.concatenate([np.repeat(sent[(j, rank)][:, None], 3, axis=1) for j in range(world)])
             ref.assert_equal(dst.host, want, "SUM", f"single {case}")
             checked += 2
-    # Only rank 0 sends, only to the last rank, several launches' worth: the others launch as often.
+    # Only rank 0 sends, only to the last rank, several rounds' worth: the others learn of it from
+    # the pads and go round as often.
     big = 5000
     ins = [fake.array(np.arange(big if rank == 0 and j == world - 1 else 0, dtype=np.float32)) for j in range(world)]
     outs = [fake.array(np.zeros(big if rank == world - 1 and j == 0 else 0, np.float32)) for j in range(world)]
@@ -401,14 +402,55 @@ def test_all_to_all_runs_natively_and_matches_numpy(world, scratch, tmp_path):
 
 
 def _all_to_all_disagree(rank, world, folder):
+    """Rank 1 sends 3 elements to rank 0, which expects 4 (the others agree); then a call of
+    another dtype on the last rank (a second group: the first has failed for good)."""
     fake = _fake(folder, rank)
     outs = [fake.array(np.zeros(4, np.float32)) for _ in range(world)]
-    ins = [fake.array(np.ones(4 - rank, np.float32)) for _ in range(world)]  # rank 1 sends 3, 0 expects 4
+    ins = [fake.array(np.ones(3 if rank == 1 and j == 0 else 4, np.float32)) for j in range(world)]
+    calls = _count_host_rounds()
     with pytest.raises(plexus.PlexusError) as e:
         plexus.all_to_all(outs, ins)
-    return str(e.value)
+    first = (type(e.value).__name__, str(e.value), calls.count - 2)  # less the group's setup (two rounds)
+    with pytest.raises(plexus.PlexusError) as e:
+        plexus.all_to_all(outs, ins)
+    again = str(e.value) == first[1]
+    g = plexus.new_group(list(range(world)))
+    dtype = np.int32 if rank == world - 1 else np.float32
+    with pytest.raises(plexus.PlexusError) as e:
+        plexus.all_to_all([fake.array(np.zeros(2, dtype)) for _ in range(world)],
+                          [fake.array(np.ones(2, dtype)) for _ in range(world)], group=g)
+    return first, again, type(e.value).__name__, str(e.value)
 
 
-def test_all_to_all_blocks_the_pair_disagrees_on_are_an_error_on_every_rank(tmp_path):
-    for rank, text in enumerate(run_ranks(2, _all_to_all_disagree, str(tmp_path))):
-        assert text == f"all_to_all on rank {rank}: rank 1 sends 3 elements to rank 0, which expects 4 from it", text
+def _count_host_rounds():
+    """Counts the host all-gathers of the device path from now on (in .count)."""
+    class Counter:
+        count = 0
+    real = ipc.host_all_gather
+
+    def counted(g, mine):
+        Counter.count += 1
+        return real(g, mine)
+    ipc.host_all_gather = counted
+    return Counter
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_all_to_all_blocks_a_pair_disagrees_on_are_found_by_the_kernel(world, tmp_path):
+    """The kernel compares the sizes of every pair (no host round): both ends of the pair raise a
+    mismatch naming it, a third rank hears that a peer failed; the group stays failed; another
+    dtype on one rank is a mismatch naming both calls."""
+    res = run_ranks(world, _all_to_all_disagree, str(tmp_path))
+    for rank, ((kind, text, rounds), again, kind2, text2) in enumerate(res):
+        assert rounds == 0 and again, res
+        if rank < 2:
+            assert kind == "PlexusError", res
+            sends = 4 * (world - 1) + 3 if rank == 1 else 4 * world
+            assert text == (f"mismatched device collectives: rank {rank} called all_to_all(dtype float32, count "
+                            f"{sends}), in which rank 1 sends 3 elements to rank 0, which expects 4 from it"), text
+        else:
+            assert kind == "PeerError" and "failed a device collective" in text, text
+        if rank == world - 1:
+            assert "called all_to_all(dtype int32, count " in text2 and "dtype float32" in text2, text2
+        else:
+            assert "mismatched device collectives" in text2 or kind2 == "PeerError", text2

@@ -14,7 +14,8 @@
 //   all-gather           every rank's copy into its block of the output (or its own output)
 //   broadcast / reduce   the root's copy / every copy reduced at the root
 //   gather / scatter     every copy into the root's outputs / the root's blocks, each to its rank
-//   all-to-all           every rank's block j into rank j's output (blocks of any size)
+//   all-to-all           every rank's block j into rank j's output (blocks of any size: the
+//                        sizes go round in the pads, a barrier per chunk, one launch)
 //   direct all-reduce    registered buffers: rank r reduces part r of every rank's input and
 //                        writes it into every rank's output, between two barriers (no staging)
 // Executor X: leader(), sync(), sync_or(bool), broadcast(u64), load_acquire/store_release(u64*),
@@ -64,7 +65,8 @@ PLEXUS_HD inline Range sub(uint64_t n, int world, int q, int nblocks, int b, uin
 // fail), the first block to get here fills the error box, and a rank that failed by itself
 // tells every peer, whose blocks then stop waiting for it.
 template <class X>
-PLEXUS_HD void fail(X& x, const DeviceCall& c, uint32_t code, int peer, int block, int phase, uint64_t seq) {
+PLEXUS_HD void fail(X& x, const DeviceCall& c, uint32_t code, int peer, int block, int phase, uint64_t seq,
+                    const SizeMismatch* sizes = nullptr) {
   Pad* own = c.pads[c.rank];
   if (x.cas(&own->error, kOk, code)) own->error_from = static_cast<uint32_t>(c.rank);
   if (code != kPeerFailed) {
@@ -82,6 +84,7 @@ PLEXUS_HD void fail(X& x, const DeviceCall& c, uint32_t code, int peer, int bloc
   box->mine = c.record;
   box->mine.seq = seq;
   if (code == kMismatch && peer >= 0) box->theirs = c.pads[peer]->records[seq & 1];
+  if (sizes) box->sizes = *sizes;
   x.fence_system();
   box->code = code;
 }
@@ -144,10 +147,11 @@ PLEXUS_HD bool barrier(X& x, const DeviceCall& c, int b, int phase, uint64_t seq
   return !x.sync_or(bad);
 }
 
+// Block b's next call number (or the next round of a call that has several), for every thread of
+// the block; block 0 files the call's record under it.
 template <class X>
-PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
+PLEXUS_HD uint64_t next_seq(X& x, const DeviceCall& c, int b) {
   Pad* own = c.pads[c.rank];
-  const uint64_t start = x.now_ns();
   uint64_t seq = 0;
   if (x.leader()) {
     seq = own->counters[b] + 1;
@@ -157,7 +161,82 @@ PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
       own->records[seq & 1].seq = seq;
     }
   }
-  seq = x.broadcast(seq);
+  return x.broadcast(seq);
+}
+
+// Elements of a block of `size` in the round that starts at element `at` (rounds of `chunk`).
+PLEXUS_HD inline uint64_t round_of(uint64_t size, uint64_t at, uint64_t chunk) {
+  return at >= size ? 0 : size - at < chunk ? size - at : chunk;
+}
+
+// kAllToAll, blocks of any size in one launch. Round k moves chunk k (c.stride elements) of every
+// block: each rank stages its blocks for its peers at j * stride of its scratch, meets them, and
+// copies its own blocks from theirs. Before round 0 each rank publishes its block sizes in its pad,
+// so after that barrier every rank checks the pairs it is in (both ends of a pair that disagrees
+// fail, naming it) and knows how many rounds the group's largest block takes: no host round.
+template <class X>
+PLEXUS_HD void all_to_all(X& x, const DeviceCall& c, int b, uint64_t seq, uint64_t start) {
+  const int r = c.rank, w = c.world, G = c.nblocks;
+  const uint64_t es = element_size(c.dtype), grain = 16 / es, chunk = c.stride;
+  if (x.leader()) {
+    uint64_t* sizes = c.pads[r]->sizes[seq & 1][b];
+    for (int j = 0; j < w; ++j) {
+      sizes[j] = c.sends[j];
+      sizes[kMaxRanks + j] = c.receives[j];
+    }
+  }
+  uint64_t largest = 0;
+  for (uint64_t at = 0;; at += chunk) {
+    char* mine = c.scratch[r] + (seq & 1) * c.scratch_bytes;
+    for (int j = 0; j < w; ++j) {
+      if (j == r) continue;
+      const Range s = part(round_of(c.sends[j], at, chunk), G, b, grain);
+      x.copy(mine + (j * chunk + s.lo) * es, c.peer_in[j] + (at + s.lo) * es, s.size() * es);
+    }
+    if (!barrier(x, c, b, 0, seq, start)) return;
+    if (at == 0) {
+      bool bad = false;
+      if (x.leader()) {
+        for (int q = 0; q < w && !bad; ++q) {
+          const uint64_t* theirs = c.pads[q]->sizes[seq & 1][b];
+          for (int j = 0; j < w; ++j) {
+            largest = theirs[j] > largest ? theirs[j] : largest;
+            largest = theirs[kMaxRanks + j] > largest ? theirs[kMaxRanks + j] : largest;
+          }
+          if (q == r) continue;
+          SizeMismatch m;
+          if (theirs[r] != c.receives[q]) {
+            m.from = static_cast<uint32_t>(q), m.to = static_cast<uint32_t>(r), m.sent = theirs[r], m.expected = c.receives[q];
+          } else if (theirs[kMaxRanks + r] != c.sends[q]) {
+            m.from = static_cast<uint32_t>(r), m.to = static_cast<uint32_t>(q), m.sent = c.sends[q];
+            m.expected = theirs[kMaxRanks + r];
+          } else {
+            continue;
+          }
+          fail(x, c, kSizeMismatch, q, b, 0, seq, &m);
+          bad = true;
+        }
+      }
+      if (x.sync_or(bad)) return;
+      largest = x.broadcast(largest);
+    }
+    for (int q = 0; q < w; ++q) {  // rank q staged its chunk for r (c.receives[q] = its sends[r]) alike
+      const Range s = part(round_of(c.receives[q], at, chunk), G, b, grain);
+      const char* from = q == r ? c.peer_in[r] + (at + s.lo) * es
+                                : c.scratch[q] + (seq & 1) * c.scratch_bytes + (r * chunk + s.lo) * es;
+      x.copy(c.peer_out[q] + (at + s.lo) * es, from, s.size() * es);
+    }
+    if (at + chunk >= largest) return;
+    seq = next_seq(x, c, b);
+    start = x.now_ns();
+  }
+}
+
+template <class X>
+PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
+  Pad* own = c.pads[c.rank];
+  const uint64_t start = x.now_ns();
+  const uint64_t seq = next_seq(x, c, b);
   const uint32_t err = x.load_volatile(&own->error);
   if (err != kOk) {  // a failed communicator stays failed
     if (x.leader()) fail_from_pad(x, c, err, b, 0, seq);
@@ -253,20 +332,9 @@ PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
       x.copy(out + s.lo * es, from, s.size() * es);
       return;
     }
-    case kAllToAll: {  // the block for rank j goes to j * stride of the scratch; its own, straight
-      for (int j = 0; j < w; ++j) {
-        if (j == r) continue;
-        const Range s = part(c.sends[j], G, b, grain);
-        x.copy(mine + (j * c.stride + s.lo) * es, c.peer_in[j] + s.lo * es, s.size() * es);
-      }
-      if (!barrier(x, c, b, 0, seq, start)) return;
-      for (int q = 0; q < w; ++q) {  // rank q sent c.receives[q] (= its sends[r]): the same slices
-        const Range s = part(c.receives[q], G, b, grain);
-        const char* from = q == r ? c.peer_in[r] + s.lo * es : c.scratch[q] + set + (r * c.stride + s.lo) * es;
-        x.copy(c.peer_out[q] + s.lo * es, from, s.size() * es);
-      }
+    case kAllToAll:
+      all_to_all(x, c, b, seq, start);
       return;
-    }
     case kDirectAllReduce: {  // no staging: the peers' inputs and outputs are mapped
       if (!barrier(x, c, b, 0, seq, start)) return;  // every input is ready
       const Range s = sub(n, w, r, G, b, grain);

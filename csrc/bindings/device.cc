@@ -107,13 +107,13 @@ void bind_device(py::module_& m) {
       }, py::arg("ins"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("root"), py::arg("stream"))
       .def("all_to_all", [](DeviceComm& c, const std::vector<uintptr_t>& ins, const std::vector<uint64_t>& sends,
                             const std::vector<uintptr_t>& outs, const std::vector<uint64_t>& receives,
-                            uint64_t largest, int dt, uintptr_t s) {
+                            int dt, uintptr_t s) {
         DType d = dtype_of(dt);
         std::vector<const void*> i = pointers<const void>(ins);
         std::vector<void*> o = pointers<void>(outs);
         py::gil_scoped_release r;
-        c.all_to_all(i, sends, o, receives, largest, d, out_ptr(s));
-      }, py::arg("ins"), py::arg("sends"), py::arg("outs"), py::arg("receives"), py::arg("largest"), py::arg("dtype"),
+        c.all_to_all(i, sends, o, receives, d, out_ptr(s));
+      }, py::arg("ins"), py::arg("sends"), py::arg("outs"), py::arg("receives"), py::arg("dtype"),
          py::arg("stream"))
       .def("add_window", [](DeviceComm& c, uintptr_t ptr, size_t bytes, const std::vector<uintptr_t>& peers) {
         return c.add_window(in_ptr(ptr), bytes, peers);

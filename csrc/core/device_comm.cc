@@ -366,31 +366,25 @@ void DeviceComm::scatter(const std::vector<const void*>& ins, void* out, size_t 
 }
 
 void DeviceComm::all_to_all(const std::vector<const void*>& ins, const std::vector<uint64_t>& sends,
-                            const std::vector<void*>& outs, const std::vector<uint64_t>& receives, uint64_t largest,
-                            DType dtype, void* stream) {
+                            const std::vector<void*>& outs, const std::vector<uint64_t>& receives, DType dtype,
+                            void* stream) {
   check();
   const size_t w = static_cast<size_t>(world_);
   if (ins.size() != w || sends.size() != w || outs.size() != w || receives.size() != w)
     throw InvalidArgument("device collectives: all_to_all needs one input, output and count per rank");
-  for (size_t j = 0; j < w; ++j)
-    if (sends[j] > largest || receives[j] > largest)
-      throw InvalidArgument("device collectives: all_to_all blocks larger than the group's largest");
-  const size_t es = dtype_size(dtype);
-  const uint64_t chunk = per_rank_chunk(dtype);  // every rank's block of a launch has its place
-  DeviceCall c = base_call(CollKind::kAllToAll, dtype, RedOp::kNone, largest, -1, 1.0);
+  // The blocks' sizes differ between ranks: the kernel checks them pair by pair, so the
+  // signature leaves them out (the record's count, for messages, is what this rank sends).
+  DeviceCall c = base_call(CollKind::kAllToAll, dtype, RedOp::kNone, 0, -1, 1.0);
   c.program = kAllToAll;
-  c.stride = chunk;
-  uint64_t at = 0;
-  do {  // largest 0 still launches: a peer that called with other blocks then hears of it
-    for (size_t j = 0; j < w; ++j) {
-      c.peer_in[j] = static_cast<const char*>(ins[j]) + std::min(at, sends[j]) * es;
-      c.sends[j] = std::min(chunk, sends[j] - std::min(at, sends[j]));
-      c.peer_out[j] = static_cast<char*>(outs[j]) + std::min(at, receives[j]) * es;
-      c.receives[j] = std::min(chunk, receives[j] - std::min(at, receives[j]));
-    }
-    launch(c, stream);
-    at += chunk;
-  } while (at < largest);
+  c.stride = per_rank_chunk(dtype);  // every rank's chunk of a round has its place in a scratch set
+  for (size_t j = 0; j < w; ++j) {
+    c.peer_in[j] = static_cast<const char*>(ins[j]);
+    c.sends[j] = sends[j];
+    c.peer_out[j] = static_cast<char*>(outs[j]);
+    c.receives[j] = receives[j];
+    c.record.count += sends[j];
+  }
+  launch(c, stream);
 }
 
 size_t DeviceComm::per_rank_chunk(DType dtype) const {
@@ -426,6 +420,7 @@ void DeviceComm::check() {
   const int me = names_[rank_];
   const int peer = box->peer < static_cast<uint32_t>(world_) ? static_cast<int>(box->peer) : -1;
   const std::string them = peer >= 0 ? "rank " + std::to_string(names_[peer]) : "a peer";
+  auto name = [this](uint32_t r) { return std::to_string(r < static_cast<uint32_t>(world_) ? names_[r] : -1); };
   const std::string call = describe(box->mine);
   const std::string where = " (block " + std::to_string(box->block) + ", barrier " + std::to_string(box->phase) +
                             ", call #" + std::to_string(box->seq) + " of that block)";
@@ -443,6 +438,11 @@ void DeviceComm::check() {
     case kAborted:
       failure_ = call + ": the communicator was aborted while rank " + std::to_string(me) + " waited on the GPU for " +
                  them + where;
+      break;
+    case kSizeMismatch:
+      failure_ = "mismatched device collectives: rank " + std::to_string(me) + " called " + call + ", in which rank " +
+                 name(box->sizes.from) + " sends " + std::to_string(box->sizes.sent) + " elements to rank " +
+                 name(box->sizes.to) + ", which expects " + std::to_string(box->sizes.expected) + " from it";
       break;
     case kPeerFailed:
       failure_ = call + ": " + them + " failed a device collective (its own error says why), so rank " +

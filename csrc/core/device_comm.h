@@ -1,7 +1,8 @@
 // The native device path of one group on one host: a workspace per rank (signal pad + two
 // scratch sets), allocated and mapped once, and collectives that are kernels on the caller's
 // stream synchronising through the pads (csrc/algorithms/device_programs.h). A call costs the
-// host a launch per chunk of the scratch size, never a host round with its peers; what fails on
+// host a launch per chunk of the scratch size (all_to_all: one), never a host round with its
+// peers; what fails on
 // the device (a deadline, a mismatched call, an abort, a failing peer) lands in an error box the
 // host reads at the next call or wait, and from then on every call raises it.
 //
@@ -49,12 +50,11 @@ class DeviceComm {
   // and ins[q] of the root into `out` of rank q (ins: empty elsewhere).
   void gather(const void* in, const std::vector<void*>& outs, size_t count, DType dtype, int root, void* stream);
   void scatter(const std::vector<const void*>& ins, void* out, size_t count, DType dtype, int root, void* stream);
-  // ins[j] (sends[j] elements) to rank j, into outs[q] (receives[q] elements) from rank q; the
-  // caller (plexus.device.native) checked that every pair agrees, and `largest` is the largest
-  // block of the whole group (every rank launches alike: one launch per chunk of it).
+  // ins[j] (sends[j] elements) to rank j, into outs[q] (receives[q] elements) from rank q: one
+  // launch, whose kernel shares the sizes through the pads and checks every pair (a pair that
+  // disagrees is a mismatch naming it), then moves the blocks a chunk of the scratch at a time.
   void all_to_all(const std::vector<const void*>& ins, const std::vector<uint64_t>& sends,
-                  const std::vector<void*>& outs, const std::vector<uint64_t>& receives, uint64_t largest, DType dtype,
-                  void* stream);
+                  const std::vector<void*>& outs, const std::vector<uint64_t>& receives, DType dtype, void* stream);
 
   // Registered buffers (windows): `ptr`, `bytes` here and the same buffer of every rank mapped
   // here (`peers`, own included). An all_reduce whose input and output lie in windows, of at

@@ -57,18 +57,26 @@ def _cupy_graph(rank, world):
     cp.cuda.Device(0).use()
     x = cp.zeros(1000, cp.float32)
     plexus.all_reduce(x)  # the first call sets the workspaces up: not inside a capture
+    # all_to_all with uneven blocks: its kernel shares the sizes, so it is captured like the rest
+    ins = [cp.zeros(3 + rank + j, cp.int32) for j in range(world)]
+    outs = [cp.zeros(3 + q + rank, cp.int32) for q in range(world)]
     s = cp.cuda.Stream(non_blocking=True)
     with s:
         s.begin_capture()
         plexus.all_reduce(x)
         plexus.all_reduce(x, op=plexus.ReduceOp.MAX)
+        plexus.all_to_all(outs, ins)
         g = s.end_capture()
     for i in range(5):
         with s:
             x[...] = rank + i
+            for j in range(world):
+                ins[j][...] = 100 * rank + 10 * j + i
         g.launch(s)
         s.synchronize()
         np.testing.assert_array_equal(cp.asnumpy(x), np.full(1000, sum(r + i for r in range(world)), np.float32))
+        for q in range(world):
+            np.testing.assert_array_equal(cp.asnumpy(outs[q]), np.full(3 + q + rank, 100 * q + 10 * rank + i, np.int32))
     return True
 
 
@@ -202,7 +210,7 @@ def test_mismatched_calls_are_reported_by_the_device():
 
 
 def _rooted_and_all_to_all(rank, world):
-    """gather, scatter and all_to_all (uneven blocks, several launches) on the native path."""
+    """gather, scatter and all_to_all (uneven blocks, several rounds of the scratch) on the native path."""
     import cupy as cp
 
     from plexus import device
@@ -232,5 +240,5 @@ def _rooted_and_all_to_all(rank, world):
 @pytest.mark.cupy
 @pytest.mark.parametrize("world,env", [(2, {}), (3, {}), (3, {"PLEXUS_DEVICE_SCRATCH": "4096"})])
 def test_gather_scatter_and_all_to_all_run_natively(world, env):
-    """(A 4 KiB scratch: many launches per call, each scratch set used again and again.)"""
+    """(A 4 KiB scratch: many launches (all_to_all: rounds) per call, each scratch set used again and again.)"""
     assert run_ranks(world, _rooted_and_all_to_all, env=env, timeout=300) == [True] * world

@@ -28,7 +28,7 @@ constexpr int kMaxBlocks = 128;  // blocks of one collective kernel
 constexpr int kPhases = 2;      // barriers per call (two-shot: before the reduce and before the gather)
 constexpr int kSigBits = 24;
 constexpr uint64_t kSigMask = (uint64_t{1} << kSigBits) - 1;
-constexpr size_t kPadBytes = 64 * 1024;  // the Pad, rounded up: scratch starts 64 KiB in
+constexpr size_t kPadBytes = 128 * 1024;  // the Pad, rounded up: scratch starts 128 KiB in
 
 constexpr uint32_t kMappedWindow = 0xFFFFFFFFu;
 
@@ -51,13 +51,23 @@ struct Pad {
   uint64_t counters[kMaxBlocks];  // this rank's blocks' call counters (only they touch them)
   uint64_t flags[2][kPhases][kMaxBlocks][kMaxRanks];  // [set][phase][block][source rank], written by peers
   CallRecord records[2];  // this rank's call of each set, written by its block 0
+  // kAllToAll: this rank's block sizes (elements to each rank, then from each), per set and
+  // block: each block publishes them before its first barrier, for the same block of its peers.
+  uint64_t sizes[2][kMaxBlocks][2 * kMaxRanks];
   uint32_t error;         // first ErrorCode of this rank (set by its blocks, or by a failing peer)
   uint32_t error_from;    // the rank that set it
   uint32_t reported;      // 1 once one of this rank's blocks has filled the error box
 };
 static_assert(sizeof(Pad) <= kPadBytes, "the pad outgrew its room");
 
-enum ErrorCode : uint32_t { kOk = 0, kTimeout = 1, kMismatch = 2, kAborted = 3, kPeerFailed = 4 };
+// kSizeMismatch: an all_to_all whose two ranks disagree on the size of the block between them.
+enum ErrorCode : uint32_t { kOk = 0, kTimeout = 1, kMismatch = 2, kAborted = 3, kPeerFailed = 4, kSizeMismatch = 5 };
+
+// What kSizeMismatch found: rank `from` sends `sent` elements to rank `to`, which expects `expected`.
+struct SizeMismatch {
+  uint32_t from = 0, to = 0;
+  uint64_t sent = 0, expected = 0;
+};
 
 // In host-readable memory (mapped pinned memory on a GPU): how a kernel failed. `code` is
 // written last; the host sets `abort` to make spinning kernels give up.
@@ -69,6 +79,7 @@ struct ErrorBox {
   uint64_t seq;
   CallRecord mine;
   CallRecord theirs;
+  SizeMismatch sizes;  // kSizeMismatch's pair
   volatile uint32_t abort;
 };
 
@@ -83,7 +94,8 @@ enum Program : uint32_t {
   kDirectAllReduce,       // registered buffers: rank r reduces part r of every input into every output
   kGather,                // every rank's copy into the root's outputs (peer_out[])
   kScatter,               // the root's inputs (peer_in[]) through its scratch to every rank
-  kAllToAll,              // block j of peer_in[] to rank j, through the scratches, into peer_out[]
+  kAllToAll,              // block j of peer_in[] to rank j, through the scratches, into peer_out[]:
+                          // one launch, a barrier per chunk of the group's largest block
   kProgramCount,
 };
 
@@ -95,14 +107,15 @@ struct DeviceCall {
   char* peer_out[kMaxRanks];       // (kAllGather with `listed`, kGather: this rank's output per source
                                    // rank; kScatter: the root's input per destination in peer_in)
   uint32_t listed = 0;             // kAllGather: the outputs are peer_out[], not blocks of `out`
-  uint64_t sends[kMaxRanks];       // kAllToAll: elements of this launch to each rank (from peer_in[])
+  uint64_t sends[kMaxRanks];       // kAllToAll: elements to each rank (from peer_in[])
   uint64_t receives[kMaxRanks];    // and from each rank (into peer_out[])
   uint64_t scratch_bytes = 0;  // of one set
   ErrorBox* box = nullptr;
   const void* in = nullptr;
   void* out = nullptr;
   uint64_t count = 0;   // elements: the whole chunk (all_reduce, broadcast, reduce), one rank's block (the others)
-  uint64_t stride = 0;  // elements between rank blocks of the blocked buffer (reduce_scatter's input, all_gather's output)
+  uint64_t stride = 0;  // elements between rank blocks of the blocked buffer (reduce_scatter's input, all_gather's
+                        // output); kAllToAll: of one chunk of a block, the scratch's room per rank
   uint32_t program = 0;
   uint32_t dtype = 0;
   uint32_t op = 0;

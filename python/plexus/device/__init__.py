@@ -78,7 +78,7 @@ def describe_paths() -> str:
     chunked = [name for name, (_, fallback) in COLLECTIVES.items() if fallback == PIPELINE]
     if native_on:
         head = (f"native kernels within a host for {', '.join(native.KINDS)} (signal pads; a host round per "
-                f"call only for all_to_all's block sizes and all_reduces mapped from PLEXUS_DEVICE_MAPPED_MIN); ")
+                f"call only for all_reduces mapped from PLEXUS_DEVICE_MAPPED_MIN); ")
     else:
         head = "native kernels off (PLEXUS_DEVICE_NATIVE=0); "
     ipc_part = f"CUDA IPC with a host round per call for {', '.join(direct)}; " if direct else ""

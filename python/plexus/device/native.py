@@ -6,10 +6,10 @@ device memory. This module only turns a call into pointers, a dtype and a stream
 Setup, once per group, at its first device call of these kinds: every rank allocates its
 workspace, one host all-gather shares the IPC handles, each rank maps its peers', a one-byte
 all-gather agrees that all could. From then on a call is a launch on the caller's current stream:
-no host round with the peers, nothing the host waits for, so it can be captured in a CUDA graph.
-Two exceptions have one host round per call: the all_reduces that mapped.py maps (staged instead
-under capture), and all_to_all, whose block sizes go round the group (at capture, once: a replay
-reuses them); an asynchronous all_to_all returns once every peer has made the call.
+no host round with the peers, nothing the host waits for, so it can be captured in a CUDA graph
+(all_to_all too: its kernel shares the block sizes through the pads and checks every pair). The
+one exception, with one host round per call: the all_reduces that mapped.py maps (staged instead
+under capture).
 A rank that cannot take part (no CUDA, PLEXUS_DEVICE_NATIVE=0, several hosts, more than 8 ranks)
 makes every rank decline, for good: the group then uses plexus.device.ipc.
 
@@ -170,33 +170,13 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
         comm.gather(src, call.out_ptrs, call.count, call.code, call.root, stream)
     elif kind == "scatter":  # in_ptrs: the root's inputs, none elsewhere
         comm.scatter(call.in_ptrs, call.out_ptrs[0], call.count, call.code, call.root, stream)
-    elif kind in ("all_to_all", "all_to_all_single"):
-        _all_to_all(g, comm, call, stream)
+    elif kind in ("all_to_all", "all_to_all_single"):  # the kernel shares the block sizes and checks the pairs
+        comm.all_to_all(call.in_ptrs, call.in_counts, call.out_ptrs, call.out_counts, call.code, stream)
     else:
         comm.reduce(src, out, call.count, call.code, op, scale, call.root, stream)
     if blocking:
         return None
     return StreamWork(kind, _Done(comm, device, stream), lambda: ipc._driver.current_stream(dst.device, device))
-
-
-def _all_to_all(g: Any, comm: Any, call: Any, stream: int) -> None:
-    """all_to_all with blocks of any size: one host all-gather of every rank's block sizes (what
-    sizes the launches: the group's largest block), checked pair by pair, then the kernels."""
-    n = g.size()
-    row = struct.Struct(f"<{1 + 2 * n}Q")
-    rows = [row.unpack(r) for r in ipc.host_all_gather(g, row.pack(call.code, *call.in_counts, *call.out_counts))]
-    for q, (code, *_) in enumerate(rows):
-        if code != call.code:
-            raise _C.PlexusError(f"{call.where}: rank {g.ranks[q]} sends {_C.DTYPES[code]} but rank "
-                                 f"{g.ranks[g.rank()]} sends {_C.DTYPES[call.code]}")
-    for q in range(n):
-        for r in range(n):
-            sent, expected = rows[q][1 + r], rows[r][1 + n + q]
-            if sent != expected:
-                raise _C.PlexusError(f"{call.where}: rank {g.ranks[q]} sends {sent} elements to rank {g.ranks[r]}, "
-                                     f"which expects {expected} from it")
-    largest = max(max(r[1:]) for r in rows)
-    comm.all_to_all(call.in_ptrs, call.in_counts, call.out_ptrs, call.out_counts, largest, call.code, stream)
 
 
 _FAST_OPS = {_C.OPS.index(name) for name in ("sum", "product", "min", "max", "avg")}
