@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Host-side cost of one device all_reduce call, beside a plain host all_reduce of the same 16
-floats, on N local ranks (slowest rank; median of --rounds interleaved rounds, with the spread).
+"""Host-side cost of one device all_reduce call (and of an all_to_all_single of the same 16
+floats), beside a plain host all_reduce of those 16 floats, on N local ranks (slowest rank; median
+of --rounds interleaved rounds, with the spread).
 
 Without a GPU the CUDA calls are replaced by tests/fake_cuda.py (host memory): the CUDA IPC
 path (plexus.device.ipc: records, host all-gathers, handle cache) and the native path
@@ -48,6 +49,7 @@ def _rank(rank, world, folder, iters, rounds, mode):
         y = cp.zeros_like(x)
         calls["native all_reduce (cupy, CPU time)"] = lambda: plexus.all_reduce(x)
         calls["native all_reduce out= (cupy, CPU time)"] = lambda: plexus.all_reduce(x, out=y)
+        calls["native all_to_all_single (cupy, CPU time)"] = lambda: plexus.all_to_all_single(y, x)
         try:  # what plexus-bench and the torch backend pass
             import torch
 
@@ -75,6 +77,9 @@ def _rank(rank, world, folder, iters, rounds, mode):
         x = fake.array(np.ones(16, np.float32))
         name = "native all_reduce (emulated device)" if mode == "native" else "IPC all_reduce (fake driver)"
         calls[name] = lambda: plexus.all_reduce(x)
+        if mode == "native":
+            y = fake.array(np.zeros(16, np.float32))
+            calls["native all_to_all_single (emulated)"] = lambda: plexus.all_to_all_single(y, x)
     out = {name: [] for name in calls}
     for _ in range(rounds):
         for name, fn in calls.items():
