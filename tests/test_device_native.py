@@ -156,6 +156,21 @@ def test_one_rank_without_the_native_path_sends_all_to_ipc(tmp_path):
     assert run_ranks(2, _declines, str(tmp_path)) == [{"cuda_ipc": 2}] * 2
 
 
+def _scratches_differ(rank, world, folder):
+    import os
+    os.environ["PLEXUS_DEVICE_SCRATCH"] = str(4096 * (rank + 1))  # read when the workspace is made
+    fake = _fake(folder, rank)
+    x = fake.array(np.ones(4, np.float32))
+    plexus.all_reduce(x)
+    np.testing.assert_array_equal(x.host, np.full(4, 2.0))
+    return dict(device.PATHS), native.explain(plexus.distributed._world("test"), 8)  # noqa: SLF001
+
+
+def test_ranks_with_different_scratch_sizes_decline_the_native_path_alike(tmp_path):
+    """(Each rank maps its peers' workspaces at its own size: mapped at another, they would crash.)"""
+    assert run_ranks(2, _scratches_differ, str(tmp_path)) == [({"cuda_ipc": 1}, None)] * 2
+
+
 def _fast_path(rank, world, folder):
     fake = _fake(folder, rank)
     g = plexus.distributed._world("test")  # noqa: SLF001
@@ -435,10 +450,28 @@ def _count_host_rounds():
     return Counter
 
 
+def _all_to_all_itself(rank, world, folder):
+    """Rank 0 sends itself 3 elements but expects 5 (list form), rank 1 agrees with everyone."""
+    fake = _fake(folder, rank)
+    outs = [fake.array(np.zeros(5 if rank == 0 and q == 0 else 4, np.float32)) for q in range(world)]
+    ins = [fake.array(np.ones(3 if rank == 0 and j == 0 else 4, np.float32)) for j in range(world)]
+    with pytest.raises(plexus.PlexusError) as e:
+        plexus.all_to_all(outs, ins)
+    return type(e.value).__name__, str(e.value)
+
+
+def test_the_block_a_rank_sends_itself_is_checked_too(tmp_path):
+    (kind0, text0), (kind1, text1) = run_ranks(2, _all_to_all_itself, str(tmp_path))
+    assert kind0 == "PlexusError" and text0.endswith(
+        "in which rank 0 sends 3 elements to rank 0, which expects 5 from it"), text0
+    assert kind1 == "PeerError" and "rank 0 failed a device collective" in text1, text1
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_all_to_all_blocks_a_pair_disagrees_on_are_found_by_the_kernel(world, tmp_path):
     """The kernel compares the sizes of every pair (no host round): both ends of the pair raise a
-    mismatch naming it, a third rank hears that a peer failed; the group stays failed; another
+    mismatch naming it, a third rank hears that a peer failed (on the emulated device at once; on a
+    GPU, whose blocks may all be done by then, at its next call); the group stays failed; another
     dtype on one rank is a mismatch naming both calls."""
     res = run_ranks(world, _all_to_all_disagree, str(tmp_path))
     for rank, ((kind, text, rounds), again, kind2, text2) in enumerate(res):

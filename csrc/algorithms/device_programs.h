@@ -172,8 +172,10 @@ PLEXUS_HD inline uint64_t round_of(uint64_t size, uint64_t at, uint64_t chunk) {
 // kAllToAll, blocks of any size in one launch. Round k moves chunk k (c.stride elements) of every
 // block: each rank stages its blocks for its peers at j * stride of its scratch, meets them, and
 // copies its own blocks from theirs. Before round 0 each rank publishes its block sizes in its pad,
-// so after that barrier every rank checks the pairs it is in (both ends of a pair that disagrees
-// fail, naming it) and knows how many rounds the group's largest block takes: no host round.
+// so after that barrier every rank checks the pairs it is in, itself included (both ends of a pair
+// that disagrees fail, naming it; the other ranks hear of it at once, or, on a GPU where their
+// blocks may be done already, at their next call) and knows how many rounds the group's largest
+// block takes: no host round.
 template <class X>
 PLEXUS_HD void all_to_all(X& x, const DeviceCall& c, int b, uint64_t seq, uint64_t start) {
   const int r = c.rank, w = c.world, G = c.nblocks;
@@ -203,8 +205,7 @@ PLEXUS_HD void all_to_all(X& x, const DeviceCall& c, int b, uint64_t seq, uint64
             largest = theirs[j] > largest ? theirs[j] : largest;
             largest = theirs[kMaxRanks + j] > largest ? theirs[kMaxRanks + j] : largest;
           }
-          if (q == r) continue;
-          SizeMismatch m;
+          SizeMismatch m;  // (q == r: the block a rank sends itself must be what it expects too)
           if (theirs[r] != c.receives[q]) {
             m.from = static_cast<uint32_t>(q), m.to = static_cast<uint32_t>(r), m.sent = theirs[r], m.expected = c.receives[q];
           } else if (theirs[kMaxRanks + r] != c.sends[q]) {
@@ -213,7 +214,7 @@ PLEXUS_HD void all_to_all(X& x, const DeviceCall& c, int b, uint64_t seq, uint64
           } else {
             continue;
           }
-          fail(x, c, kSizeMismatch, q, b, 0, seq, &m);
+          fail(x, c, kSizeMismatch, q == r ? -1 : q, b, 0, seq, &m);
           bad = true;
         }
       }
@@ -228,7 +229,12 @@ PLEXUS_HD void all_to_all(X& x, const DeviceCall& c, int b, uint64_t seq, uint64
     }
     if (at + chunk >= largest) return;
     seq = next_seq(x, c, b);
-    start = x.now_ns();
+    start = x.now_ns();  // the deadline holds per round: a call of many rounds may take longer
+    const uint32_t err = x.load_volatile(&c.pads[r]->error);  // a failed rank stops going round
+    if (err != kOk) {
+      if (x.leader()) fail_from_pad(x, c, err, b, 0, seq);
+      return;
+    }
   }
 }
 

@@ -67,19 +67,22 @@ def _problem(g: Any) -> Optional[str]:
 
 def _setup(g: Any, device: int) -> Any:
     """The group's _Native, or ipc.Declined on every rank alike."""
-    problem, comm, handle, blocks, mapped_min = _problem(g), None, b"", 0, 0
+    problem, comm, handle, blocks, mapped_min, scratch = _problem(g), None, b"", 0, 0, 0
     if problem is None:
         try:
             emulated = ipc._driver.native == "emulated"
             comm = _C.DeviceComm(g.rank(), g.size(), device, emulated, 0, g.comm.timeout, list(g.ranks))
-            handle, blocks, mapped_min = comm.handle(), comm.blocks, comm.mapped_min
+            handle, blocks, mapped_min, scratch = comm.handle(), comm.blocks, comm.mapped_min, comm.scratch_bytes
         except Exception as e:  # noqa: BLE001 - this rank's alone: it says so, and all decline
             problem, comm = f"rank {g.ranks[g.rank()]} cannot set up its device workspace: {e}", None
     rows = ipc.host_all_gather(g, bytes([problem is None, blocks]) + handle.ljust(HANDLE, b"\0")[:HANDLE] +
-                               struct.pack("<Q", mapped_min))
+                               struct.pack("<QQ", mapped_min, scratch))
     if not all(row[0] for row in rows):
         bad = next(p for p, row in enumerate(rows) if not row[0])
         return ipc.Declined(problem if problem else f"rank {g.ranks[bad]} cannot use the native device path")
+    scratches = [struct.unpack_from("<Q", row, 2 + HANDLE + 8)[0] for row in rows]
+    if len(set(scratches)) > 1:  # every rank maps its peers' workspaces at its own size: they must agree
+        return ipc.Declined(f"the ranks' device scratch sizes differ (PLEXUS_DEVICE_SCRATCH: {scratches} bytes by rank)")
     try:  # one grid for all: the smallest (ranks on GPUs of different sizes)
         comm.connect([row[2:2 + HANDLE] for row in rows], min(row[1] for row in rows))
         # One size from which the group maps its arrays (PLEXUS_DEVICE_MAPPED_MIN, or none where
