@@ -11,14 +11,15 @@
 #      torch; NCCL_MULTI_RANK_GPU_ENABLE=1) and cupy's a + b, then the 2-rank all-reduce sweep
 #      staged through host memory (PLEXUS_CUDA_IPC=0), to show what IPC saves, with registered
 #      buffers (PLEXUS_BENCH_REGISTER=1), with large all_reduces mapped per call from 4 MiB and
-#      never (PLEXUS_DEVICE_MAPPED_MIN), with grids of 32, 64 and 128 blocks (PLEXUS_DEVICE_BLOCKS),
+#      never (PLEXUS_DEVICE_MAPPED_MIN), all_to_all on 2 and 4 ranks, with grids of 32, 64 and 128
+#      blocks (PLEXUS_DEVICE_BLOCKS),
 #      and on 4 ranks with one-shot and two-shot forced (PLEXUS_DEVICE_ALGO) around their threshold;
 #   5. runs the native device path's GPU tests first (tests/gpu/test_gpu_native.py: programs,
 #      chunks, CUDA graph capture, deadline, mismatch), and the host CPU time of one call;
 #   6. runs tests/gpu (every collective on cupy and torch CUDA arrays, the torch backend on CUDA
 #      tensors, DDP) + the CPU-side CUDA build, staging, IPC-logic and device-bench tests
 #      (GPU_CHECK_TESTS replaces that list).
-# GPU_CHECK_SKIP="kernels bench-all staged registered mapped grid threshold" leaves those steps out
+# GPU_CHECK_SKIP="kernels bench-all staged registered mapped a2a grid threshold" leaves those steps out
 # (a short device lease).
 # Benchmarks run before the tests so the figures exist even if the tests run long. Everything
 # ends within GPU_CHECK_SECONDS (default 440: with kill grace, under 8 minutes). Results: $OUT if set, else
@@ -134,6 +135,12 @@ for M in 4M 1024G; do
   skip mapped || PLEXUS_DEVICE_MAPPED_MIN=$M run "bench-mapped-$M" "$(budget 45 100)" "$PY" -m plexus.bench \
     --device cuda --vs cupy-add --sizes 1M,4M,16M,64M,256M -n 30 -w 5 --rounds "${GPU_CHECK_ROUNDS:-3}" -np 2 \
     --json "$RESULTS/bench_cuda_mapped_min$M.json" && tail -n +1 "$RESULTS/bench_cuda_mapped_min$M.txt" >> "$RESULTS/summary.txt"
+done
+step "all_to_all (one launch, the block sizes shared in the pads), 2 and 4 ranks"
+for NP in 2 4; do
+  skip a2a || run "bench-a2a-$NP" "$(budget 40 100)" "$PY" -m plexus.bench --device cuda --collective all_to_all \
+    -b 64 -e 64M -f 8 -n 30 -w 5 --rounds "${GPU_CHECK_ROUNDS:-3}" -np "$NP" \
+    --json "$RESULTS/bench_cuda_a2a_np$NP.json" && tail -n +1 "$RESULTS/bench_cuda_a2a_np$NP.txt" >> "$RESULTS/summary.txt"
 done
 step "grids of 32 (default), 64 and 128 blocks per rank (PLEXUS_DEVICE_BLOCKS), 2 ranks, vs cupy a + b"
 for B in 32 64 128; do
