@@ -156,19 +156,24 @@ def test_one_rank_without_the_native_path_sends_all_to_ipc(tmp_path):
     assert run_ranks(2, _declines, str(tmp_path)) == [{"cuda_ipc": 2}] * 2
 
 
-def _scratches_differ(rank, world, folder):
+def _settings_differ(rank, world, folder, name, values):
     import os
-    os.environ["PLEXUS_DEVICE_SCRATCH"] = str(4096 * (rank + 1))  # read when the workspace is made
+    os.environ[name] = values[rank]  # read when the workspace is made
     fake = _fake(folder, rank)
-    x = fake.array(np.ones(4, np.float32))
+    x = fake.array(np.arange(1000, dtype=np.float32) + rank)
     plexus.all_reduce(x)
-    np.testing.assert_array_equal(x.host, np.full(4, 2.0))
+    np.testing.assert_array_equal(x.host, 2 * np.arange(1000, dtype=np.float32) + 1)
     return dict(device.PATHS), native.explain(plexus.distributed._world("test"), 8)  # noqa: SLF001
 
 
-def test_ranks_with_different_scratch_sizes_decline_the_native_path_alike(tmp_path):
-    """(Each rank maps its peers' workspaces at its own size: mapped at another, they would crash.)"""
-    assert run_ranks(2, _scratches_differ, str(tmp_path)) == [({"cuda_ipc": 1}, None)] * 2
+@pytest.mark.parametrize("name,values", [("PLEXUS_DEVICE_SCRATCH", ["4096", "8192"]),
+                                         ("PLEXUS_DEVICE_ALGO", ["oneshot", "twoshot"]),
+                                         ("PLEXUS_DEVICE_ALGO", ["", "twoshot"])])
+def test_ranks_whose_device_settings_differ_decline_the_native_path_alike(name, values, tmp_path):
+    """Each rank maps its peers' workspaces at its own scratch size (at another, they crashed), and a
+    one-shot all_reduce meeting a two-shot one reads what was never staged (it timed out, and on a
+    GPU would have returned wrong numbers on the one-shot rank first)."""
+    assert run_ranks(2, _settings_differ, str(tmp_path), name, values) == [({"cuda_ipc": 1}, None)] * 2
 
 
 def _fast_path(rank, world, folder):
