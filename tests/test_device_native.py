@@ -474,21 +474,27 @@ def test_the_block_a_rank_sends_itself_is_checked_too(tmp_path):
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_all_to_all_blocks_a_pair_disagrees_on_are_found_by_the_kernel(world, tmp_path):
-    """The kernel compares the sizes of every pair (no host round): both ends of the pair raise a
+    """The kernel compares the sizes of every pair (no host round): the ends of the pair raise a
     mismatch naming it, a third rank hears that a peer failed (on the emulated device at once; on a
     GPU, whose blocks may all be done by then, at its next call); the group stays failed; another
-    dtype on one rank is a mismatch naming both calls."""
+    dtype on one rank is a mismatch naming both calls. On 2 ranks each rank's own finding is
+    certain (a rank marks its peer failed only after its peer's flag is there, and a waiting rank
+    reads the flag first). On 3, a rank still waiting for the third may hear that its partner failed
+    before it looks itself: then it raises PeerError, but whoever failed first found the mismatch."""
     res = run_ranks(world, _all_to_all_disagree, str(tmp_path))
+    sizes_named, calls_named = [], []
     for rank, ((kind, text, rounds), again, kind2, text2) in enumerate(res):
         assert rounds == 0 and again, res
+        heard = kind == "PeerError" and "failed a device collective" in text
         if rank < 2:
-            assert kind == "PlexusError", res
             sends = 4 * (world - 1) + 3 if rank == 1 else 4 * world
-            assert text == (f"mismatched device collectives: rank {rank} called all_to_all(dtype float32, count "
-                            f"{sends}), in which rank 1 sends 3 elements to rank 0, which expects 4 from it"), text
+            mine = (f"mismatched device collectives: rank {rank} called all_to_all(dtype float32, count "
+                    f"{sends}), in which rank 1 sends 3 elements to rank 0, which expects 4 from it")
+            assert (kind == "PlexusError" and text == mine) or (world > 2 and heard), res
+            sizes_named.append(text == mine)
         else:
-            assert kind == "PeerError" and "failed a device collective" in text, text
-        if rank == world - 1:
-            assert "called all_to_all(dtype int32, count " in text2 and "dtype float32" in text2, text2
-        else:
-            assert "mismatched device collectives" in text2 or kind2 == "PeerError", text2
+            assert heard, text
+        named = "called all_to_all(dtype int32, count " in text2 and "dtype float32" in text2
+        assert named or (kind2 == "PeerError" and not (rank == world - 1 and world == 2)), text2
+        calls_named.append(named)
+    assert any(sizes_named) and any(calls_named), res
