@@ -11,7 +11,8 @@ no host round with the peers, nothing the host waits for, so it can be captured 
 one exception, with one host round per call: the all_reduces that mapped.py maps (staged instead
 under capture).
 A rank that cannot take part (no CUDA, PLEXUS_DEVICE_NATIVE=0, several hosts, more than 8 ranks)
-makes every rank decline, for good: the group then uses plexus.device.ipc.
+makes every rank decline, for good, and so do ranks whose PLEXUS_DEVICE_SCRATCH or
+PLEXUS_DEVICE_ALGO differ: the group then uses plexus.device.ipc.
 
 register() maps a buffer of every rank once (plexus.register), so large all_reduces between
 registered buffers run in place; all_reduce_fast() is the hot path of a blocking in-place
