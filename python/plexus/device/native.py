@@ -40,7 +40,9 @@ KINDS = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_t
          "gather", "scatter", "all_to_all", "all_to_all_single")
 MAX_RANKS = 8
 HANDLE = 64
-_ALGO = 8  # bytes of PLEXUS_DEVICE_ALGO in the setup row
+# A rank's setup row after its ok byte, grid and workspace handle: PLEXUS_DEVICE_MAPPED_MIN, the
+# scratch size and PLEXUS_DEVICE_ALGO (8 bytes).
+_SETTINGS = struct.Struct("<QQ8s")
 _AVG, _PREMUL_SUM = (_C.OPS.index(name) for name in ("avg", "premul_sum"))
 _lock = threading.Lock()
 
@@ -77,24 +79,24 @@ def _setup(g: Any, device: int) -> Any:
             handle, blocks, mapped_min, scratch = comm.handle(), comm.blocks, comm.mapped_min, comm.scratch_bytes
         except Exception as e:  # noqa: BLE001 - this rank's alone: it says so, and all decline
             problem, comm = f"rank {g.ranks[g.rank()]} cannot set up its device workspace: {e}", None
-    algo = os.environ.get("PLEXUS_DEVICE_ALGO", "").encode()[:_ALGO]  # (DeviceComm refused any other value)
+    algo = os.environ.get("PLEXUS_DEVICE_ALGO", "").encode()  # (DeviceComm refused any other value)
     rows = ipc.host_all_gather(g, bytes([problem is None, blocks]) + handle.ljust(HANDLE, b"\0")[:HANDLE] +
-                               struct.pack("<QQ", mapped_min, scratch) + algo.ljust(_ALGO, b"\0"))
+                               _SETTINGS.pack(mapped_min, scratch, algo))
     if not all(row[0] for row in rows):
         bad = next(p for p, row in enumerate(rows) if not row[0])
         return ipc.Declined(problem if problem else f"rank {g.ranks[bad]} cannot use the native device path")
+    mapped_mins, scratches, algos = zip(*(_SETTINGS.unpack_from(row, 2 + HANDLE) for row in rows))
     # What every rank must have alike: the scratch size (each maps its peers' workspaces at its
     # own) and a forced all_reduce program (one-shot meeting two-shot reads what was never staged).
-    for what, at, size, decode in (("PLEXUS_DEVICE_SCRATCH", 2 + HANDLE + 8, 8, lambda b: struct.unpack("<Q", b)[0]),
-                                   ("PLEXUS_DEVICE_ALGO", 2 + HANDLE + 16, _ALGO, lambda b: b.rstrip(b"\0").decode())):
-        values = [decode(row[at:at + size]) for row in rows]
+    for what, values in (("PLEXUS_DEVICE_SCRATCH", list(scratches)),
+                         ("PLEXUS_DEVICE_ALGO", [a.rstrip(b"\0").decode() for a in algos])):
         if len(set(values)) > 1:
             return ipc.Declined(f"the ranks' {what} differ ({values} by rank): the native path needs it alike")
     try:  # one grid for all: the smallest (ranks on GPUs of different sizes)
         comm.connect([row[2:2 + HANDLE] for row in rows], min(row[1] for row in rows))
         # One size from which the group maps its arrays (PLEXUS_DEVICE_MAPPED_MIN, or none where
         # PLEXUS_DEVICE_ALGO forces a program): the largest of its ranks', so equal calls agree.
-        comm.mapped_min = max(struct.unpack_from("<Q", row, 2 + HANDLE)[0] for row in rows)
+        comm.mapped_min = max(mapped_mins)
         ok = True
     except Exception as e:  # noqa: BLE001
         problem, ok = f"rank {g.ranks[g.rank()]} cannot map its peers' workspaces: {e}", False
