@@ -164,6 +164,16 @@ PLEXUS_HD uint64_t next_seq(X& x, const DeviceCall& c, int b) {
   return x.broadcast(seq);
 }
 
+// Whether this rank's pad says it failed (a failed communicator stays failed): then the block
+// reports it for call `seq` (unless one did already) and gives up.
+template <class X>
+PLEXUS_HD bool failed_already(X& x, const DeviceCall& c, int b, uint64_t seq) {
+  const uint32_t err = x.load_volatile(&c.pads[c.rank]->error);
+  if (err == kOk) return false;
+  if (x.leader()) fail_from_pad(x, c, err, b, 0, seq);
+  return true;
+}
+
 // Elements of a block of `size` in the round that starts at element `at` (rounds of `chunk`).
 PLEXUS_HD inline uint64_t round_of(uint64_t size, uint64_t at, uint64_t chunk) {
   return at >= size ? 0 : size - at < chunk ? size - at : chunk;
@@ -230,24 +240,15 @@ PLEXUS_HD void all_to_all(X& x, const DeviceCall& c, int b, uint64_t seq, uint64
     if (at + chunk >= largest) return;
     seq = next_seq(x, c, b);
     start = x.now_ns();  // the deadline holds per round: a call of many rounds may take longer
-    const uint32_t err = x.load_volatile(&c.pads[r]->error);  // a failed rank stops going round
-    if (err != kOk) {
-      if (x.leader()) fail_from_pad(x, c, err, b, 0, seq);
-      return;
-    }
+    if (failed_already(x, c, b, seq)) return;  // a failed rank stops going round
   }
 }
 
 template <class X>
 PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
-  Pad* own = c.pads[c.rank];
   const uint64_t start = x.now_ns();
   const uint64_t seq = next_seq(x, c, b);
-  const uint32_t err = x.load_volatile(&own->error);
-  if (err != kOk) {  // a failed communicator stays failed
-    if (x.leader()) fail_from_pad(x, c, err, b, 0, seq);
-    return;
-  }
+  if (failed_already(x, c, b, seq)) return;
 
   const int r = c.rank, w = c.world, G = c.nblocks;
   const uint64_t es = element_size(c.dtype), grain = 16 / es, n = c.count;
