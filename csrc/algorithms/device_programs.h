@@ -66,7 +66,7 @@ PLEXUS_HD inline Range sub(uint64_t n, int world, int q, int nblocks, int b, uin
 // tells every peer, whose blocks then stop waiting for it.
 template <class X>
 PLEXUS_HD void fail(X& x, const DeviceCall& c, uint32_t code, int peer, int block, int phase, uint64_t seq,
-                    const SizeMismatch* sizes = nullptr) {
+                    const SizeMismatch* sizes = nullptr, const CallRecord* theirs = nullptr) {
   Pad* own = c.pads[c.rank];
   if (x.cas(&own->error, kOk, code)) own->error_from = static_cast<uint32_t>(c.rank);
   if (code != kPeerFailed) {
@@ -83,7 +83,7 @@ PLEXUS_HD void fail(X& x, const DeviceCall& c, uint32_t code, int peer, int bloc
   box->seq = seq;
   box->mine = c.record;
   box->mine.seq = seq;
-  if (code == kMismatch && peer >= 0) box->theirs = c.pads[peer]->records[seq & 1];
+  if (code == kMismatch && peer >= 0) box->theirs = theirs ? *theirs : c.pads[peer]->records[seq & 1];
   if (sizes) box->sizes = *sizes;
   x.fence_system();
   box->code = code;
@@ -97,19 +97,15 @@ PLEXUS_HD void fail_from_pad(X& x, const DeviceCall& c, uint32_t err, int block,
   fail(x, c, err == kPeerFailed ? kPeerFailed : err, err == kPeerFailed ? from : -1, block, phase, seq);
 }
 
-// The leader waits for peer `p`'s flag of call `seq`. False (after fail()) on a mismatch, the
-// deadline, the host's abort, or an error of this rank or a peer.
+// The leader waits until `*value` reaches `least` (written by peer `p`) and gets what it saw.
+// False (after fail()) on the deadline, the host's abort, or an error of this rank or a peer.
 template <class X>
-PLEXUS_HD bool wait_flag(X& x, const DeviceCall& c, int p, int block, int phase, uint64_t seq, uint64_t start) {
+PLEXUS_HD bool wait_at_least(X& x, const DeviceCall& c, const uint64_t* value, uint64_t least, int p, int block,
+                             int phase, uint64_t seq, uint64_t start, uint64_t* seen) {
   Pad* own = c.pads[c.rank];
-  const uint64_t* flag = &own->flags[seq & 1][phase][block][p];
   for (uint32_t spins = 1;; ++spins) {
-    const uint64_t v = x.load_acquire(flag);
-    if ((v >> kSigBits) >= seq) {
-      if ((v >> kSigBits) == seq && (v & kSigMask) == c.sig) return true;
-      fail(x, c, kMismatch, p, block, phase, seq);
-      return false;
-    }
+    *seen = x.load_acquire(value);
+    if (*seen >= least) return true;
     if ((spins & 63) == 0) {
       const uint32_t err = x.load_volatile(&own->error);
       if (err != kOk) {
@@ -127,6 +123,19 @@ PLEXUS_HD bool wait_flag(X& x, const DeviceCall& c, int p, int block, int phase,
     }
     x.pause();
   }
+}
+
+// The leader waits for peer `p`'s flag of call `seq`. False (after fail()) on a mismatch, or
+// whatever ends wait_at_least.
+template <class X>
+PLEXUS_HD bool wait_flag(X& x, const DeviceCall& c, int p, int block, int phase, uint64_t seq, uint64_t start) {
+  uint64_t v = 0;
+  if (!wait_at_least(x, c, &c.pads[c.rank]->flags[seq & 1][phase][block][p], seq << kSigBits, p, block, phase, seq,
+                     start, &v))
+    return false;
+  if ((v >> kSigBits) == seq && (v & kSigMask) == c.sig) return true;
+  fail(x, c, kMismatch, p, block, phase, seq);
+  return false;
 }
 
 // Block `b` of every rank meets here: what each wrote before is visible to all after.
@@ -244,8 +253,70 @@ PLEXUS_HD void all_to_all(X& x, const DeviceCall& c, int b, uint64_t seq, uint64
   }
 }
 
+// Where rank `owner` keeps slot `slot` of what rank `from` sends it: its inbox, after its scratch sets.
+PLEXUS_HD inline char* inbox(const DeviceCall& c, int owner, int from, uint64_t slot) {
+  return c.scratch[owner] + 2 * c.scratch_bytes + (static_cast<uint64_t>(from) * kInboxSlots + slot) * c.slot_bytes;
+}
+
+// kSend / kRecv: one chunk (at most a slot) of a message between this rank and c.peer, by the
+// same block of both. The pair numbers its chunks (each end counts in its own pad, so a replayed
+// graph counts on): chunk n goes through slot n % kInboxSlots of the receiver's inbox. The sender
+// waits until its receiver has taken chunk n - kInboxSlots from that slot, copies chunk n in and
+// flags it ready with the message's signature; the receiver waits for that flag, checks the
+// signature (a message of another size or dtype fails both, naming both calls), copies the chunk
+// out and says it took it. Collectives and messages share no flags, so neither waits for the other.
+template <class X>
+PLEXUS_HD void message(X& x, const DeviceCall& c, int b) {
+  const uint64_t start = x.now_ns();
+  const int r = c.rank, p = c.peer;
+  const bool sending = c.program == kSend;
+  Pad* own = c.pads[r];
+  uint64_t n = 0;
+  if (x.leader()) {
+    uint64_t* counter = sending ? &own->sent[p][b] : &own->received[p][b];
+    n = *counter + 1;
+    *counter = n;
+  }
+  n = x.broadcast(n);
+  if (failed_already(x, c, b, n)) return;
+  const uint64_t slot = n % kInboxSlots, es = element_size(c.dtype), grain = 16 / es;
+  const Range s = part(c.count, c.nblocks, b, grain);
+  bool bad = false;
+  uint64_t seen = 0;
+  if (sending) {
+    if (x.leader() && n > kInboxSlots)
+      bad = !wait_at_least(x, c, &own->taken[p][b], n - kInboxSlots, p, b, 0, n, start, &seen);
+    if (x.sync_or(bad)) return;
+    x.copy(inbox(c, p, r, slot) + s.lo * es, static_cast<const char*>(c.in) + s.lo * es, s.size() * es);
+    x.sync();
+    if (x.leader()) {
+      CallRecord mine = c.record;
+      mine.seq = n;
+      c.pads[p]->messages[r][slot] = mine;  // (every block writes the same record)
+      x.fence_system();
+      x.store_release(&c.pads[p]->ready[r][slot][b], (n << kSigBits) | c.sig);
+    }
+    return;
+  }
+  if (x.leader()) {
+    bad = !wait_at_least(x, c, &own->ready[p][slot][b], n << kSigBits, p, b, 0, n, start, &seen);
+    if (!bad && ((seen >> kSigBits) != n || (seen & kSigMask) != c.sig)) {
+      fail(x, c, kMismatch, p, b, 0, n, nullptr, &own->messages[p][slot]);
+      bad = true;
+    }
+  }
+  if (x.sync_or(bad)) return;
+  x.copy(static_cast<char*>(c.out) + s.lo * es, inbox(c, r, p, slot) + s.lo * es, s.size() * es);
+  x.sync();
+  if (x.leader()) {
+    x.fence_system();
+    x.store_release(&c.pads[p]->taken[r][b], n);
+  }
+}
+
 template <class X>
 PLEXUS_HD void run_block(X& x, const DeviceCall& c, int b) {
+  if (c.program == kSend || c.program == kRecv) return message(x, c, b);  // the pair's own counters
   const uint64_t start = x.now_ns();
   const uint64_t seq = next_seq(x, c, b);
   if (failed_already(x, c, b, seq)) return;

@@ -45,6 +45,11 @@ RedOp op_of(int code, DType dtype) {
 
 void bind_device(py::module_& m) {
   auto nogil = py::call_guard<py::gil_scoped_release>();
+  py::class_<LaneWork, std::shared_ptr<LaneWork>>(m, "LaneWork",
+                                                  "A point-to-point message of a DeviceComm, on its lane.")
+      .def("done", &LaneWork::done, nogil)
+      .def("wait", &LaneWork::wait, nogil)
+      .def("stream_wait", [](LaneWork& w, uintptr_t s) { w.stream_wait(out_ptr(s)); }, py::arg("stream"), nogil);
   py::class_<DeviceComm>(m, "DeviceComm",
                          "The native device path of one group on one host: workspaces mapped once, "
                          "collectives as kernels that synchronise through signal pads.")
@@ -115,6 +120,18 @@ void bind_device(py::module_& m) {
         c.all_to_all(i, sends, o, receives, d, out_ptr(s));
       }, py::arg("ins"), py::arg("sends"), py::arg("outs"), py::arg("receives"), py::arg("dtype"),
          py::arg("stream"))
+      .def("send", [](DeviceComm& c, uintptr_t buf, size_t n, int dt, int peer, uintptr_t s) {
+        DType d = dtype_of(dt);
+        py::gil_scoped_release r;
+        return c.send(in_ptr(buf), n, d, peer, out_ptr(s));
+      }, py::arg("buf"), py::arg("count"), py::arg("dtype"), py::arg("peer"), py::arg("stream"))
+      .def("recv", [](DeviceComm& c, uintptr_t buf, size_t n, int dt, int peer, uintptr_t s) {
+        DType d = dtype_of(dt);
+        py::gil_scoped_release r;
+        return c.recv(out_ptr(buf), n, d, peer, out_ptr(s));
+      }, py::arg("buf"), py::arg("count"), py::arg("dtype"), py::arg("peer"), py::arg("stream"))
+      .def_property_readonly("slot_bytes", &DeviceComm::slot_bytes,
+                             "bytes of a message chunk (an inbox slot): a launch per chunk")
       .def("add_window", [](DeviceComm& c, uintptr_t ptr, size_t bytes, const std::vector<uintptr_t>& peers) {
         return c.add_window(in_ptr(ptr), bytes, peers);
       }, py::arg("ptr"), py::arg("bytes"), py::arg("peers"))

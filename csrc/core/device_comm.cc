@@ -21,6 +21,9 @@ using namespace signals;
 namespace {
 
 constexpr size_t kMinScratch = 1024;
+// Blocks of a point-to-point launch: a message has one peer to write to, and its kernels run
+// beside the collectives (and the other lanes) of every rank sharing the GPU.
+constexpr int kMessageBlocks = 8;
 constexpr size_t kDefaultScratch = 8u << 20;
 // all_reduce bytes up to which one-shot runs (one barrier); above, two-shot moves fewer bytes:
 // per rank (5 - 2/w) times the call's bytes against one-shot's (3 + w) times.
@@ -42,7 +45,9 @@ std::string describe(const CallRecord& r) {
   const bool rooted = r.kind == static_cast<uint32_t>(CollKind::kBroadcast) || r.kind == static_cast<uint32_t>(CollKind::kReduce) ||
                       r.kind == static_cast<uint32_t>(CollKind::kGather) || r.kind == static_cast<uint32_t>(CollKind::kScatter);
   std::string s = r.kind <= static_cast<uint32_t>(CollKind::kAllToAll) ? coll_name(static_cast<CollKind>(r.kind))
-                                                                       : "kind " + std::to_string(r.kind);
+                   : r.kind == kSendKind                                  ? "send"
+                   : r.kind == kRecvKind                                  ? "recv"
+                                                                          : "kind " + std::to_string(r.kind);
   s += "(dtype ";
   s += r.dtype < static_cast<uint32_t>(DType::kCount) ? dtype_name(static_cast<DType>(r.dtype)) : std::to_string(r.dtype);
   s += ", count " + std::to_string(r.count);
@@ -69,6 +74,7 @@ DeviceComm::DeviceComm(int rank, int world, int device, bool emulated, size_t sc
   }
   if (scratch_bytes == 0) scratch_bytes = env_bytes("PLEXUS_DEVICE_SCRATCH", kDefaultScratch);
   scratch_ = round_up(std::max(scratch_bytes, kMinScratch), 256);
+  slot_ = std::max<size_t>(256, scratch_ / (kInboxSlots * static_cast<size_t>(world)) / 256 * 256);
   // The emulated device runs blocks one after another on a CPU: two keep the per-block logic
   // honest without paying for 32 handshakes per call.
   blocks_ = 2;
@@ -85,7 +91,7 @@ DeviceComm::DeviceComm(int rank, int world, int device, bool emulated, size_t sc
   if (!emulated) throw Error("device collectives: plexus was built without CUDA");
   memory_ = make_emulated_workspace();
 #endif
-  own_ = static_cast<char*>(memory_->allocate(kPadBytes + 2 * scratch_));
+  own_ = static_cast<char*>(memory_->allocate(workspace_bytes()));
   const std::string grid = env_string("PLEXUS_DEVICE_BLOCKS");  // sets the grid (as NCCL_MAX_CTAS caps NCCL's)
   if (!grid.empty()) {
     char* end = nullptr;
@@ -98,17 +104,29 @@ DeviceComm::DeviceComm(int rank, int world, int device, bool emulated, size_t sc
 }
 
 DeviceComm::~DeviceComm() {
-  if (made_before_fork(generation_)) {  // a forked child: the mappings and the memory are the parent's
+  if (made_before_fork(generation_)) {  // a forked child: the mappings, memory and lanes are the parent's
     (void)memory_.release();
+    for (auto& side : lanes_)
+      for (auto& lane : side) (void)lane.release();
     return;
   }
+  bool lanes = false;
+  for (auto& side : lanes_)
+    for (auto& lane : side) lanes = lanes || lane;
+  if (lanes && emulated_) abort();  // a message still waiting for its peer gives up: the threads end
+  for (auto& side : lanes_)
+    for (auto& lane : side) lane.reset();
   for (int p = 0; p < static_cast<int>(peers_.size()); ++p) {
     if (p == rank_ || !peers_[p]) continue;
     try {
-      memory_->close(peers_[p], kPadBytes + 2 * scratch_);
+      memory_->close(peers_[p], workspace_bytes());
     } catch (...) {  // at exit the context may be gone
     }
   }
+}
+
+size_t DeviceComm::workspace_bytes() const {
+  return kPadBytes + 2 * scratch_ + static_cast<size_t>(world_) * kInboxSlots * slot_;
 }
 
 std::string DeviceComm::handle() const { return memory_->handle(); }
@@ -122,7 +140,7 @@ void DeviceComm::connect(const std::vector<std::string>& handles, int blocks) {
                           " blocks is not within this rank's 1 to " + std::to_string(blocks_));
   blocks_ = blocks;
   peers_.assign(world_, nullptr);
-  for (int p = 0; p < world_; ++p) peers_[p] = p == rank_ ? own_ : static_cast<char*>(memory_->open(handles[p], kPadBytes + 2 * scratch_));
+  for (int p = 0; p < world_; ++p) peers_[p] = p == rank_ ? own_ : static_cast<char*>(memory_->open(handles[p], workspace_bytes()));
   connected_ = true;
 }
 
@@ -155,9 +173,13 @@ DeviceCall DeviceComm::base_call(CollKind kind, DType dtype, RedOp op, size_t co
 }
 
 void DeviceComm::launch(DeviceCall& call, void* stream) {
+  launch_unchecked(call, stream);
+  if (emulated_) check();
+}
+
+void DeviceComm::launch_unchecked(const DeviceCall& call, void* stream) {
   if (emulated_) {
     run_emulated_collective(call);
-    check();
     return;
   }
 #ifdef PLEXUS_WITH_CUDA
@@ -166,6 +188,50 @@ void DeviceComm::launch(DeviceCall& call, void* stream) {
 #else
   (void)stream;
 #endif
+}
+
+std::shared_ptr<LaneWork> DeviceComm::send(const void* buf, size_t count, DType dtype, int peer, void* stream) {
+  return message(kSend, buf, nullptr, count, dtype, peer, stream);
+}
+
+std::shared_ptr<LaneWork> DeviceComm::recv(void* buf, size_t count, DType dtype, int peer, void* stream) {
+  return message(kRecv, nullptr, buf, count, dtype, peer, stream);
+}
+
+std::shared_ptr<LaneWork> DeviceComm::message(Program program, const void* in, void* out, size_t count, DType dtype,
+                                              int peer, void* stream) {
+  check();
+  if (peer < 0 || peer >= world_ || peer == rank_)
+    throw InvalidArgument("device collectives: rank " + std::to_string(peer) + " is not a peer of rank " +
+                          std::to_string(rank_) + " in a group of " + std::to_string(world_));
+  DeviceCall c = base_call(CollKind::kAllToAll, dtype, RedOp::kNone, count, -1, 1.0);
+  c.program = program;
+  c.record.kind = program == kSend ? kSendKind : kRecvKind;
+  c.sig = signature(kSendKind, c.dtype, c.op, count, -1);  // both ends alike
+  c.peer = peer;
+  c.slot_bytes = slot_;
+  c.nblocks = std::min(blocks_, kMessageBlocks);
+  const size_t es = dtype_size(dtype), chunk = slot_ / es;
+  auto body = [this, c, in, out, count, chunk, es](void* lane_stream) mutable {
+    size_t at = 0;
+    do {  // count 0 still launches: a receiver that expects another size hears of it
+      c.in = static_cast<const char*>(in) + at * es;
+      c.out = static_cast<char*>(out) + at * es;
+      c.count = std::min(chunk, count - at);
+      launch_unchecked(c, lane_stream);
+      at += c.count;
+    } while (at < count);
+  };
+  std::lock_guard<std::mutex> lock(lanes_mu_);
+  std::unique_ptr<Lane>& lane = lanes_[program == kRecv][peer];
+  if (!lane) {
+#ifdef PLEXUS_WITH_CUDA
+    lane = emulated_ ? make_emulated_lane() : make_cuda_lane(device_);
+#else
+    lane = make_emulated_lane();
+#endif
+  }
+  return lane->run(stream, std::move(body));
 }
 
 Program DeviceComm::all_reduce_program(size_t bytes) const {
@@ -422,8 +488,11 @@ void DeviceComm::check() {
   const std::string them = peer >= 0 ? "rank " + std::to_string(names_[peer]) : "a peer";
   auto name = [this](uint32_t r) { return std::to_string(r < static_cast<uint32_t>(world_) ? names_[r] : -1); };
   const std::string call = describe(box->mine);
-  const std::string where = " (block " + std::to_string(box->block) + ", barrier " + std::to_string(box->phase) +
-                            ", call #" + std::to_string(box->seq) + " of that block)";
+  const bool message = box->mine.kind == kSendKind || box->mine.kind == kRecvKind;
+  const std::string where =
+      message ? " (block " + std::to_string(box->block) + ", chunk #" + std::to_string(box->seq) + " between the two)"
+              : " (block " + std::to_string(box->block) + ", barrier " + std::to_string(box->phase) + ", call #" +
+                    std::to_string(box->seq) + " of that block)";
   switch (code) {
     case kTimeout:
       failure_ = call + ": rank " + std::to_string(me) + " waited on the GPU for " + them + " past the timeout of " +
@@ -431,9 +500,9 @@ void DeviceComm::check() {
                  ": that rank never made this call, died, or its GPU work is stuck";
       break;
     case kMismatch:
-      failure_ = "mismatched device collectives: rank " + std::to_string(me) + " called " + call + " but " + them +
-                 " called " + (box->theirs.seq == box->seq ? describe(box->theirs) : std::string("a different collective")) +
-                 where;
+      failure_ = std::string(message ? "mismatched device messages" : "mismatched device collectives") + ": rank " +
+                 std::to_string(me) + " called " + call + " but " + them + " called " +
+                 (box->theirs.seq == box->seq ? describe(box->theirs) : std::string("a different collective")) + where;
       break;
     case kAborted:
       failure_ = call + ": the communicator was aborted while rank " + std::to_string(me) + " waited on the GPU for " +

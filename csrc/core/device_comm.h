@@ -2,7 +2,7 @@
 // scratch sets), allocated and mapped once, and collectives that are kernels on the caller's
 // stream synchronising through the pads (csrc/algorithms/device_programs.h). A call costs the
 // host a launch per chunk of the scratch size (all_to_all: one), never a host round with its
-// peers; what fails on
+// peers; point-to-point messages run on lanes beside the caller's stream. What fails on
 // the device (a deadline, a mismatched call, an abort, a failing peer) lands in an error box the
 // host reads at the next call or wait, and from then on every call raises it.
 //
@@ -12,11 +12,13 @@
 
 #include <cstddef>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "base/fork.h"
 #include "base/types.h"
+#include "core/device_lanes.h"
 #include "transport/cuda_ipc/signal_pad.h"
 #include "transport/cuda_ipc/workspace.h"
 
@@ -56,6 +58,15 @@ class DeviceComm {
   void all_to_all(const std::vector<const void*>& ins, const std::vector<uint64_t>& sends,
                   const std::vector<void*>& outs, const std::vector<uint64_t>& receives, DType dtype, void* stream);
 
+  // Point-to-point: `count` elements of `buf` to (from) group rank `peer`, on this
+  // communicator's lane for that peer and direction (core/device_lanes.h), after what `stream`
+  // holds now: a launch per slot of the peer's inbox (device_programs.h, message()). The n-th
+  // send of a rank to a peer meets that peer's n-th receive from it; one of another size or dtype
+  // is a mismatch naming both. The caller calls check() once the work is done.
+  std::shared_ptr<LaneWork> send(const void* buf, size_t count, DType dtype, int peer, void* stream);
+  std::shared_ptr<LaneWork> recv(void* buf, size_t count, DType dtype, int peer, void* stream);
+  size_t slot_bytes() const { return slot_; }
+
   // Registered buffers (windows): `ptr`, `bytes` here and the same buffer of every rank mapped
   // here (`peers`, own included). An all_reduce whose input and output lie in windows, of at
   // least PLEXUS_DEVICE_DIRECT_MIN bytes, reads and writes them in place (kDirectAllReduce):
@@ -89,6 +100,11 @@ class DeviceComm {
   uint64_t mapped_calls() const { return mapped_calls_; }
 
  private:
+  size_t workspace_bytes() const;  // pad, scratch sets, inboxes
+  std::shared_ptr<LaneWork> message(signals::Program program, const void* in, void* out, size_t count, DType dtype,
+                                    int peer, void* stream);
+  // Runs one launch now (emulated) or enqueues it on `stream`, without check().
+  void launch_unchecked(const signals::DeviceCall& call, void* stream);
   signals::DeviceCall base_call(CollKind kind, DType dtype, RedOp op, size_t count, int root, double scale) const;
   void launch(signals::DeviceCall& call, void* stream);
   // Launches `call` per chunk of `chunk` elements, moving in and out (or every output of `outs`).
@@ -116,6 +132,7 @@ class DeviceComm {
   int rank_, world_, device_;
   bool emulated_;
   size_t scratch_;
+  size_t slot_;  // of an inbox slot: kInboxSlots per peer fill as much as one scratch set
   int blocks_;
   uint64_t timeout_ns_;
   std::string forced_;  // PLEXUS_DEVICE_ALGO, read once
@@ -130,6 +147,8 @@ class DeviceComm {
   char* own_ = nullptr;
   std::vector<char*> peers_;  // every rank's workspace mapped here (own included)
   bool connected_ = false;
+  std::mutex lanes_mu_;  // lanes are made at their first message, and each takes one call at a time
+  std::unique_ptr<Lane> lanes_[2][signals::kMaxRanks];  // [receiving][peer]
   std::string failure_;  // set once check() has seen an error: every later call throws it
   int failure_kind_ = 0;
   int failure_peer_ = -1;

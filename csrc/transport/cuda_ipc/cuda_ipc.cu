@@ -199,6 +199,18 @@ void copy(int device, void* dst, const void* src, size_t bytes, void* stream) {
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)), "cudaMemcpyAsync");
 }
 
+void* create_stream(int device) {
+  DeviceGuard g(device);
+  cudaStream_t s = nullptr;
+  check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  return s;
+}
+
+void destroy_stream(int device, void* stream) {
+  DeviceGuard g(device);
+  check(cudaStreamDestroy(static_cast<cudaStream_t>(stream)), "cudaStreamDestroy");
+}
+
 void* alloc_zeroed(int device, size_t bytes) {
   DeviceGuard on(device);
   void* p = nullptr;

@@ -44,6 +44,9 @@ void stream_wait(int device, void* stream, void* event);
 bool query(int device, void* event);  // true once the work before its latest record is done
 void synchronize_event(int device, void* event);
 void copy(int device, void* dst, const void* src, size_t bytes, void* stream);
+// A stream that does not wait for the legacy default stream (cudaStreamNonBlocking).
+void* create_stream(int device);
+void destroy_stream(int device, void* stream);
 // A device allocation of `bytes`, zeroed before it returns (a workspace whose handle peers open).
 void* alloc_zeroed(int device, size_t bytes);
 void free_device(int device, void* ptr);

@@ -3,7 +3,8 @@
 // nvcc (kernels) and the host compiler (the emulated device of the tests) compile, so the
 // protocol the GPU runs is the one the CPU tests run between real processes.
 //
-// A rank's workspace is one allocation: its Pad, then two scratch sets. Each call (one
+// A rank's workspace is one allocation: its Pad, two scratch sets, then an inbox per peer for
+// point-to-point messages (two slots each, see kSend below). Each call (one
 // kernel, per block of the grid) takes the next value `seq` of that block's own counter;
 // `seq & 1` picks the flag set and the scratch set, so a fast peer writing call seq+1 never
 // overwrites what a slow one still reads of call seq (the peer cannot reach seq+2 before this
@@ -32,6 +33,10 @@ constexpr size_t kPadBytes = 128 * 1024;  // the Pad, rounded up: scratch starts
 
 constexpr uint32_t kMappedWindow = 0xFFFFFFFFu;
 
+// CallRecord kinds of point-to-point messages (beyond CollKind's).
+constexpr uint32_t kSendKind = 100, kRecvKind = 101;
+constexpr int kInboxSlots = 2;  // a sender writes slot n+1 while its receiver still reads slot n
+
 // What a call was, for the error that names both calls of a mismatch.
 struct CallRecord {
   uint64_t seq = 0;
@@ -54,6 +59,14 @@ struct Pad {
   // kAllToAll: this rank's block sizes (elements to each rank, then from each), per set and
   // block: each block publishes them before its first barrier, for the same block of its peers.
   uint64_t sizes[2][kMaxBlocks][2 * kMaxRanks];
+  // Point-to-point, per peer p and block (kSend / kRecv): this rank's own counters of messages
+  // to and from p; written by p: its message n is in this rank's inbox for p ((n << kSigBits) |
+  // signature), and it has taken this rank's message n from its inbox (n); p's message record.
+  uint64_t sent[kMaxRanks][kMaxBlocks];
+  uint64_t received[kMaxRanks][kMaxBlocks];
+  uint64_t ready[kMaxRanks][kInboxSlots][kMaxBlocks];  // per slot: exact until the receiver took it
+  uint64_t taken[kMaxRanks][kMaxBlocks];
+  CallRecord messages[kMaxRanks][kInboxSlots];
   uint32_t error;         // first ErrorCode of this rank (set by its blocks, or by a failing peer)
   uint32_t error_from;    // the rank that set it
   uint32_t reported;      // 1 once one of this rank's blocks has filled the error box
@@ -96,6 +109,8 @@ enum Program : uint32_t {
   kScatter,               // the root's inputs (peer_in[]) through its scratch to every rank
   kAllToAll,              // block j of peer_in[] to rank j, through the scratches, into peer_out[]:
                           // one launch, a barrier per chunk of the group's largest block
+  kSend,                  // one chunk of a message into rank `peer`'s inbox for this rank
+  kRecv,                  // one chunk out of this rank's inbox for rank `peer`
   kProgramCount,
 };
 
@@ -110,6 +125,8 @@ struct DeviceCall {
   uint64_t sends[kMaxRanks];       // kAllToAll: elements to each rank (from peer_in[])
   uint64_t receives[kMaxRanks];    // and from each rank (into peer_out[])
   uint64_t scratch_bytes = 0;  // of one set
+  uint64_t slot_bytes = 0;     // of one inbox slot (kInboxSlots per peer after the scratch sets)
+  int peer = -1;               // kSend / kRecv: the other end
   ErrorBox* box = nullptr;
   const void* in = nullptr;
   void* out = nullptr;

@@ -4,9 +4,9 @@ call whose buffers are in device memory; the numpy API and the torch backend bot
 
 Modules: arrays (what a device array is), libraries (cupy's and torch's streams, copies and pinned
 memory), pinned (a pool of host staging blocks), native (kernels of the C++ core between the
-ranks of one host), mapped (its large all_reduces in place), ipc (CUDA IPC with a host round per call),
-pipeline (all_reduce through host memory in overlapping chunks), staging (any call through host
-memory), work (the core work of a call enqueued on a stream).
+ranks of one host, and their send/recv), mapped (its large all_reduces in place), ipc (CUDA IPC
+with a host round per call), pipeline (all_reduce through host memory in overlapping chunks),
+staging (any call through host memory), work (the core work of a call enqueued on a stream).
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ def run(group: Any, call: Any, blocking: bool, run_host: Callable[[Any, Any, boo
     """Runs `call` (every buffer in device memory) on `group`: its core work, or None when it
     already completed. `run_host(group, call, blocking)` runs a call on host memory."""
     direct, fallback = COLLECTIVES.get(call.kind, _STAGED_ONLY)
-    if call.kind in native.KINDS:
+    if call.kind in native.MESSAGES:
+        done = native.message(group, call, blocking)
+        if not isinstance(done, ipc.Declined):
+            PATHS[NATIVE] += 1
+            return done
+    elif call.kind in native.KINDS:
         done = native.run(group, call, blocking)
         if not isinstance(done, ipc.Declined):
             PATHS[NATIVE] += 1
@@ -78,7 +83,8 @@ def describe_paths() -> str:
     chunked = [name for name, (_, fallback) in COLLECTIVES.items() if fallback == PIPELINE]
     if native_on:
         head = (f"native kernels within a host for {', '.join(native.KINDS)} (signal pads; a host round per "
-                f"call only for all_reduces mapped from PLEXUS_DEVICE_MAPPED_MIN); ")
+                f"call only for all_reduces mapped from PLEXUS_DEVICE_MAPPED_MIN), and for send/recv on streams "
+                f"of their own once the group has made a device collective (untagged messages); ")
     else:
         head = "native kernels off (PLEXUS_DEVICE_NATIVE=0); "
     ipc_part = f"CUDA IPC with a host round per call for {', '.join(direct)}; " if direct else ""

@@ -1,5 +1,6 @@
 """The native device path: all_reduce, all_gather (both forms), reduce_scatter_tensor, broadcast,
-reduce, gather, scatter and all_to_all (both forms) on device arrays of ranks that share one host, as kernels of the C++ core
+reduce, gather, scatter and all_to_all (both forms), and send/recv (message()), on device arrays of ranks that share
+one host, as kernels of the C++ core
 (plexus._C.DeviceComm, csrc/core/device_comm.h) that synchronise through signal pads in mapped
 device memory. This module only turns a call into pointers, a dtype and a stream.
 
@@ -36,24 +37,26 @@ from .. import _C
 from . import arrays, ipc, mapped
 from .work import StreamWork
 
+MESSAGES = ("send", "recv")
 KINDS = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce",
          "gather", "scatter", "all_to_all", "all_to_all_single")
 MAX_RANKS = 8
 HANDLE = 64
 # A rank's setup row after its ok byte, grid and workspace handle: PLEXUS_DEVICE_MAPPED_MIN, the
-# scratch size and PLEXUS_DEVICE_ALGO (8 bytes).
-_SETTINGS = struct.Struct("<QQ8s")
+# scratch size, PLEXUS_DEVICE_ALGO (8 bytes), and whether it staged a device message before.
+_SETTINGS = struct.Struct("<QQ8s?")
 _AVG, _PREMUL_SUM = (_C.OPS.index(name) for name in ("avg", "premul_sum"))
 _lock = threading.Lock()
 
 
 class _Native:
-    __slots__ = ("comm", "device", "mapped_min")
+    __slots__ = ("comm", "device", "mapped_min", "messages")
 
-    def __init__(self, comm: Any, device: int, mapped_min: int):
+    def __init__(self, comm: Any, device: int, mapped_min: int, messages: Optional[ipc.Declined]):
         # mapped_min: all_reduce bytes from which the ranks' arrays are mapped per call (mapped.py):
-        # the group's comm.mapped_min, kept here for the hot path (and out of reach on one rank)
-        self.comm, self.device, self.mapped_min = comm, device, mapped_min
+        # the group's comm.mapped_min, kept here for the hot path (and out of reach on one rank).
+        # messages: None where send/recv run natively, else why they are staged.
+        self.comm, self.device, self.mapped_min, self.messages = comm, device, mapped_min, messages
 
 
 def _problem(g: Any) -> Optional[str]:
@@ -80,12 +83,13 @@ def _setup(g: Any, device: int) -> Any:
         except Exception as e:  # noqa: BLE001 - this rank's alone: it says so, and all decline
             problem, comm = f"rank {g.ranks[g.rank()]} cannot set up its device workspace: {e}", None
     algo = os.environ.get("PLEXUS_DEVICE_ALGO", "").encode()  # (DeviceComm refused any other value)
+    staged = bool(g.__dict__.get("_staged_messages"))
     rows = ipc.host_all_gather(g, bytes([problem is None, blocks]) + handle.ljust(HANDLE, b"\0")[:HANDLE] +
-                               _SETTINGS.pack(mapped_min, scratch, algo))
+                               _SETTINGS.pack(mapped_min, scratch, algo, staged))
     if not all(row[0] for row in rows):
         bad = next(p for p, row in enumerate(rows) if not row[0])
         return ipc.Declined(problem if problem else f"rank {g.ranks[bad]} cannot use the native device path")
-    mapped_mins, scratches, algos = zip(*(_SETTINGS.unpack_from(row, 2 + HANDLE) for row in rows))
+    mapped_mins, scratches, algos, stageds = zip(*(_SETTINGS.unpack_from(row, 2 + HANDLE) for row in rows))
     # What every rank must have alike: the scratch size (each maps its peers' workspaces at its
     # own) and a forced all_reduce program (one-shot meeting two-shot reads what was never staged).
     for what, values in (("PLEXUS_DEVICE_SCRATCH", list(scratches)),
@@ -105,7 +109,12 @@ def _setup(g: Any, device: int) -> Any:
     if not all(agreed):
         bad = next(p for p, row in enumerate(agreed) if not row[0])
         return ipc.Declined(problem if problem else f"rank {g.ranks[bad]} cannot map its peers' workspaces")
-    return _Native(comm, device, max(comm.mapped_min, 1) if g.size() > 1 else 1 << 64)
+    messages = None
+    if any(stageds):  # its messages still meet the staged ones of their peers (see message())
+        ranks = [g.ranks[p] for p, s in enumerate(stageds) if s]
+        messages = ipc.Declined(f"rank {ranks[0]} sent or received device arrays before the group's first device "
+                                "collective, so the group's messages stay staged")
+    return _Native(comm, device, max(comm.mapped_min, 1) if g.size() > 1 else 1 << 64, messages)
 
 
 def _native(g: Any, device: int) -> Any:
@@ -189,6 +198,69 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
     if blocking:
         return None
     return StreamWork(kind, _Done(comm, device, stream), lambda: ipc._driver.current_stream(dst.device, device))
+
+
+class _Message:
+    """A message's work on its lane (_C.LaneWork); once done, the error box is read too."""
+
+    def __init__(self, comm: Any, work: Any):
+        self.comm, self.work = comm, work
+
+    def done(self) -> bool:
+        if not self.work.done():
+            return False
+        self.comm.check()
+        return True
+
+    def wait(self) -> None:
+        self.work.wait()
+        self.comm.check()
+
+    def stream_wait(self, stream: int) -> None:
+        self.work.stream_wait(stream)  # (the emulated device: the host waits)
+        self.comm.check()
+
+
+def message(g: Any, call: Any, blocking: bool) -> Any:
+    """A send or recv of a device array (checked by the collective layer) between two ranks of a
+    group on the native path: on the pair's lane beside the caller's current stream (see
+    _C.DeviceComm.send); None when `blocking` (the caller's stream then waits for it), else its
+    core work; ipc.Declined where it is staged, which both ends of a message decide alike.
+
+    Messages run natively once the group has set up its native path, at its first device
+    collective. Before that they are staged, and a rank that staged one says so at the setup:
+    its messages may still be on their way, so the whole group's messages stay staged (the two
+    paths do not meet). Tagged messages are staged too (the lanes match in order, not by tag)."""
+    st = g.__dict__.get("_native")
+    if type(st) is not _Native:
+        if st is None:
+            g.__dict__["_staged_messages"] = True
+            return ipc.Declined("the group has made no device collective yet")
+        return st
+    if st.messages is not None:
+        return st.messages
+    if call.tag != 0:
+        return ipc.Declined("tagged messages are staged")
+    if call.peer < 0:
+        raise ValueError(f"{call.where}: a receive of device arrays from any source cannot meet the group's "
+                         "native messages (as with NCCL): name the source rank")
+    st.comm.check()
+    buf = call.reads[0] if call.kind == "send" else call.writes[0]
+    device, stream = ipc._driver.placement(buf)
+    if device != st.device:
+        raise ValueError(f"{call.where}: the group's device calls run on GPU {st.device} (its first device "
+                         f"collective), but this array is on GPU {device}")
+    if call.kind == "send":
+        work = st.comm.send(call.in_ptrs[0], call.count, call.code, call.peer, stream)
+    else:
+        work = st.comm.recv(call.out_ptrs[0], call.count, call.code, call.peer, stream)
+    done = _Message(st.comm, work)
+    if blocking or ipc._driver.capturing(device, stream):  # a graph must join the lane before it ends
+        done.stream_wait(stream)
+        return None
+    w = StreamWork(call.kind, done, lambda: ipc._driver.current_stream(buf.device, device))
+    w.source = call.peer
+    return w
 
 
 _FAST_OPS = {_C.OPS.index(name) for name in ("sum", "product", "min", "max", "avg")}
