@@ -11,15 +11,17 @@
 #      torch; NCCL_MULTI_RANK_GPU_ENABLE=1) and cupy's a + b, then the 2-rank all-reduce sweep
 #      staged through host memory (PLEXUS_CUDA_IPC=0), to show what IPC saves, with registered
 #      buffers (PLEXUS_BENCH_REGISTER=1), with large all_reduces mapped per call from 4 MiB and
-#      never (PLEXUS_DEVICE_MAPPED_MIN), all_to_all on 2 and 4 ranks, with grids of 32, 64 and 128
+#      never (PLEXUS_DEVICE_MAPPED_MIN), all_to_all on 2 and 4 ranks, send/recv on 2 ranks natively
+#      and staged (bench/device_messages.py), with grids of 32, 64 and 128
 #      blocks (PLEXUS_DEVICE_BLOCKS),
 #      and on 4 ranks with one-shot and two-shot forced (PLEXUS_DEVICE_ALGO) around their threshold;
 #   5. runs the native device path's GPU tests first (tests/gpu/test_gpu_native.py: programs,
-#      chunks, CUDA graph capture, deadline, mismatch), and the host CPU time of one call;
+#      chunks, CUDA graph capture, deadline, mismatch; test_gpu_messages.py: send/recv), and the
+#      host CPU time of one call;
 #   6. runs tests/gpu (every collective on cupy and torch CUDA arrays, the torch backend on CUDA
 #      tensors, DDP) + the CPU-side CUDA build, staging, IPC-logic and device-bench tests
 #      (GPU_CHECK_TESTS replaces that list).
-# GPU_CHECK_SKIP="kernels bench-all staged registered mapped a2a grid threshold" leaves those steps out
+# GPU_CHECK_SKIP="kernels bench-all staged registered mapped a2a messages grid threshold" leaves those steps out
 # (a short device lease).
 # Benchmarks run before the tests so the figures exist even if the tests run long. Everything
 # ends within GPU_CHECK_SECONDS (default 440: with kill grace, under 8 minutes). Results: $OUT if set, else
@@ -112,9 +114,9 @@ fi
 echo "MPS: $MPS"
 echo "MPS: $MPS" >> "$RESULTS/summary.txt"
 
-step "native device path: tests/gpu/test_gpu_native.py (programs, chunks, graphs, deadline, mismatch)"
+step "native device path: tests/gpu/test_gpu_native.py (programs, chunks, graphs, deadline, mismatch), test_gpu_messages.py"
 run native-tests "$(budget 150 250)" "$PY" -m pytest -q -rs -p no:cacheprovider \
-  --junitxml="$RESULTS/tests_native.xml" tests/gpu/test_gpu_native.py
+  --junitxml="$RESULTS/tests_native.xml" tests/gpu/test_gpu_native.py tests/gpu/test_gpu_messages.py
 step "host CPU time of one native all_reduce call (16 floats), beside a host all_reduce"
 run host-time "$(budget 40 240)" "$PY" bench/ipc_host_overhead.py --cuda --np 2 --iters 500 --rounds 5 \
   | tee "$RESULTS/host_time.txt" && cat "$RESULTS/host_time.txt" >> "$RESULTS/summary.txt"
@@ -142,6 +144,9 @@ for NP in 2 4; do
     -b 64 -e 64M -f 8 -n 30 -w 5 --rounds "${GPU_CHECK_ROUNDS:-3}" -np "$NP" \
     --json "$RESULTS/bench_cuda_a2a_np$NP.json" && tail -n +1 "$RESULTS/bench_cuda_a2a_np$NP.txt" >> "$RESULTS/summary.txt"
 done
+step "send/recv, 2 ranks: native (lanes, inboxes) and staged, beside a device-to-device copy"
+skip messages || run messages "$(budget 40 100)" "$PY" bench/device_messages.py --max 64M --iters 10 --rounds 3 \
+  | tee "$RESULTS/messages.txt" && cat "$RESULTS/messages.txt" >> "$RESULTS/summary.txt"
 step "grids of 32 (default), 64 and 128 blocks per rank (PLEXUS_DEVICE_BLOCKS), 2 ranks, vs cupy a + b"
 for B in 32 64 128; do
   skip grid || PLEXUS_DEVICE_BLOCKS=$B run "bench-grid$B" "$(budget 45 100)" "$PY" -m plexus.bench --device cuda \
@@ -165,7 +170,7 @@ TESTS=${GPU_CHECK_TESTS:-tests/gpu tests/test_cuda_build.py tests/test_device_lo
 step "tests: $TESTS"
 # shellcheck disable=SC2086
 run tests "$(budget 400 5)" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$RESULTS/tests_gpu.xml" \
-  --deselect tests/gpu/test_gpu_native.py $TESTS
+  --deselect tests/gpu/test_gpu_native.py --deselect tests/gpu/test_gpu_messages.py $TESTS
 
 step "summary"
 [[ -f $RESULTS/summary.txt ]] && cat "$RESULTS/summary.txt"

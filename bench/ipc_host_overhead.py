@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Host-side cost of one device all_reduce call (and of an all_to_all_single of the same 16
-floats), beside a plain host all_reduce of those 16 floats, on N local ranks (slowest rank; median
+floats, and of an exchange with the ring neighbours: isend + irecv + both waits), beside a plain
+host all_reduce of those 16 floats (and a host exchange), on N local ranks (slowest rank; median
 of --rounds interleaved rounds, with the spread).
 
 Without a GPU the CUDA calls are replaced by tests/fake_cuda.py (host memory): the CUDA IPC
@@ -31,14 +32,27 @@ GRAPH_CALLS = 100
 GRAPHED = f"native all_reduce, {GRAPH_CALLS} per CUDA graph (GPU wall)"
 
 
+def _exchange(plexus, x, y, rank, world):
+    """x to the next rank, y from the one before, both waited for (nothing with one rank)."""
+    to, frm = (rank + 1) % world, (rank - 1) % world
+
+    def call():
+        if world > 1:
+            sent, got = plexus.isend(x, to), plexus.irecv(y, frm)
+            sent.wait()
+            got.wait()
+    return call
+
+
 def _rank(rank, world, folder, iters, rounds, mode):
     import numpy as np
 
     import plexus
     from plexus.device import ipc
 
-    h = np.ones(16, np.float32)
-    calls = {"host all_reduce (numpy)": lambda: plexus.all_reduce(h)}
+    h, hy = np.ones(16, np.float32), np.zeros(16, np.float32)
+    calls = {"host all_reduce (numpy)": lambda: plexus.all_reduce(h),
+             "host isend+irecv (numpy)": _exchange(plexus, h, hy, rank, world)}
     clock = time.perf_counter
     cuda = mode == "cuda"
     if cuda:
@@ -50,6 +64,7 @@ def _rank(rank, world, folder, iters, rounds, mode):
         calls["native all_reduce (cupy, CPU time)"] = lambda: plexus.all_reduce(x)
         calls["native all_reduce out= (cupy, CPU time)"] = lambda: plexus.all_reduce(x, out=y)
         calls["native all_to_all_single (cupy, CPU time)"] = lambda: plexus.all_to_all_single(y, x)
+        calls["native isend+irecv (cupy, CPU time)"] = _exchange(plexus, x, y, rank, world)
         try:  # what plexus-bench and the torch backend pass
             import torch
 
@@ -80,6 +95,7 @@ def _rank(rank, world, folder, iters, rounds, mode):
         if mode == "native":
             y = fake.array(np.zeros(16, np.float32))
             calls["native all_to_all_single (emulated)"] = lambda: plexus.all_to_all_single(y, x)
+            calls["native isend+irecv (emulated)"] = _exchange(plexus, x, y, rank, world)
     out = {name: [] for name in calls}
     for _ in range(rounds):
         for name, fn in calls.items():
@@ -119,7 +135,7 @@ def _report(args, res, host) -> None:
     per_round = {name: [max(r[name][i] for r in res) for i in range(args.rounds)] for name in res[0]}
     for name, times in per_round.items():
         ratio = [t / h for t, h in zip(times, per_round[host])]
-        print(f"{name:38} {statistics.median(times):7.1f} us per call (spread {min(times):.1f}-{max(times):.1f}; "
+        print(f"{name:40} {statistics.median(times):7.1f} us per call (spread {min(times):.1f}-{max(times):.1f}; "
               f"{statistics.median(ratio):5.2f}x the host call, spread {min(ratio):.2f}-{max(ratio):.2f}) "
               f"slowest of {args.np} ranks, {args.rounds} rounds")
 

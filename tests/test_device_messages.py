@@ -201,3 +201,16 @@ def _tagged_and_any_source(rank, world, folder):
 
 def test_tagged_messages_are_staged_and_any_source_is_refused(tmp_path):
     assert run_ranks(2, _tagged_and_any_source, str(tmp_path)) == [2, ([1, 1, 1, 1], 2)]
+
+
+def test_the_messages_benchmark_runs_on_the_emulated_device():
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "device_messages.py")
+    out = subprocess.run([sys.executable, script, "--emulated", "--max", "4K", "--iters", "2", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [4, 16, 64, 256, 1024, 4096] and {r[1] for r in rows} == {"native"}, out.stdout

@@ -33,6 +33,10 @@ struct HostExec {
   uint32_t load_volatile(P* p) const {
     return __atomic_load_n(reinterpret_cast<const volatile uint32_t*>(p), __ATOMIC_ACQUIRE);
   }
+  template <typename P>
+  void publish(P* p, uint32_t v) const {
+    __atomic_store_n(reinterpret_cast<volatile uint32_t*>(p), v, __ATOMIC_RELEASE);
+  }
   bool cas(uint32_t* p, uint32_t expected, uint32_t value) const {
     return __atomic_compare_exchange_n(p, &expected, value, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
   }

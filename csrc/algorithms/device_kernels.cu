@@ -51,6 +51,10 @@ struct DeviceExec {
   __device__ uint32_t load_volatile(P* p) const {
     return *reinterpret_cast<const volatile uint32_t*>(p);
   }
+  template <typename P>
+  __device__ void publish(P* p, uint32_t v) const {
+    *reinterpret_cast<volatile uint32_t*>(p) = v;
+  }
   __device__ bool cas(uint32_t* p, uint32_t expected, uint32_t value) const {
     return atomicCAS_system(p, expected, value) == expected;
   }

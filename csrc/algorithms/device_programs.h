@@ -19,7 +19,8 @@
 //   direct all-reduce    registered buffers: rank r reduces part r of every rank's input and
 //                        writes it into every rank's output, between two barriers (no staging)
 // Executor X: leader(), sync(), sync_or(bool), broadcast(u64), load_acquire/store_release(u64*),
-// load_volatile(u32*), cas(u32*, old, new), fence_system(), now_ns(), pause(), and the block's
+// load_volatile(u32*), publish(u32*, v) (a store that load_volatile sees whole, after what came
+// before), cas(u32*, old, new), fence_system(), now_ns(), pause(), and the block's
 // data movement copy(dst, src, bytes) and reduce(dsts, ndsts, srcs, nsrcs, n).
 #pragma once
 
@@ -54,6 +55,14 @@ PLEXUS_HD inline Range part(uint64_t n, int parts, int i, uint64_t grain) {
   return {lo, hi};
 }
 
+// Block b's share of the first `n` elements of a room of `room` elements cut alike for every n:
+// a block that waited only for the same block of a peer never writes where another block of that
+// peer may still read, though the chunk (or round) before was of another size.
+PLEXUS_HD inline Range fixed_part(uint64_t n, uint64_t room, int parts, int b, uint64_t grain) {
+  const Range r = part(room, parts, b, grain);
+  return {r.lo < n ? r.lo : n, r.hi < n ? r.hi : n};
+}
+
 // Block b's share of part q (of `world`) of [0, n).
 PLEXUS_HD inline Range sub(uint64_t n, int world, int q, int nblocks, int b, uint64_t grain) {
   Range p = part(n, world, q, grain);
@@ -68,11 +77,11 @@ template <class X>
 PLEXUS_HD void fail(X& x, const DeviceCall& c, uint32_t code, int peer, int block, int phase, uint64_t seq,
                     const SizeMismatch* sizes = nullptr, const CallRecord* theirs = nullptr) {
   Pad* own = c.pads[c.rank];
-  if (x.cas(&own->error, kOk, code)) own->error_from = static_cast<uint32_t>(c.rank);
+  if (x.cas(&own->error, kOk, code)) x.publish(&own->error_from, static_cast<uint32_t>(c.rank));
   if (code != kPeerFailed) {
     for (int p = 0; p < c.world; ++p) {
       if (p == c.rank) continue;
-      if (x.cas(&c.pads[p]->error, kOk, kPeerFailed)) c.pads[p]->error_from = static_cast<uint32_t>(c.rank);
+      if (x.cas(&c.pads[p]->error, kOk, kPeerFailed)) x.publish(&c.pads[p]->error_from, static_cast<uint32_t>(c.rank));
     }
   }
   if (!x.cas(&own->reported, 0u, 1u)) return;
@@ -86,7 +95,7 @@ PLEXUS_HD void fail(X& x, const DeviceCall& c, uint32_t code, int peer, int bloc
   if (code == kMismatch && peer >= 0) box->theirs = theirs ? *theirs : c.pads[peer]->records[seq & 1];
   if (sizes) box->sizes = *sizes;
   x.fence_system();
-  box->code = code;
+  x.publish(&box->code, code);  // last: the host reads the rest once it sees it
 }
 
 // This rank's pad says it failed (a peer told it, or another of its blocks): report that
@@ -211,7 +220,7 @@ PLEXUS_HD void all_to_all(X& x, const DeviceCall& c, int b, uint64_t seq, uint64
     char* mine = c.scratch[r] + (seq & 1) * c.scratch_bytes;
     for (int j = 0; j < w; ++j) {
       if (j == r) continue;
-      const Range s = part(round_of(c.sends[j], at, chunk), G, b, grain);
+      const Range s = fixed_part(round_of(c.sends[j], at, chunk), chunk, G, b, grain);
       x.copy(mine + (j * chunk + s.lo) * es, c.peer_in[j] + (at + s.lo) * es, s.size() * es);
     }
     if (!barrier(x, c, b, 0, seq, start)) return;
@@ -241,7 +250,7 @@ PLEXUS_HD void all_to_all(X& x, const DeviceCall& c, int b, uint64_t seq, uint64
       largest = x.broadcast(largest);
     }
     for (int q = 0; q < w; ++q) {  // rank q staged its chunk for r (c.receives[q] = its sends[r]) alike
-      const Range s = part(round_of(c.receives[q], at, chunk), G, b, grain);
+      const Range s = fixed_part(round_of(c.receives[q], at, chunk), chunk, G, b, grain);
       const char* from = q == r ? c.peer_in[r] + (at + s.lo) * es
                                 : c.scratch[q] + (seq & 1) * c.scratch_bytes + (r * chunk + s.lo) * es;
       x.copy(c.peer_out[q] + (at + s.lo) * es, from, s.size() * es);
@@ -280,7 +289,7 @@ PLEXUS_HD void message(X& x, const DeviceCall& c, int b) {
   n = x.broadcast(n);
   if (failed_already(x, c, b, n)) return;
   const uint64_t slot = n % kInboxSlots, es = element_size(c.dtype), grain = 16 / es;
-  const Range s = part(c.count, c.nblocks, b, grain);
+  const Range s = fixed_part(c.count, c.slot_bytes / es, c.nblocks, b, grain);
   bool bad = false;
   uint64_t seen = 0;
   if (sending) {

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Device send/recv between 2 local ranks: each iteration every rank sends an array to the next
+rank and receives one from the one before (isend + irecv, both waited for, the stream
+synchronised), from 4 B to --max bytes, on the native path (lanes, inboxes) and staged through
+host memory (PLEXUS_DEVICE_NATIVE=0), side by side in one run, beside a device-to-device copy of
+the same bytes on each rank (cupy). Prints, per size, the median per exchange of --rounds
+interleaved rounds (slowest rank) with its spread, and the ratio to the staged path.
+
+    python bench/device_messages.py            # a GPU with cupy (ranks share GPU 0; MPS helps)
+    python bench/device_messages.py --emulated # no GPU: the emulated device (protocol, not speed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+
+def _rank(rank, world, folder, sizes, iters, rounds, emulated):
+    import numpy as np
+
+    import plexus
+
+    if emulated:
+        from fake_cuda import FakeCuda
+        from plexus.device import ipc
+
+        fake = FakeCuda(folder, rank, native=True)
+        ipc.set_driver(fake)
+        alloc, sync, copy = (lambda n: fake.array(np.ones(n, np.uint8))), (lambda: None), None
+    else:
+        import cupy as cp
+
+        cp.cuda.Device(0).use()
+        alloc, sync = (lambda n: cp.ones(n, cp.uint8)), cp.cuda.Device(0).synchronize
+        copy = lambda dst, src: dst.__setitem__(Ellipsis, src)  # noqa: E731
+    plexus.all_reduce(alloc(4))  # sets the native path up (or finds it declined)
+    to, frm = (rank + 1) % world, (rank - 1) % world
+    out = {}
+    for _ in range(rounds):
+        for n in sizes:
+            x, y = alloc(n), alloc(n)
+
+            def exchange():
+                a, b = plexus.isend(x, to), plexus.irecv(y, frm)
+                a.wait()
+                b.wait()
+            todo = [("exchange", exchange)] + ([("d2d copy", lambda: copy(y, x))] if copy else [])
+            for name, fn in todo:
+                fn()
+                sync()
+                plexus.barrier()
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    fn()
+                sync()
+                out.setdefault((name, n), []).append((time.perf_counter() - t0) / iters * 1e6)
+    return out
+
+
+def _bytes(text: str) -> int:
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--max", type=_bytes, default=256 << 20, help="largest message in bytes, K/M/G allowed (256M)")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--emulated", action="store_true", help="no GPU: the emulated device (tests/fake_cuda.py)")
+    args = p.parse_args()
+    from launch import run_ranks
+
+    sizes = [4 << (2 * k) for k in range(20) if 4 << (2 * k) <= args.max]
+    paths = {"native": {}, "staged": {"PLEXUS_DEVICE_NATIVE": "0"}}
+    if args.emulated:
+        paths.pop("staged")  # staging needs cupy
+    res = {}
+    for path, env in paths.items():
+        with tempfile.TemporaryDirectory() as folder:
+            res[path] = run_ranks(2, _rank, folder, sizes, args.iters, args.rounds, args.emulated, env=env,
+                                  timeout=900)
+    print(f"{'bytes':>11} {'path':>8} {'us per exchange':>26} {'GB/s':>7} {'x staged':>9}")
+    for n in sizes:
+        rows = {path: [max(r[("exchange", n)][i] for r in got) for i in range(args.rounds)] for path, got in res.items()}
+        if ("d2d copy", n) in res["native"][0]:
+            rows["d2d copy"] = [max(r[("d2d copy", n)][i] for r in res["native"]) for i in range(args.rounds)]
+        for path, times in rows.items():
+            med = statistics.median(times)
+            ratio = ""
+            if "staged" in rows and path != "staged":
+                ratio = f"{statistics.median([s / t for s, t in zip(rows['staged'], times)]):8.2f}x"
+            print(f"{n:11d} {path:>8} {med:10.1f} ({min(times):.1f}-{max(times):.1f}) {n / med / 1e3:7.2f} {ratio:>9}")
+
+
+if __name__ == "__main__":
+    main()
