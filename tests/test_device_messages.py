@@ -150,6 +150,29 @@ def test_a_receiver_that_never_comes_times_the_sender_out(tmp_path):
     assert res[1] == "absent" and 1 <= res[0] <= 3, res
 
 
+def _teardown(rank, world, folder):
+    """Rank 1 never receives; rank 0's third send waits for room when the group is destroyed:
+    the message is aborted, not waited out to its deadline (60 s here)."""
+    fake = _fake(folder, rank)
+    _set_up(fake)
+    if rank == 1:
+        time.sleep(3)
+        return "absent"
+    works = [plexus.isend(fake.array(np.ones(8, np.float32)), 1) for _ in range(3)]
+    assert works[0].source == -1  # (a send has no source)
+    time.sleep(0.5)
+    g = plexus.distributed._world("test")  # noqa: SLF001
+    assert g._native.comm.messages_pending()  # noqa: SLF001
+    t0 = time.monotonic()
+    plexus.destroy_process_group()
+    return round(time.monotonic() - t0)
+
+
+def test_destroying_the_group_aborts_a_message_still_waiting(tmp_path):
+    res = run_ranks(2, _teardown, str(tmp_path), env={"PLEXUS_TIMEOUT": "60"})
+    assert res[1] == "absent" and res[0] <= 5, res
+
+
 def _staged_before_set_up(rank, world, folder):
     """A message before the group's first device collective is staged, and the ranks that
     staged one say so at the setup: the group's messages then stay staged, every rank alike

@@ -197,6 +197,11 @@ PLEXUS_HD inline uint64_t round_of(uint64_t size, uint64_t at, uint64_t chunk) {
   return at >= size ? 0 : size - at < chunk ? size - at : chunk;
 }
 
+// A pair's room in each round of an all_to_all: alike in every round of the call, so the blocks'
+// shares (fixed_part) stay put from round to round, and no larger than the pair's block, so
+// every block moves a share of a block that fits one round.
+PLEXUS_HD inline uint64_t room(uint64_t size, uint64_t chunk) { return size < chunk ? size : chunk; }
+
 // kAllToAll, blocks of any size in one launch. Round k moves chunk k (c.stride elements) of every
 // block: each rank stages its blocks for its peers at j * stride of its scratch, meets them, and
 // copies its own blocks from theirs. Before round 0 each rank publishes its block sizes in its pad,
@@ -220,7 +225,7 @@ PLEXUS_HD void all_to_all(X& x, const DeviceCall& c, int b, uint64_t seq, uint64
     char* mine = c.scratch[r] + (seq & 1) * c.scratch_bytes;
     for (int j = 0; j < w; ++j) {
       if (j == r) continue;
-      const Range s = fixed_part(round_of(c.sends[j], at, chunk), chunk, G, b, grain);
+      const Range s = fixed_part(round_of(c.sends[j], at, chunk), room(c.sends[j], chunk), G, b, grain);
       x.copy(mine + (j * chunk + s.lo) * es, c.peer_in[j] + (at + s.lo) * es, s.size() * es);
     }
     if (!barrier(x, c, b, 0, seq, start)) return;
@@ -250,7 +255,7 @@ PLEXUS_HD void all_to_all(X& x, const DeviceCall& c, int b, uint64_t seq, uint64
       largest = x.broadcast(largest);
     }
     for (int q = 0; q < w; ++q) {  // rank q staged its chunk for r (c.receives[q] = its sends[r]) alike
-      const Range s = fixed_part(round_of(c.receives[q], at, chunk), chunk, G, b, grain);
+      const Range s = fixed_part(round_of(c.receives[q], at, chunk), room(c.receives[q], chunk), G, b, grain);
       const char* from = q == r ? c.peer_in[r] + (at + s.lo) * es
                                 : c.scratch[q] + (seq & 1) * c.scratch_bytes + (r * chunk + s.lo) * es;
       x.copy(c.peer_out[q] + (at + s.lo) * es, from, s.size() * es);
@@ -267,60 +272,69 @@ PLEXUS_HD inline char* inbox(const DeviceCall& c, int owner, int from, uint64_t 
   return c.scratch[owner] + 2 * c.scratch_bytes + (static_cast<uint64_t>(from) * kInboxSlots + slot) * c.slot_bytes;
 }
 
-// kSend / kRecv: one chunk (at most a slot) of a message between this rank and c.peer, by the
-// same block of both. The pair numbers its chunks (each end counts in its own pad, so a replayed
-// graph counts on): chunk n goes through slot n % kInboxSlots of the receiver's inbox. The sender
-// waits until its receiver has taken chunk n - kInboxSlots from that slot, copies chunk n in and
-// flags it ready with the message's signature; the receiver waits for that flag, checks the
-// signature (a message of another size or dtype fails both, naming both calls), copies the chunk
-// out and says it took it. Collectives and messages share no flags, so neither waits for the other.
+// kSend / kRecv: a message between this rank and c.peer, one launch that goes round its chunks
+// (a slot each; a message of 0 elements is one empty chunk, so a receiver that expects another
+// size still hears of it). Block b of both ends moves its share of every chunk, a share fixed
+// for the slot whatever the chunk's size, because it waits only for block b of the other end.
+// The pair numbers its chunks (each end counts in its own pad, so a replayed graph counts on):
+// chunk n goes through slot n % kInboxSlots of the receiver's inbox. The sender waits until the
+// receiver has taken chunk n - kInboxSlots from that slot, copies chunk n in and flags it ready
+// with the message's signature; the receiver waits for that flag, checks the signature (another
+// size or dtype fails both ends, naming both calls), copies the chunk out and says it took it.
+// Collectives and messages share no flags, so neither waits for the other. The deadline holds
+// per chunk.
 template <class X>
 PLEXUS_HD void message(X& x, const DeviceCall& c, int b) {
-  const uint64_t start = x.now_ns();
   const int r = c.rank, p = c.peer;
   const bool sending = c.program == kSend;
   Pad* own = c.pads[r];
-  uint64_t n = 0;
-  if (x.leader()) {
-    uint64_t* counter = sending ? &own->sent[p][b] : &own->received[p][b];
-    n = *counter + 1;
-    *counter = n;
-  }
-  n = x.broadcast(n);
-  if (failed_already(x, c, b, n)) return;
-  const uint64_t slot = n % kInboxSlots, es = element_size(c.dtype), grain = 16 / es;
-  const Range s = fixed_part(c.count, c.slot_bytes / es, c.nblocks, b, grain);
-  bool bad = false;
-  uint64_t seen = 0;
-  if (sending) {
-    if (x.leader() && n > kInboxSlots)
-      bad = !wait_at_least(x, c, &own->taken[p][b], n - kInboxSlots, p, b, 0, n, start, &seen);
-    if (x.sync_or(bad)) return;
-    x.copy(inbox(c, p, r, slot) + s.lo * es, static_cast<const char*>(c.in) + s.lo * es, s.size() * es);
-    x.sync();
+  const uint64_t es = element_size(c.dtype), grain = 16 / es, chunk = c.slot_bytes / es;
+  uint64_t at = 0;
+  do {
+    const uint64_t start = x.now_ns();
+    uint64_t n = 0;
     if (x.leader()) {
-      CallRecord mine = c.record;
-      mine.seq = n;
-      c.pads[p]->messages[r][slot] = mine;  // (every block writes the same record)
-      x.fence_system();
-      x.store_release(&c.pads[p]->ready[r][slot][b], (n << kSigBits) | c.sig);
+      uint64_t* counter = sending ? &own->sent[p][b] : &own->received[p][b];
+      n = *counter + 1;
+      *counter = n;
     }
-    return;
-  }
-  if (x.leader()) {
-    bad = !wait_at_least(x, c, &own->ready[p][slot][b], n << kSigBits, p, b, 0, n, start, &seen);
-    if (!bad && ((seen >> kSigBits) != n || (seen & kSigMask) != c.sig)) {
-      fail(x, c, kMismatch, p, b, 0, n, nullptr, &own->messages[p][slot]);
-      bad = true;
+    n = x.broadcast(n);
+    if (failed_already(x, c, b, n)) return;
+    const uint64_t slot = n % kInboxSlots;
+    const Range s = fixed_part(round_of(c.count, at, chunk), chunk, c.nblocks, b, grain);
+    bool bad = false;
+    uint64_t seen = 0;
+    if (sending) {
+      if (x.leader() && n > kInboxSlots)
+        bad = !wait_at_least(x, c, &own->taken[p][b], n - kInboxSlots, p, b, 0, n, start, &seen);
+      if (x.sync_or(bad)) return;
+      x.copy(inbox(c, p, r, slot) + s.lo * es, static_cast<const char*>(c.in) + (at + s.lo) * es, s.size() * es);
+      x.sync();
+      if (x.leader()) {
+        CallRecord mine = c.record;
+        mine.seq = n;
+        c.pads[p]->messages[r][slot] = mine;  // (every block writes the same record)
+        x.fence_system();
+        x.store_release(&c.pads[p]->ready[r][slot][b], (n << kSigBits) | c.sig);
+      }
+    } else {
+      if (x.leader()) {
+        bad = !wait_at_least(x, c, &own->ready[p][slot][b], n << kSigBits, p, b, 0, n, start, &seen);
+        if (!bad && ((seen >> kSigBits) != n || (seen & kSigMask) != c.sig)) {
+          fail(x, c, kMismatch, p, b, 0, n, nullptr, &own->messages[p][slot]);
+          bad = true;
+        }
+      }
+      if (x.sync_or(bad)) return;
+      x.copy(static_cast<char*>(c.out) + (at + s.lo) * es, inbox(c, r, p, slot) + s.lo * es, s.size() * es);
+      x.sync();
+      if (x.leader()) {
+        x.fence_system();
+        x.store_release(&c.pads[p]->taken[r][b], n);
+      }
     }
-  }
-  if (x.sync_or(bad)) return;
-  x.copy(static_cast<char*>(c.out) + s.lo * es, inbox(c, r, p, slot) + s.lo * es, s.size() * es);
-  x.sync();
-  if (x.leader()) {
-    x.fence_system();
-    x.store_release(&c.pads[p]->taken[r][b], n);
-  }
+    at += chunk;
+  } while (at < c.count);
 }
 
 template <class X>

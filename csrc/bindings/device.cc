@@ -130,6 +130,8 @@ void bind_device(py::module_& m) {
         py::gil_scoped_release r;
         return c.recv(out_ptr(buf), n, d, peer, out_ptr(s));
       }, py::arg("buf"), py::arg("count"), py::arg("dtype"), py::arg("peer"), py::arg("stream"))
+      .def("messages_pending", &DeviceComm::messages_pending, nogil,
+           "Whether a send or recv of this communicator has not finished.")
       .def_property_readonly("slot_bytes", &DeviceComm::slot_bytes,
                              "bytes of a message chunk (an inbox slot): a launch per chunk")
       .def("add_window", [](DeviceComm& c, uintptr_t ptr, size_t bytes, const std::vector<uintptr_t>& peers) {

@@ -110,10 +110,7 @@ DeviceComm::~DeviceComm() {
       for (auto& lane : side) (void)lane.release();
     return;
   }
-  bool lanes = false;
-  for (auto& side : lanes_)
-    for (auto& lane : side) lanes = lanes || lane;
-  if (lanes && emulated_) abort();  // a message still waiting for its peer gives up: the threads end
+  if (messages_pending()) abort();  // a message still waiting for its peer gives up: its lane ends
   for (auto& side : lanes_)
     for (auto& lane : side) lane.reset();
   for (int p = 0; p < static_cast<int>(peers_.size()); ++p) {
@@ -190,6 +187,14 @@ void DeviceComm::launch_unchecked(const DeviceCall& call, void* stream) {
 #endif
 }
 
+bool DeviceComm::messages_pending() {
+  std::lock_guard<std::mutex> lock(lanes_mu_);
+  for (auto& side : lanes_)
+    for (auto& lane : side)
+      if (lane && !lane->idle()) return true;
+  return false;
+}
+
 std::shared_ptr<LaneWork> DeviceComm::send(const void* buf, size_t count, DType dtype, int peer, void* stream) {
   return message(kSend, buf, nullptr, count, dtype, peer, stream);
 }
@@ -211,17 +216,10 @@ std::shared_ptr<LaneWork> DeviceComm::message(Program program, const void* in, v
   c.peer = peer;
   c.slot_bytes = slot_;
   c.nblocks = std::min(blocks_, kMessageBlocks);
-  const size_t es = dtype_size(dtype), chunk = slot_ / es;
-  auto body = [this, c, in, out, count, chunk, es](void* lane_stream) mutable {
-    size_t at = 0;
-    do {  // count 0 still launches: a receiver that expects another size hears of it
-      c.in = static_cast<const char*>(in) + at * es;
-      c.out = static_cast<char*>(out) + at * es;
-      c.count = std::min(chunk, count - at);
-      launch_unchecked(c, lane_stream);
-      at += c.count;
-    } while (at < count);
-  };
+  c.in = in;
+  c.out = out;
+  c.count = count;  // one launch goes round the chunks (of a slot each)
+  auto body = [this, c](void* lane_stream) { launch_unchecked(c, lane_stream); };
   std::lock_guard<std::mutex> lock(lanes_mu_);
   std::unique_ptr<Lane>& lane = lanes_[program == kRecv][peer];
   if (!lane) {

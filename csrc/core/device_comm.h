@@ -60,12 +60,16 @@ class DeviceComm {
 
   // Point-to-point: `count` elements of `buf` to (from) group rank `peer`, on this
   // communicator's lane for that peer and direction (core/device_lanes.h), after what `stream`
-  // holds now: a launch per slot of the peer's inbox (device_programs.h, message()). The n-th
-  // send of a rank to a peer meets that peer's n-th receive from it; one of another size or dtype
-  // is a mismatch naming both. The caller calls check() once the work is done.
+  // holds now: one launch that goes round the message's chunks, a slot of the peer's inbox each
+  // (device_programs.h, message()). The n-th send of a rank to a peer meets that peer's n-th
+  // receive from it; one of another size or dtype is a mismatch naming both. The caller calls
+  // check() once the work is done.
   std::shared_ptr<LaneWork> send(const void* buf, size_t count, DType dtype, int peer, void* stream);
   std::shared_ptr<LaneWork> recv(void* buf, size_t count, DType dtype, int peer, void* stream);
   size_t slot_bytes() const { return slot_; }
+  // Whether a message of this communicator has not finished (one whose peer never came would
+  // wait on the GPU until its deadline: the caller aborts before it waits for the device).
+  bool messages_pending();
 
   // Registered buffers (windows): `ptr`, `bytes` here and the same buffer of every rank mapped
   // here (`peers`, own included). An all_reduce whose input and output lie in windows, of at

@@ -56,7 +56,7 @@ class EmulatedLane : public Lane {
     std::lock_guard<std::mutex> lock(mu_);
     queue_.emplace_back(std::move(work), w);
     cv_.notify_all();
-    return w;
+    return last_ = w;
   }
 
  private:
@@ -112,9 +112,14 @@ class CudaLane : public Lane {
       : device_(device), stream_(cuda_ipc::create_stream(device)), after_(cuda_ipc::create_event(device, false).event) {}
   ~CudaLane() override {
     try {
-      cuda_ipc::destroy_event(device_, after_);
-      cuda_ipc::destroy_stream(device_, stream_);  // (its work still runs to the end)
+      if (last_) last_->wait();  // the peers' workspaces are unmapped after this
     } catch (...) {
+    }
+    last_.reset();
+    try {
+      cuda_ipc::destroy_event(device_, after_);
+      cuda_ipc::destroy_stream(device_, stream_);
+    } catch (...) {  // at exit the context may be gone
     }
   }
   std::shared_ptr<LaneWork> run(void* after, std::function<void(void*)> work) override {
@@ -128,7 +133,7 @@ class CudaLane : public Lane {
       cuda_ipc::destroy_event(device_, done);
       throw;
     }
-    return std::make_shared<CudaWork>(device_, done);
+    return last_ = std::make_shared<CudaWork>(device_, done);
   }
 
  private:

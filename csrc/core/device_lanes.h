@@ -26,6 +26,11 @@ class Lane {
   // Runs `work(the lane's stream)` after the lane's earlier calls and after what `after` (the
   // caller's stream) holds now.
   virtual std::shared_ptr<LaneWork> run(void* after, std::function<void(void*)> work) = 0;
+  // Whether everything run on the lane is done.
+  bool idle() { return !last_ || last_->done(); }
+
+ protected:
+  std::shared_ptr<LaneWork> last_;  // what run() returned last (the lane runs in order)
 };
 
 std::unique_ptr<Lane> make_emulated_lane();

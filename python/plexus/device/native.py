@@ -230,12 +230,19 @@ def message(g: Any, call: Any, blocking: bool) -> Any:
     Messages run natively once the group has set up its native path, at its first device
     collective. Before that they are staged, and a rank that staged one says so at the setup:
     its messages may still be on their way, so the whole group's messages stay staged (the two
-    paths do not meet). Tagged messages are staged too (the lanes match in order, not by tag)."""
+    paths do not meet). Tagged messages are staged too (the lanes match in order, not by tag).
+    As with NCCL: both ends must pass device arrays (a host array at one end meets nothing at
+    the other); a blocking send of more than the receiver's inbox (two slots, scratch/world bytes)
+    waits for its receive, so two ranks that both send first must use isend/irecv; and a pair
+    must not run captured (graph) and eager messages to each other at the same time."""
     st = g.__dict__.get("_native")
+    if st is None:
+        with _lock:  # a setup on another thread reads the flag under it
+            st = g.__dict__.get("_native")
+            if st is None:
+                g.__dict__["_staged_messages"] = True
+                return ipc.Declined("the group has made no device collective yet")
     if type(st) is not _Native:
-        if st is None:
-            g.__dict__["_staged_messages"] = True
-            return ipc.Declined("the group has made no device collective yet")
         return st
     if st.messages is not None:
         return st.messages
@@ -257,9 +264,11 @@ def message(g: Any, call: Any, blocking: bool) -> Any:
     done = _Message(st.comm, work)
     if blocking or ipc._driver.capturing(device, stream):  # a graph must join the lane before it ends
         done.stream_wait(stream)
-        return None
+        if blocking:
+            return None
     w = StreamWork(call.kind, done, lambda: ipc._driver.current_stream(buf.device, device))
-    w.source = call.peer
+    if call.kind == "recv":
+        w.source = call.peer
     return w
 
 
@@ -378,10 +387,16 @@ def abort(g: Any) -> None:
 
 
 def release(g: Any) -> None:
-    """Waits for the GPU, then unmaps the peers' workspaces and frees this rank's."""
+    """Waits for the GPU, then unmaps the peers' workspaces and frees this rank's. A message that
+    has not finished is aborted first (its peer may never come: it would wait out its deadline)."""
     mapped.release(g)
     st = g.__dict__.pop("_native", None)
     if isinstance(st, _Native):
+        try:
+            if st.comm.messages_pending():
+                st.comm.abort()
+        except Exception:  # noqa: BLE001 - a forked child's group: nothing of it runs here
+            pass
         try:
             ipc._driver.synchronize_device(st.device)
         except Exception:  # noqa: BLE001 - at exit the context may be gone
