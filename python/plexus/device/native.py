@@ -127,25 +127,27 @@ def _native(g: Any, device: int) -> Any:
     return st
 
 
-class _Done:
-    """The event after a call's last launch; once the GPU passes it, the error box is read too."""
+class _Checked:
+    """What a call's work waits for (the event after its last launch, or a message's lane work,
+    _C.LaneWork); once that is done, the error box is read too."""
 
-    def __init__(self, comm: Any, device: int, stream: int):
-        self.comm, self.event = comm, ipc._DriverEvent(device, stream)
+    def __init__(self, comm: Any, waitable: Any):
+        self.comm, self.waitable = comm, waitable
 
     def done(self) -> bool:
-        if not self.event.done():
+        if not self.waitable.done():
             return False
         self.comm.check()
         return True
 
     def wait(self) -> None:
-        self.event.wait()
+        self.waitable.wait()
         self.comm.check()
 
     def stream_wait(self, stream: int) -> None:
         self.comm.check()
-        self.event.stream_wait(stream)
+        self.waitable.stream_wait(stream)  # (a message on the emulated device: the host waits)
+        self.comm.check()
 
 
 def run(g: Any, call: Any, blocking: bool) -> Any:
@@ -197,28 +199,8 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
         comm.reduce(src, out, call.count, call.code, op, scale, call.root, stream)
     if blocking:
         return None
-    return StreamWork(kind, _Done(comm, device, stream), lambda: ipc._driver.current_stream(dst.device, device))
-
-
-class _Message:
-    """A message's work on its lane (_C.LaneWork); once done, the error box is read too."""
-
-    def __init__(self, comm: Any, work: Any):
-        self.comm, self.work = comm, work
-
-    def done(self) -> bool:
-        if not self.work.done():
-            return False
-        self.comm.check()
-        return True
-
-    def wait(self) -> None:
-        self.work.wait()
-        self.comm.check()
-
-    def stream_wait(self, stream: int) -> None:
-        self.work.stream_wait(stream)  # (the emulated device: the host waits)
-        self.comm.check()
+    return StreamWork(kind, _Checked(comm, ipc._DriverEvent(device, stream)),
+                      lambda: ipc._driver.current_stream(dst.device, device))
 
 
 def message(g: Any, call: Any, blocking: bool) -> Any:
@@ -261,7 +243,7 @@ def message(g: Any, call: Any, blocking: bool) -> Any:
         work = st.comm.send(call.in_ptrs[0], call.count, call.code, call.peer, stream)
     else:
         work = st.comm.recv(call.out_ptrs[0], call.count, call.code, call.peer, stream)
-    done = _Message(st.comm, work)
+    done = _Checked(st.comm, work)
     if blocking or ipc._driver.capturing(device, stream):  # a graph must join the lane before it ends
         done.stream_wait(stream)
         if blocking:
