@@ -133,7 +133,7 @@ void bind_device(py::module_& m) {
       .def("messages_pending", &DeviceComm::messages_pending, nogil,
            "Whether a send or recv of this communicator has not finished.")
       .def_property_readonly("slot_bytes", &DeviceComm::slot_bytes,
-                             "bytes of a message chunk (an inbox slot): a launch per chunk")
+                             "bytes of a message chunk (an inbox slot): a message's one launch goes round them")
       .def("add_window", [](DeviceComm& c, uintptr_t ptr, size_t bytes, const std::vector<uintptr_t>& peers) {
         return c.add_window(in_ptr(ptr), bytes, peers);
       }, py::arg("ptr"), py::arg("bytes"), py::arg("peers"))

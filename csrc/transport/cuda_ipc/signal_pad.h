@@ -109,8 +109,8 @@ enum Program : uint32_t {
   kScatter,               // the root's inputs (peer_in[]) through its scratch to every rank
   kAllToAll,              // block j of peer_in[] to rank j, through the scratches, into peer_out[]:
                           // one launch, a barrier per chunk of the group's largest block
-  kSend,                  // one chunk of a message into rank `peer`'s inbox for this rank
-  kRecv,                  // one chunk out of this rank's inbox for rank `peer`
+  kSend,                  // a message into rank `peer`'s inbox for this rank, a slot-sized chunk at a time
+  kRecv,                  // a message out of this rank's inbox for rank `peer`, likewise
   kProgramCount,
 };
 

@@ -145,9 +145,16 @@ class _Checked:
         self.comm.check()
 
     def stream_wait(self, stream: int) -> None:
-        self.comm.check()
         self.waitable.stream_wait(stream)  # (a message on the emulated device: the host waits)
-        self.comm.check()
+        self.comm.check()  # after: what the emulated device just found is raised here
+
+
+def _on_group_device(st: _Native, device: int, where: str, why: str = "") -> None:
+    """A ValueError unless a call's arrays are on the GPU of the group's first device call (`why`:
+    why their device is unknown, when it is: -1)."""
+    if device != st.device:
+        raise ValueError(f"{where}: the group's device collectives run on GPU {st.device} (its first device "
+                         f"call), but these arrays are on " + (f"GPU {device}" if device >= 0 else f"no GPU ({why})"))
 
 
 def run(g: Any, call: Any, blocking: bool) -> Any:
@@ -158,6 +165,7 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
     if type(st) is _Native:
         st.comm.check()  # what the device reported; in a forked child, that the group is its parent's
     dst = call.writes[0] if call.writes else call.reads[0]
+    why = ""
     try:
         device, stream = ipc._driver.placement(dst)
     except Exception as e:  # noqa: BLE001 - e.g. a foreign __cuda_array_interface__ object without cupy
@@ -166,9 +174,7 @@ def run(g: Any, call: Any, blocking: bool) -> Any:
     st = st or _native(g, max(device, 0))
     if isinstance(st, ipc.Declined):
         return st
-    if device != st.device:
-        raise ValueError(f"{call.where}: the group's device collectives run on GPU {st.device} (its first device "
-                         f"call), but these arrays are on " + (f"GPU {device}" if device >= 0 else f"no GPU ({why})"))
+    _on_group_device(st, device, call.where, why)
     for b in call.reads + call.writes[1:]:  # (several writes: the list form of all_gather)
         if b.obj is not dst.obj and b.nbytes and ipc._driver.placement(b)[0] != device:
             raise ValueError(f"{call.where}: the arrays of one call are on several GPUs")
@@ -236,9 +242,7 @@ def message(g: Any, call: Any, blocking: bool) -> Any:
     st.comm.check()
     buf = call.reads[0] if call.kind == "send" else call.writes[0]
     device, stream = ipc._driver.placement(buf)
-    if device != st.device:
-        raise ValueError(f"{call.where}: the group's device calls run on GPU {st.device} (its first device "
-                         f"collective), but this array is on GPU {device}")
+    _on_group_device(st, device, call.where)
     if call.kind == "send":
         work = st.comm.send(call.in_ptrs[0], call.count, call.code, call.peer, stream)
     else:
