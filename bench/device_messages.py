@@ -8,6 +8,11 @@ interleaved rounds (slowest rank) with its spread, and the ratio to the staged p
 
     python bench/device_messages.py            # a GPU with cupy (ranks share GPU 0; MPS helps)
     python bench/device_messages.py --emulated # no GPU: the emulated device (protocol, not speed)
+
+With --ucx TLS the pair goes through UCX (PLEXUS_TRANSPORTS=ucx, UCX_TLS=TLS), as two hosts
+would: straight through UCX's message port (plexus.device.direct) against staged
+(PLEXUS_UCX_DEVICE=0). On a GPU, TLS must let UCX move CUDA memory (e.g. tcp,cuda_copy,self); with
+--emulated the device memory is host memory, so what differs is the host's copies and protocol.
 """
 
 from __future__ import annotations
@@ -22,17 +27,22 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 
-def _rank(rank, world, folder, sizes, iters, rounds, emulated):
+def _rank(rank, world, folder, sizes, iters, rounds, emulated, ucx):
     import numpy as np
 
     import plexus
 
     if emulated:
         from fake_cuda import FakeCuda
-        from plexus.device import ipc
+        from plexus.device import ipc, libraries
 
-        fake = FakeCuda(folder, rank, native=True)
+        fake = FakeCuda(folder, rank, native=not ucx)
         ipc.set_driver(fake)
+        if ucx:
+            from test_device_logic import FakeOps
+
+            libraries._OPS["cupy"] = FakeOps()  # staging through the fake memory
+            libraries._OPS["cupy"].log = _NoLog()
         alloc, sync, copy = (lambda n: fake.array(np.ones(n, np.uint8))), (lambda: None), None
     else:
         import cupy as cp
@@ -64,6 +74,13 @@ def _rank(rank, world, folder, sizes, iters, rounds, emulated):
     return out
 
 
+class _NoLog(list):
+    """FakeOps' log, kept empty (a benchmark makes millions of copies)."""
+
+    def append(self, item) -> None:
+        pass
+
+
 def _bytes(text: str) -> int:
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
     return int(float(text[:-1] if scale > 1 else text) * scale)
@@ -75,23 +92,28 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--emulated", action="store_true", help="no GPU: the emulated device (tests/fake_cuda.py)")
+    p.add_argument("--ucx", metavar="TLS", default="", help="through UCX with UCX_TLS=TLS: direct against staged")
     args = p.parse_args()
     from launch import run_ranks
 
     sizes = [4 << (2 * k) for k in range(20) if 4 << (2 * k) <= args.max]
     paths = {"native": {}, "staged": {"PLEXUS_DEVICE_NATIVE": "0"}}
-    if args.emulated:
+    if args.ucx:
+        base = {"PLEXUS_TRANSPORTS": "ucx", "UCX_TLS": args.ucx}
+        paths = {"ucx": base, "staged": dict(base, PLEXUS_UCX_DEVICE="0")}
+    elif args.emulated:
         paths.pop("staged")  # staging needs cupy
     res = {}
     for path, env in paths.items():
         with tempfile.TemporaryDirectory() as folder:
-            res[path] = run_ranks(2, _rank, folder, sizes, args.iters, args.rounds, args.emulated, env=env,
-                                  timeout=900)
+            res[path] = run_ranks(2, _rank, folder, sizes, args.iters, args.rounds, args.emulated, bool(args.ucx),
+                                  env=env, timeout=900)
     print(f"{'bytes':>11} {'path':>8} {'us per exchange':>26} {'GB/s':>7} {'x staged':>9}")
     for n in sizes:
         rows = {path: [max(r[("exchange", n)][i] for r in got) for i in range(args.rounds)] for path, got in res.items()}
-        if ("d2d copy", n) in res["native"][0]:
-            rows["d2d copy"] = [max(r[("d2d copy", n)][i] for r in res["native"]) for i in range(args.rounds)]
+        first = next(iter(res.values()))
+        if ("d2d copy", n) in first[0]:
+            rows["d2d copy"] = [max(r[("d2d copy", n)][i] for r in first) for i in range(args.rounds)]
         for path, times in rows.items():
             med = statistics.median(times)
             ratio = ""

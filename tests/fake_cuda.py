@@ -36,6 +36,8 @@ class FakeDeviceArray:
 class FakeCuda:
     """The driver interface of plexus.device.ipc.CudaDriver, on host memory."""
 
+    memory = "host"  # what UCX is told these arrays are (plexus.device.direct)
+
     def __init__(self, folder: str, rank: int, fail_export: bool = False, fail_open: bool = False,
                  fail_reduce: bool = False, problem: Optional[str] = None, fail_placement: bool = False,
                  native: bool = False):

@@ -33,7 +33,7 @@ HANDED_TO_ALGORITHMS = {"core/op_context.h", "core/exchange.h"}
 TRANSPORT_INTERFACE = {"transport/transport.h", "transport/transport_set.h", "transport/connection.h",
                        "transport/host_memory.h", "transport/frame.h", "transport/cuda_ipc/cuda_ipc.h",
                        "transport/cuda_ipc/signal_pad.h", "transport/cuda_ipc/workspace.h",
-                       "transport/ucx_info.h"}
+                       "transport/ucx_info.h", "transport/message_port.h"}
 SOURCE_EXTENSIONS = (".h", ".cc", ".cu", ".cuh", ".inc")
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 

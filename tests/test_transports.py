@@ -93,3 +93,22 @@ def test_mixed_transports_carry_collectives_and_point_to_point():
     # Ranks 0-1 share a pretend host (shm between them), rank 2 is reached over TCP.
     results = run_ranks(3, collectives_and_messages, env={"PLEXUS_HOST_ID_BY_RANK": "a,a,b"})
     assert results == [6.0, 6.0, 6.0]
+
+
+@pytest.mark.parametrize("cuda,env,says", [
+    (True, {}, "send/recv straight through UCX, which moves CUDA memory here"),
+    (True, {"PLEXUS_UCX_DEVICE": "0"}, "staged through pinned host memory (PLEXUS_UCX_DEVICE=0)"),
+    (False, {}, "staged through pinned host memory (UCX here cannot move CUDA memory itself)"),
+])
+def test_plexus_info_says_how_device_arrays_cross_hosts(cuda, env, says, monkeypatch):
+    from plexus import cli
+
+    status = {"ok": True, "problem": "", "path": "/x/libucp.so.0", "version": "1.22.0", "transports": ["tcp"],
+              "rdma": False, "cuda_memory": cuda}
+    monkeypatch.setattr(_C, "ucx_status", lambda: status)
+    monkeypatch.delenv("PLEXUS_TRANSPORTS", raising=False)
+    monkeypatch.delenv("PLEXUS_UCX_DEVICE", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    line = cli._pair_transports()[-1]
+    assert line.startswith("device arrays across hosts: ") and says in line, line

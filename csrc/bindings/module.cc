@@ -273,6 +273,7 @@ PYBIND11_MODULE(_C, m) {
   for (int i = 0; i < static_cast<int>(RedOp::kNone); ++i) ops.append(op_name(static_cast<RedOp>(i)));
   m.attr("DTYPES") = dtypes;  // index = dtype code
   m.attr("OPS") = ops;        // index = op code
+  m.attr("DIRECT_TAG_LIMIT") = DirectMessages::kTagLimit;  // device messages between hosts: tags below it
 
   m.def("op_dtype_problem", [](int op, int dtype) { return op_dtype_problem(to_op(op), to_dtype(dtype)); },
         "Empty string if the op can reduce the dtype, else why not.");
@@ -515,6 +516,28 @@ PYBIND11_MODULE(_C, m) {
              return c.p2p().recv(peer, as_mut_ptr(buf), count * dtype_size(d), d, tag);
            },
            py::arg("buffer"), py::arg("count"), py::arg("dtype"), py::arg("peer"), py::arg("tag"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("direct_reaches",
+           [](Communicator& c, int peer, bool cuda) {
+             return c.direct().reaches(peer, cuda ? MemoryKind::kCuda : MemoryKind::kHost);
+           },
+           py::arg("peer"), py::arg("cuda"),
+           "Whether device messages to `peer` go straight through its transport's message port (UCX).")
+      .def("send_direct",
+           [](Communicator& c, uintptr_t buf, size_t count, int dtype, int peer, int tag, bool cuda) {
+             DType d = to_dtype(dtype);
+             return c.direct().send(peer, as_ptr(buf), count * dtype_size(d), d, tag,
+                                    cuda ? MemoryKind::kCuda : MemoryKind::kHost);
+           },
+           py::arg("buffer"), py::arg("count"), py::arg("dtype"), py::arg("peer"), py::arg("tag"), py::arg("cuda"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("recv_direct",
+           [](Communicator& c, uintptr_t buf, size_t count, int dtype, int peer, int tag, bool cuda) {
+             DType d = to_dtype(dtype);
+             return c.direct().recv(peer, as_mut_ptr(buf), count * dtype_size(d), d, tag,
+                                    cuda ? MemoryKind::kCuda : MemoryKind::kHost);
+           },
+           py::arg("buffer"), py::arg("count"), py::arg("dtype"), py::arg("peer"), py::arg("tag"), py::arg("cuda"),
            py::call_guard<py::gil_scoped_release>())
       .def("barrier",
            [](Communicator& c, bool blocking) {

@@ -83,6 +83,7 @@ Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, dou
   model_ = cost_model_from_env();
   setup_shape(*store, deadline);
   p2p_ = std::make_unique<P2PEngine>(*this, *transports_);
+  direct_ = std::make_unique<DirectMessages>(*this, *transports_);
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   abort_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0 || abort_fd_ < 0) throw Error("eventfd failed: " + errno_text(errno));
@@ -171,6 +172,7 @@ Communicator::~Communicator() {
     // closing streams would end the parent's. Left alone, as the child's exit leaves them.
     new std::thread(std::move(thread_));
     (void)p2p_.release();
+    (void)direct_.release();
     (void)cross_.release();
     (void)transports_.release();
     (void)recorder_.release();  // its registry's lock may have been held by a parent thread
@@ -181,6 +183,7 @@ Communicator::~Communicator() {
   abort("the communicator was destroyed");
   if (thread_.joinable()) thread_.join();
   p2p_.reset();
+  direct_.reset();
   for (auto& c : conns_)
     if (c) c->shutdown();
   if (wake_fd_ >= 0) close(wake_fd_);
@@ -244,6 +247,7 @@ void Communicator::abort(const std::string& why) {
   uint64_t one = 1;
   (void)!::write(abort_fd_, &one, sizeof(one));  // never drained: readable for every waiter
   if (p2p_) p2p_->abort(why);
+  if (direct_) direct_->abort(why);
   if (cross_) cross_->abort(why);
   wake();
 }

@@ -19,6 +19,7 @@
 #include "bootstrap/store.h"
 #include "core/flight_recorder.h"
 #include "core/op_context.h"
+#include "core/direct_messages.h"
 #include "core/p2p.h"
 #include "core/work.h"
 #include "transport/connection.h"
@@ -73,6 +74,8 @@ class Communicator {
 
   // Point-to-point messages (their own engine: they do not queue behind collectives).
   P2PEngine& p2p() { return *p2p_; }
+  // Device messages between hosts, through the transports' message ports.
+  DirectMessages& direct() { return *direct_; }
 
   // Runs an op after every op submitted before it. A blocking call finding nothing queued or
   // running executes on the calling thread (no hand-off to the progress thread: lower latency);
@@ -125,6 +128,7 @@ class Communicator {
   std::unique_ptr<TransportSet> transports_;  // outlives the connections it made
   std::vector<Endpoint> endpoints_;
   std::unique_ptr<P2PEngine> p2p_;
+  std::unique_ptr<DirectMessages> direct_;
   std::unique_ptr<FlightRecorder> recorder_;  // the last calls, for dumps
   GroupShape shape_;
   CostModel model_;

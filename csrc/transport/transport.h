@@ -19,7 +19,8 @@
 
 namespace plexus {
 
-class HostMemory;  // transport/host_memory.h
+class HostMemory;   // transport/host_memory.h
+class MessagePort;  // transport/message_port.h
 
 // Each peer pair has one stream per channel, so that point-to-point messages never queue
 // behind collectives.
@@ -77,6 +78,9 @@ class Transport {
   virtual bool fabric() const { return false; }
   // The memory shared with the ranks of this host, when the transport maps it.
   virtual HostMemory* host_memory() { return nullptr; }
+  // Whole messages straight between the ranks' memory, device memory included, when the
+  // transport can move them (transport/message_port.h).
+  virtual MessagePort* message_port() { return nullptr; }
   // This rank failed: peers that wait on it without a stream (in host memory) learn why.
   virtual void announce_failure(const std::string& why) {}
 };

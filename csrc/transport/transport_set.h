@@ -32,6 +32,8 @@ class TransportSet {
   // The transport that reaches `rank`, and its name ("" for this rank when none would).
   Transport& to(int rank) const { return *opened_[choice_[rank]].transport; }
   const char* name_to(int rank) const;
+  // The message port that reaches `rank` (its transport's), or nullptr.
+  MessagePort* port_to(int rank) const { return choice_[rank] >= 0 ? to(rank).message_port() : nullptr; }
   // Whether `rank` is reached through a fabric (Transport::fabric).
   bool fabric_to(int rank) const { return choice_[rank] >= 0 && to(rank).fabric(); }
   // Whether every rank opened one same fabric transport: the same answer on every rank (from the

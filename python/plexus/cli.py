@@ -75,8 +75,11 @@ def _pair_transports() -> List[str]:
     else:
         other = "none"
     cuda = "staged through pinned host memory"
-    if usable:
-        cuda += " (UCX here " + ("can" if ucx["cuda_memory"] else "cannot") + " move CUDA memory itself; not used yet)"
+    if usable and ucx["cuda_memory"] and os.environ.get("PLEXUS_UCX_DEVICE", "1") != "0":
+        cuda = ("send/recv straight through UCX, which moves CUDA memory here (where the other rank's does too); "
+                "collectives " + cuda)
+    elif usable:
+        cuda += (" (PLEXUS_UCX_DEVICE=0)" if ucx["cuda_memory"] else " (UCX here cannot move CUDA memory itself)")
     return [f"ucx: {ucx_line}",
             f"pairs of ranks: same host: {same}; other hosts: {other} (every rank must agree)",
             f"device arrays across hosts: {cuda}"]

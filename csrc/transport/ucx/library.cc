@@ -50,6 +50,7 @@ std::string resolve(void* handle, Api* api) {
   get(api->tag_send_nbx, "ucp_tag_send_nbx");
   get(api->tag_probe_nb, "ucp_tag_probe_nb");
   get(api->tag_msg_recv_nbx, "ucp_tag_msg_recv_nbx");
+  get(api->tag_recv_nbx, "ucp_tag_recv_nbx");
   get(api->request_check_status, "ucp_request_check_status");
   get(api->request_free, "ucp_request_free");
   get(api->request_cancel, "ucp_request_cancel");

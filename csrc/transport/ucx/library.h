@@ -35,6 +35,7 @@ struct Api {
   ucs_status_ptr_t (*tag_send_nbx)(ucp_ep_h, const void*, size_t, ucp_tag_t, const ucp_request_param_t*);
   ucp_tag_message_h (*tag_probe_nb)(ucp_worker_h, ucp_tag_t, ucp_tag_t, int, ucp_tag_recv_info_t*);
   ucs_status_ptr_t (*tag_msg_recv_nbx)(ucp_worker_h, void*, size_t, ucp_tag_message_h, const ucp_request_param_t*);
+  ucs_status_ptr_t (*tag_recv_nbx)(ucp_worker_h, void*, size_t, ucp_tag_t, ucp_tag_t, const ucp_request_param_t*);
   ucs_status_t (*request_check_status)(void*);
   void (*request_free)(void*);
   void (*request_cancel)(ucp_worker_h, void*);

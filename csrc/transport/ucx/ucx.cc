@@ -26,6 +26,8 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,6 +37,7 @@
 #include "base/error.h"
 #include "base/fork.h"
 #include "base/log.h"
+#include "transport/message_port.h"
 #include "transport/transport.h"
 #include "transport/ucx/library.h"
 
@@ -48,6 +51,8 @@ constexpr size_t kSmallMessage = 8u << 10;  // sent from the caller's memory whe
 constexpr int kSmallParts = 4;              // ... from up to this many pieces (a frame has two)
 constexpr int kRankBits = 22, kSeqBits = 40;
 constexpr double kFlushSeconds = 2.0;  // for sends still in flight when a stream ends
+constexpr int kPortChannel = kChannels;  // the tag channel of the message port's messages
+static_assert(kSeqBits == MessagePort::kTagBits, "a port tag fills the sequence bits");
 
 ucp_tag_t tag_of(int channel, int sender, uint64_t seq) {
   return (static_cast<ucp_tag_t>(channel) << (kRankBits + kSeqBits)) |
@@ -78,6 +83,21 @@ struct Endpoint {
   pid_t pid = 0;                // the peer's, when on this host: looked at without it
 };
 
+// A message of the message port in flight (UcxPort, below).
+struct PortMessage {
+  void* request = nullptr;  // UCX's
+  int peer = 0;
+  bool is_send = false;
+  size_t bytes = 0;
+  Deadline deadline;
+  MessagePort::Done done;
+  bool finished = false;   // UCX called back
+  ucs_status_t status = UCS_OK;
+  size_t length = 0;       // received
+  bool reported = false;   // `done` was called (a send given up on may still be in flight)
+  std::exception_ptr why;  // what it fails with, when we gave up on it
+};
+
 // A communicator's worker for one channel and its endpoints, shared by the transport and its
 // connections (which may outlive it), used under `mutex`.
 struct Worker {
@@ -95,8 +115,13 @@ struct Worker {
   int notify = -1;
   int waits = -1;  // an epoll set of efd and notify, what the engine sleeps on
   int stop = -1;
+  int kick = -1;  // wakes the progress thread for a new port message
   bool stopping = false;
   std::unique_ptr<std::thread> progress_thread;  // left alone (leaked) in a forked child
+  // The port's messages in flight, and those it gave up on that UCX still holds. While one is
+  // unfinished the progress thread spins (as NCCL's proxy does): UCX's descriptor may not say
+  // when a copy of CUDA memory ends.
+  std::list<std::unique_ptr<PortMessage>> port_messages;
 
   bool network;  // UCX has a network transport (not only shared memory)
 
@@ -110,8 +135,9 @@ struct Worker {
     ready = eventfd(1, EFD_CLOEXEC);
     notify = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     stop = eventfd(0, EFD_CLOEXEC);
+    kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     waits = epoll_create1(EPOLL_CLOEXEC);
-    bool ok = st == UCS_OK && ready >= 0 && notify >= 0 && stop >= 0 && waits >= 0;
+    bool ok = st == UCS_OK && ready >= 0 && notify >= 0 && stop >= 0 && kick >= 0 && waits >= 0;
     for (int fd : {efd, notify}) {
       epoll_event ev{};
       ev.events = EPOLLIN;
@@ -119,7 +145,7 @@ struct Worker {
     }
     if (!ok) {
       api.worker_destroy(worker);
-      for (int fd : {ready, notify, stop, waits})
+      for (int fd : {ready, notify, stop, kick, waits})
         if (fd >= 0) close(fd);
       throw Error("ucx: no wakeup descriptor: " + (st != UCS_OK ? ucx::status_text(st) : errno_text(errno)));
     }
@@ -137,6 +163,8 @@ struct Worker {
     const uint64_t one = 1;
     if (write(stop, &one, sizeof(one)) < 0) std::terminate();  // an eventfd takes it
     progress_thread->join();
+    std::unique_lock<std::mutex> lock(mutex);
+    give_up_port_messages(lock, "the communicator was destroyed");
     drain_unexpected();
     for (auto& [peer, e] : endpoints) {
       ucp_request_param_t param{};
@@ -144,17 +172,20 @@ struct Worker {
       param.flags = UCP_EP_CLOSE_FLAG_FORCE;
       wait(api.ep_close_nbx(e->ep, &param), 0.5);
     }
+    for (auto& m : port_messages)  // sends the closed endpoints ended
+      if (m->finished) api.request_free(m->request);
     api.worker_destroy(worker);
-    for (int fd : {ready, notify, stop, waits}) close(fd);
+    for (int fd : {ready, notify, stop, kick, waits}) close(fd);
   }
   void run_progress() {
     std::unique_lock<std::mutex> lock(mutex);
     while (!stopping) {
       unsigned moved = 0;
       for (unsigned k; moved < 1024 && (k = api.worker_progress(worker)) != 0;) moved += k;
-      if (moved) {
+      const bool port_busy = reap_port_messages(lock);
+      if (moved || port_busy) {
         const uint64_t one = 1;
-        if (write(notify, &one, sizeof(one)) < 0) {
+        if (moved && write(notify, &one, sizeof(one)) < 0) {
         }  // the counter only saturates: the engine is told already
         lock.unlock();
         std::this_thread::yield();
@@ -163,10 +194,84 @@ struct Worker {
       }
       if (api.worker_arm(worker) == UCS_ERR_BUSY) continue;  // events came in meanwhile
       lock.unlock();
-      pollfd fds[2] = {{efd, POLLIN, 0}, {stop, POLLIN, 0}};
-      ::poll(fds, 2, 100);  // the timeout only guards against an event UCX might not signal
+      pollfd fds[3] = {{efd, POLLIN, 0}, {stop, POLLIN, 0}, {kick, POLLIN, 0}};
+      ::poll(fds, 3, 100);  // the timeout only guards against an event UCX might not signal
+      uint64_t count;
+      while (read(kick, &count, sizeof(count)) > 0) {
+      }
       lock.lock();
     }
+  }
+  // --- the message port's messages (under `mutex`) ---
+  bool peer_gone(int peer) const {
+    auto it = endpoints.find(peer);
+    if (it == endpoints.end()) return false;
+    const Endpoint& e = *it->second;
+    return e.failed != UCS_OK || (!e.reports_failure && e.pid > 0 && kill(e.pid, 0) != 0 && errno == ESRCH);
+  }
+  // Gives up on an unfinished message: a receive is cancelled (UCX calls back), a send fails now
+  // and stays listed until UCX lets go of it.
+  void give_up(PortMessage& m, std::exception_ptr why) {
+    m.why = std::move(why);
+    if (!m.is_send) api.request_cancel(worker, m.request);
+  }
+  // What finished, or passed its deadline, or lost its peer, fails or completes: the callbacks
+  // run with the mutex released. Returns whether messages are still in flight.
+  bool reap_port_messages(std::unique_lock<std::mutex>& lock) {
+    std::vector<std::function<void()>> calls;
+    bool busy = false;
+    for (auto it = port_messages.begin(); it != port_messages.end();) {
+      PortMessage& m = **it;
+      if (!m.finished) {
+        if (!m.why && m.deadline.passed()) {
+          give_up(m, std::make_exception_ptr(Timeout("ucx: a message of " + std::to_string(m.bytes) + " bytes to or from rank " +
+                                                     std::to_string(m.peer) + " timed out")));
+        } else if (!m.why && peer_gone(m.peer)) {
+          give_up(m, std::make_exception_ptr(PeerError(m.peer, "ucx: the peer of a message was lost: it probably died")));
+        }
+        if (m.why && m.is_send && !m.reported) {
+          m.reported = true;
+          calls.push_back([done = std::move(m.done), why = m.why] { done(why, 0); });
+        }
+        busy |= !m.reported;
+        ++it;
+        continue;
+      }
+      api.request_free(m.request);
+      if (!m.reported) {
+        std::exception_ptr error = m.why;
+        if (!error && m.status == UCS_ERR_MESSAGE_TRUNCATED)
+          error = std::make_exception_ptr(Error("ucx: a message was longer than its receive's " +
+                                                std::to_string(m.bytes) + " bytes"));
+        else if (!error && m.status != UCS_OK)
+          error = std::make_exception_ptr(PeerError(m.peer, "ucx: a message failed: " + ucx::status_text(m.status)));
+        calls.push_back([done = std::move(m.done), error, n = m.is_send ? m.bytes : m.length] { done(error, n); });
+      }
+      it = port_messages.erase(it);
+    }
+    if (!calls.empty()) {
+      lock.unlock();
+      for (auto& call : calls) call();
+      lock.lock();
+    }
+    return busy;
+  }
+  // Fails every message in flight with Error(why) and waits (a while) until UCX let go of the
+  // receives' memory.
+  void give_up_port_messages(std::unique_lock<std::mutex>& lock, const std::string& why) {
+    auto error = std::make_exception_ptr(Error(why));
+    for (auto& m : port_messages)
+      if (!m->finished && !m->why) give_up(*m, error);
+    Deadline deadline = Deadline::after_seconds(kFlushSeconds);
+    auto receiving = [&] {
+      for (auto& m : port_messages)
+        if (!m->is_send) return true;
+      return false;
+    };
+    do {
+      progress();
+      reap_port_messages(lock);
+    } while (receiving() && !deadline.passed());
   }
   bool forked() const { return made_before_fork(generation); }  // UCX state is unusable after a fork
   void require_owner() const {
@@ -503,6 +608,7 @@ struct PeerUcx {
   std::string problem;  // when not
   std::string version;
   bool rdma = false;
+  int port = 0;  // what its message port moves: 0 nothing (PLEXUS_UCX_DEVICE=0), 1 host memory, 2 CUDA too
   pid_t pid = 0;
   std::string address[kChannels];  // its workers'
 };
@@ -513,7 +619,8 @@ std::string encode(const PeerUcx& p) {
     std::replace(problem.begin(), problem.end(), '|', '/');
     return "no|" + problem;
   }
-  std::string v = "ok|" + p.version + "|" + (p.rdma ? "1" : "0") + "|" + std::to_string(p.pid);
+  std::string v = "ok|" + p.version + "|" + (p.rdma ? "1" : "0") + "|" + std::to_string(p.port) + "|" +
+                  std::to_string(p.pid);
   for (const auto& a : p.address) v += "|" + to_hex(a);
   return v;
 }
@@ -527,19 +634,118 @@ PeerUcx decode(const std::string& v) {
     at = bar + 1;
   }
   PeerUcx p;
-  if (f[0] != "ok" || f.size() != 4 + kChannels) {
+  if (f[0] != "ok" || f.size() != 5 + kChannels) {
     p.problem = f.size() > 1 ? f[1] : v;
     return p;
   }
   p.ok = true;
   p.version = f[1];
   p.rdma = f[2] == "1";
-  p.pid = static_cast<pid_t>(std::stol(f[3]));
-  for (int c = 0; c < kChannels; ++c) p.address[c] = from_hex(f[4 + c]);
+  p.port = std::stoi(f[3]);
+  p.pid = static_cast<pid_t>(std::stol(f[4]));
+  for (int c = 0; c < kChannels; ++c) p.address[c] = from_hex(f[5 + c]);
   return p;
 }
 
 std::string major_minor(const std::string& version) { return version.substr(0, version.rfind('.')); }
+
+void port_sent(void*, ucs_status_t status, void* user) {
+  auto* m = static_cast<PortMessage*>(user);
+  m->finished = true;
+  m->status = status;
+}
+
+void port_received(void*, ucs_status_t status, const ucp_tag_recv_info_t* info, void* user) {
+  auto* m = static_cast<PortMessage*>(user);
+  m->finished = true;
+  m->status = status;
+  if (status == UCS_OK && info) m->length = info->length;
+}
+
+// The message port (transport/message_port.h) over the point-to-point worker: a message is one
+// UCP tagged message from and into the caller's memory, with its memory type, so UCX moves
+// device memory itself. Its tags: the port's channel, the sender, the caller's tag.
+class UcxPort : public MessagePort {
+ public:
+  struct Peer {
+    std::string address;  // its point-to-point worker's
+    pid_t pid = 0;        // on this host, or 0
+    int moves = 0;        // PeerUcx::port of the pair: the lesser of both ranks'
+  };
+  UcxPort(std::shared_ptr<Worker> worker, int me, std::vector<Peer> peers)
+      : w_(std::move(worker)), me_(me), peers_(std::move(peers)) {}
+  bool reaches(int peer, MemoryKind memory) const override {
+    return peer >= 0 && peer < static_cast<int>(peers_.size()) &&
+           peers_[peer].moves >= (memory == MemoryKind::kCuda ? 2 : 1);
+  }
+  void send(int peer, uint64_t tag, const void* buf, size_t bytes, MemoryKind memory, Deadline deadline,
+            Done done) override {
+    post(true, peer, tag, const_cast<void*>(buf), bytes, memory, deadline, std::move(done));
+  }
+  void recv(int peer, uint64_t tag, void* buf, size_t bytes, MemoryKind memory, Deadline deadline,
+            Done done) override {
+    post(false, peer, tag, buf, bytes, memory, deadline, std::move(done));
+  }
+  void cancel_all(const std::string& why) override {
+    if (w_->forked()) return;
+    std::unique_lock<std::mutex> lock(w_->mutex);
+    w_->give_up_port_messages(lock, why);
+  }
+
+ private:
+  void post(bool is_send, int peer, uint64_t tag, void* buf, size_t bytes, MemoryKind memory, Deadline deadline,
+            Done done);
+  std::shared_ptr<Worker> w_;
+  int me_;
+  std::vector<Peer> peers_;
+};
+
+void UcxPort::post(bool is_send, int peer, uint64_t tag, void* buf, size_t bytes, MemoryKind memory,
+                   Deadline deadline, Done done) {
+  w_->require_owner();
+  if (!reaches(peer, memory)) throw Error("ucx: no message port reaches rank " + std::to_string(peer));
+  auto m = std::make_unique<PortMessage>();
+  m->peer = peer;
+  m->is_send = is_send;
+  m->bytes = bytes;
+  m->deadline = deadline;
+  ucp_tag_recv_info_t info{};
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMORY_TYPE | UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.memory_type = memory == MemoryKind::kCuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
+  param.user_data = m.get();
+  std::unique_lock<std::mutex> lock(w_->mutex);
+  Endpoint& ep = w_->endpoint(peer, peers_[peer].address, peers_[peer].pid);
+  ucs_status_ptr_t r;
+  if (is_send) {
+    param.cb.send = port_sent;
+    r = w_->api.tag_send_nbx(ep.ep, buf, bytes, tag_of(kPortChannel, me_, tag), &param);
+  } else {
+    param.op_attr_mask |= UCP_OP_ATTR_FIELD_RECV_INFO;
+    param.recv_info.tag_info = &info;
+    param.cb.recv = port_received;
+    r = w_->api.tag_recv_nbx(w_->worker, buf, bytes, tag_of(kPortChannel, peer, tag), ~ucp_tag_t{0}, &param);
+  }
+  if (UCS_PTR_IS_PTR(r)) {
+    m->request = r;
+    m->done = std::move(done);
+    w_->port_messages.push_back(std::move(m));
+    const uint64_t one = 1;
+    if (write(w_->kick, &one, sizeof(one)) < 0) {
+    }  // the counter only saturates: the thread is woken already
+    return;
+  }
+  lock.unlock();
+  const ucs_status_t st = UCS_PTR_STATUS(r);
+  if (st == UCS_OK) {
+    done(nullptr, is_send ? bytes : info.length);
+  } else if (st == UCS_ERR_MESSAGE_TRUNCATED) {
+    done(std::make_exception_ptr(Error("ucx: a message was longer than its receive's " + std::to_string(bytes) +
+                                       " bytes")), 0);
+  } else {
+    done(std::make_exception_ptr(PeerError(peer, "ucx: a message failed: " + ucx::status_text(st))), 0);
+  }
+}
 
 class UcxTransport : public Transport {
  public:
@@ -550,6 +756,7 @@ class UcxTransport : public Transport {
   std::string why_not(int peer) const override;
   std::unique_ptr<Connection> connect(int peer, int channel, Deadline deadline) override;
   bool fabric() const override { return true; }
+  MessagePort* message_port() override { return port_.get(); }
 
  private:
   bool wanted(int peer, const std::vector<PeerEndpoint>& peers) const;
@@ -563,6 +770,7 @@ class UcxTransport : public Transport {
   std::vector<std::string> why_not_;
   std::vector<PeerUcx> peers_;
   std::vector<pid_t> local_pid_;  // of peers on this host (0 for others)
+  std::unique_ptr<UcxPort> port_;  // once some peer is usable
 };
 
 bool named_in_setting() {
@@ -602,6 +810,7 @@ PeerUcx UcxTransport::load() {
       mine.ok = true;
       mine.version = lib.version;
       mine.rdma = lib.rdma;
+      mine.port = env_string("PLEXUS_UCX_DEVICE") == "0" ? 0 : lib.cuda_memory ? 2 : 1;
       mine.pid = getpid();
     } catch (const Error& e) {
       for (auto& w : workers_) w.reset();
@@ -652,6 +861,14 @@ void UcxTransport::start(const TransportSetup& setup, const std::vector<PeerEndp
     }
   }
   if (!mismatch.empty()) throw Error(mismatch);
+  std::vector<UcxPort::Peer> ports(n);
+  bool any_port = false;
+  for (int p = 0; p < n; ++p) {
+    if (!usable_[p]) continue;
+    ports[p] = {peers_[p].address[kP2PChannel], local_pid_[p], std::min(mine.port, peers_[p].port)};
+    any_port = true;
+  }
+  if (any_port) port_ = std::make_unique<UcxPort>(workers_[kP2PChannel], me_, std::move(ports));
 }
 
 std::string UcxTransport::why_not(int peer) const {

@@ -15,12 +15,12 @@ import collections
 import os
 from typing import Any, Callable, Dict, Tuple
 
-from . import ipc, native, pipeline, staging
+from . import direct, ipc, native, pipeline, staging
 
 # The table of device collectives: per collective, how it runs on device arrays when every rank of
 # the group can map its peers' memory (one host), and how it runs when one cannot. Collectives not
 # listed are staged through host memory. `plexus info` prints it.
-NATIVE, CUDA_IPC, PIPELINE, STAGED = "native", "cuda_ipc", "pipeline", "staged"
+NATIVE, CUDA_IPC, PIPELINE, STAGED, UCX = "native", "cuda_ipc", "pipeline", "staged", "ucx"
 COLLECTIVES: Dict[str, Tuple[str, str]] = {
     "all_reduce": (CUDA_IPC, PIPELINE),
     "all_gather": (CUDA_IPC, STAGED),
@@ -31,26 +31,30 @@ COLLECTIVES: Dict[str, Tuple[str, str]] = {
 }
 _STAGED_ONLY = (STAGED, STAGED)
 
-# How device calls of the collectives with a direct path ran in this process: "cuda_ipc", or
-# "staged: <why>" (tests and benchmarks read it).
+# How device calls with a direct path ran in this process: "native", "ucx" (messages between
+# hosts), "cuda_ipc", or "staged: <why>" (tests and benchmarks read it).
 PATHS: "collections.Counter[str]" = collections.Counter()
 
 
 def run(group: Any, call: Any, blocking: bool, run_host: Callable[[Any, Any, bool], Any]) -> Any:
     """Runs `call` (every buffer in device memory) on `group`: its core work, or None when it
     already completed. `run_host(group, call, blocking)` runs a call on host memory."""
-    direct, fallback = COLLECTIVES.get(call.kind, _STAGED_ONLY)
+    first, fallback = COLLECTIVES.get(call.kind, _STAGED_ONLY)
     if call.kind in native.MESSAGES:
         done = native.message(group, call, blocking)
         if not isinstance(done, ipc.Declined):
             PATHS[NATIVE] += 1
+            return done
+        done = direct.message(group, call, blocking)
+        if not isinstance(done, ipc.Declined):
+            PATHS[UCX] += 1
             return done
     elif call.kind in native.KINDS:
         done = native.run(group, call, blocking)
         if not isinstance(done, ipc.Declined):
             PATHS[NATIVE] += 1
             return done
-    if direct == CUDA_IPC:
+    if first == CUDA_IPC:
         done = ipc.run(group, call, blocking)
         if not isinstance(done, ipc.Declined):
             PATHS[CUDA_IPC] += 1
@@ -78,7 +82,7 @@ def describe_paths() -> str:
     if problem is not None:
         return f"staged through pinned host memory (no CUDA IPC: {problem})"
     native_on = os.environ.get("PLEXUS_DEVICE_NATIVE", "1") != "0"
-    direct = [name for name, (path, _) in COLLECTIVES.items()
+    by_ipc = [name for name, (path, _) in COLLECTIVES.items()
               if path == CUDA_IPC and not (native_on and name in native.KINDS)]
     chunked = [name for name, (_, fallback) in COLLECTIVES.items() if fallback == PIPELINE]
     if native_on:
@@ -87,6 +91,7 @@ def describe_paths() -> str:
                 f"of their own once the group has made a device collective (untagged messages); ")
     else:
         head = "native kernels off (PLEXUS_DEVICE_NATIVE=0); "
-    ipc_part = f"CUDA IPC with a host round per call for {', '.join(direct)}; " if direct else ""
-    return (f"{head}{ipc_part}across hosts staged through pinned host memory "
+    ipc_part = f"CUDA IPC with a host round per call for {', '.join(by_ipc)}; " if by_ipc else ""
+    return (f"{head}{ipc_part}across hosts send/recv straight through UCX where both ranks' UCX moves CUDA "
+            f"memory (tags below {direct.TAG_LIMIT}), collectives staged through pinned host memory "
             f"({', '.join(chunked)} in chunks that overlap the network); the others staged")

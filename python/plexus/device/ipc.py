@@ -76,6 +76,7 @@ class CudaDriver:
     (set_driver) to run this module's logic across real processes without a GPU."""
 
     native = "cuda"  # what the native path (plexus.device.native) runs on: "cuda", "emulated" or None
+    memory = "cuda"  # what UCX is told device arrays are (plexus.device.direct; the fake's are host memory)
 
     @functools.lru_cache(maxsize=None)
     def problem(self) -> Optional[str]:
