@@ -98,16 +98,20 @@ def _mismatch(rank, world, folder):
     fake, _ = _fake(folder, rank)
     if rank == 0:
         plexus.send(fake.array(np.ones(4, np.float64)), 1)
+        plexus.send(fake.array(np.ones(0, np.float32)), 1, tag=1)  # empty, to a receive of 3
         return "sent"
     with pytest.raises(ValueError) as e:
         plexus.recv(fake.array(np.zeros(5, np.float32)), 0)
-    return str(e.value)
+    with pytest.raises(ValueError) as empty:
+        plexus.recv(fake.array(np.zeros(3, np.float32)), 0, tag=1)
+    return str(e.value), str(empty.value)
 
 
 def test_a_receive_that_disagrees_with_its_send_names_both(tmp_path):
-    res = run_ranks(2, _mismatch, str(tmp_path), env=ucx_env("tcp"), timeout=TIMEOUT)
+    res = run_ranks(2, _mismatch, str(tmp_path), env=ucx_env("tcp", PLEXUS_TIMEOUT="60"), timeout=TIMEOUT)
     assert res[0] == "sent"
-    assert "recv of 20 bytes of float32 with tag 0: rank 0 sent 32 bytes of float64" in res[1], res
+    assert "recv of 20 bytes of float32 with tag 0: rank 0 sent 32 bytes of float64" in res[1][0], res
+    assert "recv of 12 bytes of float32 with tag 1: rank 0 sent 0 bytes of float32" in res[1][1], res
 
 
 def _no_sender(rank, world, folder):
@@ -206,3 +210,23 @@ def test_the_messages_benchmark_runs_through_ucx_on_fake_memory():
     rows = [line.split() for line in out.stdout.splitlines()[1:]]
     assert [int(r[0]) for r in rows[::2]] == [4, 16, 64, 256, 1024, 4096], out.stdout
     assert [r[1] for r in rows] == ["ucx", "staged"] * 6 and all(r[-1].endswith("x") for r in rows[::2]), out.stdout
+
+
+def _destroyed_while_waiting(rank, world, folder):
+    """A receive still waiting when its group is destroyed fails at once, naming why."""
+    fake, _ = _fake(folder, rank)
+    if rank == 0:
+        time.sleep(3)  # sends nothing, and stays until rank 1 has torn down
+        return None
+    work = plexus.irecv(fake.array(np.zeros(3, np.float32)), 0)
+    start = time.monotonic()
+    plexus.destroy_process_group()
+    with pytest.raises(plexus.PlexusError, match=r"recv of 12 bytes .* rank 0 .*destroy_process_group\(\) was called"):
+        work.wait()
+    return time.monotonic() - start
+
+
+def test_a_receive_waiting_at_teardown_fails(tmp_path):
+    res = run_ranks(2, _destroyed_while_waiting, str(tmp_path), env=ucx_env("tcp", PLEXUS_TIMEOUT="60"),
+                    timeout=TIMEOUT)
+    assert res[1] < 30, res

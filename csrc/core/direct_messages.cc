@@ -118,7 +118,7 @@ std::shared_ptr<DirectMessages::Message> DirectMessages::start(bool is_send, int
   m->timeout_s = comm_.timeout_s();
   m->comm_id = comm_.id();
   m->peer_name = comm_.name_of(peer);
-  m->parts_left = bytes ? 2 : 1;
+  m->parts_left = 2;
   if (is_send) {
     m->header = FrameHeader::data(comm_.id(), n, sig, bytes);
     m->header.type = static_cast<uint8_t>(FrameType::kP2P);
@@ -152,7 +152,15 @@ std::shared_ptr<Work> DirectMessages::post(bool is_send, int peer, void* buf, si
     }
   };
   part(t, &m->header, sizeof(FrameHeader), MemoryKind::kHost, true);
-  if (bytes) part(t | 1, buf, bytes, memory, false);
+  // Posted when empty too, so that a send and a receive of different sizes meet (and the receive
+  // names both); UCX is not told of device memory it will not touch.
+  part(t | 1, buf, bytes, bytes ? memory : MemoryKind::kHost, false);
+  std::string aborted;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    aborted = failure_;
+  }
+  if (!aborted.empty()) port.cancel_all(aborted);  // abort() ran meanwhile and may have missed it
   return m->work;
 }
 

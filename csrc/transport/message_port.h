@@ -30,14 +30,16 @@ class MessagePort {
   // Whether messages in `memory` reach `peer` through the port: both ranks of the pair agree.
   virtual bool reaches(int peer, MemoryKind memory) const = 0;
   // The memory stays the message's until `done`. A message still in flight at `deadline` fails
-  // with Timeout; one whose peer died, with PeerError.
+  // with Timeout; one whose peer died, with PeerError. A send that failed so may still be read
+  // by the transport until its peer takes it or the communicator is destroyed (UCX cannot take
+  // a send back), and `done` is kept until then.
   virtual void send(int peer, uint64_t tag, const void* buf, size_t bytes, MemoryKind memory, Deadline deadline,
                     Done done) = 0;
   // A message longer than `bytes` fails; a shorter one completes with its size.
   virtual void recv(int peer, uint64_t tag, void* buf, size_t bytes, MemoryKind memory, Deadline deadline,
                     Done done) = 0;
-  // Fails every message in flight with Error(why); returns once none of them can touch memory
-  // any more (a send UCX cannot take back goes on until its endpoint closes).
+  // Fails every message in flight with Error(why); returns once no receive of them can write
+  // memory any more, or after a while (a send UCX cannot take back goes on, as above).
   virtual void cancel_all(const std::string& why) = 0;
 };
 

@@ -172,9 +172,12 @@ struct Worker {
       param.flags = UCP_EP_CLOSE_FLAG_FORCE;
       wait(api.ep_close_nbx(e->ep, &param), 0.5);
     }
-    for (auto& m : port_messages)  // sends the closed endpoints ended
-      if (m->finished) api.request_free(m->request);
+    reap_port_messages(lock);  // what the closed endpoints ended
     api.worker_destroy(worker);
+    // What UCX never finished fails now: with the worker gone nothing writes into it any more.
+    const auto destroyed = std::make_exception_ptr(Error("the communicator was destroyed"));
+    for (auto& m : port_messages)
+      if (!m->reported) m->done(m->why ? m->why : destroyed, 0);
     for (int fd : {ready, notify, stop, kick, waits}) close(fd);
   }
   void run_progress() {
@@ -229,9 +232,12 @@ struct Worker {
         } else if (!m.why && peer_gone(m.peer)) {
           give_up(m, std::make_exception_ptr(PeerError(m.peer, "ucx: the peer of a message was lost: it probably died")));
         }
-        if (m.why && m.is_send && !m.reported) {
+        // A send given up on fails now (UCX cannot take it back); a receive once UCX let go of it,
+        // or at once if its peer is gone (nothing can write into it any more). Both stay listed,
+        // and keep `done` (what owns their memory) until UCX lets go.
+        if (m.why && !m.reported && (m.is_send || peer_gone(m.peer))) {
           m.reported = true;
-          calls.push_back([done = std::move(m.done), why = m.why] { done(why, 0); });
+          calls.push_back([done = m.done, why = m.why] { done(why, 0); });
         }
         busy |= !m.reported;
         ++it;
@@ -265,7 +271,7 @@ struct Worker {
     Deadline deadline = Deadline::after_seconds(kFlushSeconds);
     auto receiving = [&] {
       for (auto& m : port_messages)
-        if (!m->is_send) return true;
+        if (!m->is_send && !m->reported) return true;
       return false;
     };
     do {

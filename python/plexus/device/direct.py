@@ -6,7 +6,9 @@ host memory and a host message.
 Both ends of a message decide alike, from what both know: the pair's transport is UCX and both
 ranks' UCX moves CUDA memory (`plexus info` says so; PLEXUS_UCX_DEVICE=0 on a rank turns it off
 for its pairs), and the tag is below 65536. As with NCCL, both ends must pass device arrays, and a
-receive of device arrays from any source is refused where some peer is reached this way."""
+receive of device arrays from any source is refused where some peer is reached this way. A send
+that failed (timed out) may still be read by UCX until its peer takes it or the group is
+destroyed: UCX cannot take a send back."""
 
 from __future__ import annotations
 
