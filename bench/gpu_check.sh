@@ -12,7 +12,9 @@
 #      staged through host memory (PLEXUS_CUDA_IPC=0), to show what IPC saves, with registered
 #      buffers (PLEXUS_BENCH_REGISTER=1), with large all_reduces mapped per call from 4 MiB and
 #      never (PLEXUS_DEVICE_MAPPED_MIN), all_to_all on 2 and 4 ranks, send/recv on 2 ranks natively
-#      and staged (bench/device_messages.py), with grids of 32, 64 and 128
+#      and staged (bench/device_messages.py), and over UCX as between hosts, straight through UCX and
+#      staged (when UCX loads and moves CUDA memory: a libucx_cu*.whl in PLEXUS_WHEELS is installed
+#      if no UCX is), with grids of 32, 64 and 128
 #      blocks (PLEXUS_DEVICE_BLOCKS),
 #      and on 4 ranks with one-shot and two-shot forced (PLEXUS_DEVICE_ALGO) around their threshold;
 #   5. runs the native device path's GPU tests first (tests/gpu/test_gpu_native.py: programs,
@@ -91,6 +93,13 @@ else
   exit 1
 fi
 
+# UCX for device messages between "hosts" (two ranks over PLEXUS_TRANSPORTS=ucx): a libucx wheel
+# carried in the same folder (the machine has no registry), when no UCX is installed.
+if ! "$PY" -c "import libucx" 2>/dev/null && ls "${PLEXUS_WHEELS:-bench/wheels}"/libucx_cu*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps "${PLEXUS_WHEELS:-bench/wheels}"/libucx_cu*.whl
+fi
+"$PY" -c "import plexus._C as C; s = C.ucx_status(); print('ucx:', s['version'] or s['problem'], 'cuda_memory', s['cuda_memory'])"
+
 step "CUDA reduction kernel vs device-to-device copy"
 skip kernels || run kernels "$(budget 90 150)" "$PY" bench/gpu_kernels.py kernels --out "$RESULTS"
 
@@ -116,7 +125,8 @@ echo "MPS: $MPS" >> "$RESULTS/summary.txt"
 
 step "native device path: tests/gpu/test_gpu_native.py (programs, chunks, graphs, deadline, mismatch), test_gpu_messages.py"
 run native-tests "$(budget 150 250)" "$PY" -m pytest -q -rs -p no:cacheprovider \
-  --junitxml="$RESULTS/tests_native.xml" tests/gpu/test_gpu_native.py tests/gpu/test_gpu_messages.py
+  --junitxml="$RESULTS/tests_native.xml" tests/gpu/test_gpu_native.py tests/gpu/test_gpu_messages.py \
+  tests/gpu/test_gpu_ucx_messages.py
 step "host CPU time of one native all_reduce call (16 floats), beside a host all_reduce"
 run host-time "$(budget 40 240)" "$PY" bench/ipc_host_overhead.py --cuda --np 2 --iters 500 --rounds 5 \
   | tee "$RESULTS/host_time.txt" && cat "$RESULTS/host_time.txt" >> "$RESULTS/summary.txt"
@@ -147,6 +157,13 @@ done
 step "send/recv, 2 ranks: native (lanes, inboxes) and staged, beside a device-to-device copy"
 skip messages || run messages "$(budget 40 100)" "$PY" bench/device_messages.py --max 64M --iters 10 --rounds 3 \
   | tee "$RESULTS/messages.txt" && cat "$RESULTS/messages.txt" >> "$RESULTS/summary.txt"
+step "send/recv, 2 ranks over UCX as between hosts: straight through UCX (CUDA memory) and staged"
+if ! "$PY" -c "import plexus._C as C, sys; sys.exit(not C.ucx_status()['cuda_memory'])"; then
+  echo "(skipped: UCX does not load here or cannot move CUDA memory)"
+elif ! skip messages; then
+  run ucx-messages "$(budget 40 90)" "$PY" bench/device_messages.py --ucx tcp,cuda_copy,self --max 64M --iters 10 \
+    --rounds 3 | tee "$RESULTS/ucx_messages.txt" && cat "$RESULTS/ucx_messages.txt" >> "$RESULTS/summary.txt"
+fi
 step "grids of 32 (default), 64 and 128 blocks per rank (PLEXUS_DEVICE_BLOCKS), 2 ranks, vs cupy a + b"
 for B in 32 64 128; do
   skip grid || PLEXUS_DEVICE_BLOCKS=$B run "bench-grid$B" "$(budget 45 100)" "$PY" -m plexus.bench --device cuda \
@@ -170,7 +187,8 @@ TESTS=${GPU_CHECK_TESTS:-tests/gpu tests/test_cuda_build.py tests/test_device_lo
 step "tests: $TESTS"
 # shellcheck disable=SC2086
 run tests "$(budget 400 5)" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$RESULTS/tests_gpu.xml" \
-  --deselect tests/gpu/test_gpu_native.py --deselect tests/gpu/test_gpu_messages.py $TESTS
+  --deselect tests/gpu/test_gpu_native.py --deselect tests/gpu/test_gpu_messages.py \
+  --deselect tests/gpu/test_gpu_ucx_messages.py $TESTS
 
 step "summary"
 [[ -f $RESULTS/summary.txt ]] && cat "$RESULTS/summary.txt"
