@@ -18,7 +18,7 @@ from .. import _C
 from . import ipc
 from .libraries import ops_for
 
-TAG_LIMIT = 1 << 16  # csrc/core/direct_messages.h: kTagLimit
+TAG_LIMIT = _C.DIRECT_TAG_LIMIT  # tags from 0 below it (csrc/core/direct_messages.h)
 
 
 def message(g: Any, call: Any, blocking: bool) -> Any:
@@ -51,5 +51,3 @@ def message(g: Any, call: Any, blocking: bool) -> Any:
         return None
     return work
 
-
-assert TAG_LIMIT == _C.DIRECT_TAG_LIMIT, "plexus._C and plexus.device.direct disagree on the tag limit"
