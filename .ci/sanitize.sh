@@ -31,7 +31,7 @@ case "$mode" in
            tests/test_strangers.py tests/test_fuzz.py tests/test_kill_matrix.py tests/test_groups.py
            tests/test_async.py tests/test_flight_recorder.py tests/test_auth.py tests/test_device_native.py
            tests/test_device_mapped.py tests/test_device_messages.py
-           tests/test_ucx.py tests/test_ucx_device.py tests/test_fork.py)
+           tests/test_ucx.py tests/test_ucx_device.py tests/test_ucx_device_collectives.py tests/test_fork.py)
     ;;
   thread)
     export LD_PRELOAD="$(gcc -print-file-name=libtsan.so) $stdcxx"
@@ -43,7 +43,7 @@ case "$mode" in
     skip=(--deselect tests/test_ucx.py::test_torch_backend_over_ucx_matches_gloo)
     tests=(tests/test_p2p.py tests/test_async.py tests/test_abort.py tests/test_strangers.py tests/test_errors.py
            tests/test_groups.py tests/test_flight_recorder.py tests/test_auth.py tests/test_ucx.py tests/test_fork.py
-           tests/test_device_messages.py tests/test_ucx_device.py)
+           tests/test_device_messages.py tests/test_ucx_device.py tests/test_ucx_device_collectives.py)
     ;;
   *)
     echo "unknown sanitizer mode: $mode" >&2

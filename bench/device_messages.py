@@ -13,6 +13,9 @@ With --ucx TLS the pair goes through UCX (PLEXUS_TRANSPORTS=ucx, UCX_TLS=TLS), a
 would: straight through UCX's message port (plexus.device.direct) against staged
 (PLEXUS_UCX_DEVICE=0). On a GPU, TLS must let UCX move CUDA memory (e.g. tcp,cuda_copy,self); with
 --emulated the device memory is host memory, so what differs is the host's copies and protocol.
+With --ucx TLS --all-reduce it times an all_reduce (float32 sum) of the array instead of the
+exchange: straight through UCX (algorithms/port_flat, reducing on the device) against the staged
+pipeline that crosses hosts otherwise (CUDA IPC off in both, as between hosts).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 
-def _rank(rank, world, folder, sizes, iters, rounds, emulated, ucx):
+def _rank(rank, world, folder, sizes, iters, rounds, emulated, ucx, all_reduce=False):
     import numpy as np
 
     import plexus
@@ -43,12 +46,12 @@ def _rank(rank, world, folder, sizes, iters, rounds, emulated, ucx):
 
             libraries._OPS["cupy"] = FakeOps()  # staging through the fake memory
             libraries._OPS["cupy"].log = _NoLog()
-        alloc, sync, copy = (lambda n: fake.array(np.ones(n, np.uint8))), (lambda: None), None
+        alloc, sync, copy = (lambda n: fake.array(np.ones(n // 4, np.float32))), (lambda: None), None
     else:
         import cupy as cp
 
         cp.cuda.Device(0).use()
-        alloc, sync = (lambda n: cp.ones(n, cp.uint8)), cp.cuda.Device(0).synchronize
+        alloc, sync = (lambda n: cp.ones(n // 4, cp.float32)), cp.cuda.Device(0).synchronize
         copy = lambda dst, src: dst.__setitem__(Ellipsis, src)  # noqa: E731
     plexus.all_reduce(alloc(4))  # sets the native path up (or finds it declined)
     to, frm = (rank + 1) % world, (rank - 1) % world
@@ -58,6 +61,9 @@ def _rank(rank, world, folder, sizes, iters, rounds, emulated, ucx):
             x, y = alloc(n), alloc(n)
 
             def exchange():
+                if all_reduce:
+                    plexus.all_reduce(x)
+                    return
                 a, b = plexus.isend(x, to), plexus.irecv(y, frm)
                 a.wait()
                 b.wait()
@@ -93,13 +99,17 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--emulated", action="store_true", help="no GPU: the emulated device (tests/fake_cuda.py)")
     p.add_argument("--ucx", metavar="TLS", default="", help="through UCX with UCX_TLS=TLS: direct against staged")
+    p.add_argument("--all-reduce", action="store_true", help="with --ucx: time all_reduce instead of send/recv")
     args = p.parse_args()
+    if args.all_reduce and not args.ucx:
+        p.error("--all-reduce goes with --ucx")
     from launch import run_ranks
 
     sizes = [4 << (2 * k) for k in range(20) if 4 << (2 * k) <= args.max]
     paths = {"native": {}, "staged": {"PLEXUS_DEVICE_NATIVE": "0"}}
     if args.ucx:
-        base = {"PLEXUS_TRANSPORTS": "ucx", "UCX_TLS": args.ucx}
+        # As between hosts: no native kernels or CUDA IPC between the two ranks of this one.
+        base = {"PLEXUS_TRANSPORTS": "ucx", "UCX_TLS": args.ucx, "PLEXUS_CUDA_IPC": "0", "PLEXUS_DEVICE_NATIVE": "0"}
         paths = {"ucx": base, "staged": dict(base, PLEXUS_UCX_DEVICE="0")}
     elif args.emulated:
         paths.pop("staged")  # staging needs cupy
@@ -107,8 +117,9 @@ def main() -> None:
     for path, env in paths.items():
         with tempfile.TemporaryDirectory() as folder:
             res[path] = run_ranks(2, _rank, folder, sizes, args.iters, args.rounds, args.emulated, bool(args.ucx),
-                                  env=env, timeout=900)
-    print(f"{'bytes':>11} {'path':>8} {'us per exchange':>26} {'GB/s':>7} {'x staged':>9}")
+                                  args.all_reduce, env=env, timeout=900)
+    what = "us per all_reduce" if args.all_reduce else "us per exchange"
+    print(f"{'bytes':>11} {'path':>8} {what:>26} {'GB/s':>7} {'x staged':>9}")
     for n in sizes:
         rows = {path: [max(r[("exchange", n)][i] for r in got) for i in range(args.rounds)] for path, got in res.items()}
         first = next(iter(res.values()))

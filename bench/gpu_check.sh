@@ -12,8 +12,8 @@
 #      staged through host memory (PLEXUS_CUDA_IPC=0), to show what IPC saves, with registered
 #      buffers (PLEXUS_BENCH_REGISTER=1), with large all_reduces mapped per call from 4 MiB and
 #      never (PLEXUS_DEVICE_MAPPED_MIN), all_to_all on 2 and 4 ranks, send/recv on 2 ranks natively
-#      and staged (bench/device_messages.py), and over UCX as between hosts, straight through UCX and
-#      staged (when UCX loads and moves CUDA memory: a libucx_cu*.whl in PLEXUS_WHEELS is installed
+#      and staged (bench/device_messages.py), and over UCX as between hosts, send/recv and all_reduce
+#      straight through UCX and staged (when UCX loads and moves CUDA memory: a libucx_cu*.whl in PLEXUS_WHEELS is installed
 #      if no UCX is), with grids of 32, 64 and 128
 #      blocks (PLEXUS_DEVICE_BLOCKS),
 #      and on 4 ranks with one-shot and two-shot forced (PLEXUS_DEVICE_ALGO) around their threshold;
@@ -163,6 +163,9 @@ if ! "$PY" -c "import plexus._C as C, sys; sys.exit(not C.ucx_status()['cuda_mem
 elif ! skip messages; then
   run ucx-messages "$(budget 40 90)" "$PY" bench/device_messages.py --ucx tcp,cuda_copy,self --max 64M --iters 10 \
     --rounds 3 | tee "$RESULTS/ucx_messages.txt" && cat "$RESULTS/ucx_messages.txt" >> "$RESULTS/summary.txt"
+  run ucx-all-reduce "$(budget 40 90)" "$PY" bench/device_messages.py --ucx tcp,cuda_copy,self --all-reduce \
+    --max 64M --iters 10 --rounds 3 | tee "$RESULTS/ucx_all_reduce.txt" \
+    && cat "$RESULTS/ucx_all_reduce.txt" >> "$RESULTS/summary.txt"
 fi
 step "grids of 32 (default), 64 and 128 blocks per rank (PLEXUS_DEVICE_BLOCKS), 2 ranks, vs cupy a + b"
 for B in 32 64 128; do

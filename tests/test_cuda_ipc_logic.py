@@ -34,10 +34,15 @@ def _fake(folder, rank, **kw) -> FakeCuda:
     return fake
 
 
-def _collectives(rank, world, folder, native=False):
+def _collectives(rank, world, folder, native=False, through=None):
     """The public collectives on fake device arrays against numpy; with `native`, the kinds of
-    plexus.device.native run on the emulated device (tests/test_device_native.py)."""
+    plexus.device.native run on the emulated device (tests/test_device_native.py); `through`:
+    the path every call must take instead of CUDA IPC ("ucx": tests/test_ucx_device.py)."""
     fake = _fake(folder, rank, native=native)
+    if through:
+        from test_device_logic import FakeOps
+
+        libraries._OPS["cupy"] = FakeOps()  # the stream syncs and working memory of the ucx path
     checked = 0
     for dtype, op in _cases():
         for count in COUNTS:
@@ -97,11 +102,11 @@ def _collectives(rank, world, folder, native=False):
             checked += 2
     with pytest.raises(ValueError, match=f"rank {world} is not a member"):
         plexus.broadcast(fake.array(np.ones(3, np.float32)), src=world)
-    if native:
-        assert set(device.PATHS) == {"native"}, device.PATHS
+    if through or native:
+        assert set(device.PATHS) == {through or "native"}, device.PATHS
     else:
         assert set(device.PATHS) == {"cuda_ipc"}, device.PATHS  # nothing was staged
-    if world > 1 and not native:
+    if world > 1 and not native and not through:
         # Each peer's allocation is mapped once per array, its events once per group.
         assert fake.calls["event_open"] == 2 * (world - 1), fake.calls
     plexus.barrier()

@@ -72,6 +72,12 @@ class FakeOps:
         h = np.zeros(nbytes, np.uint8)
         return h, h
 
+    def device_empty(self, device, nbytes):
+        """Working "device" memory: host memory, as the fake device arrays are."""
+        self.log.append(("device_empty", nbytes))
+        h = np.empty(nbytes, np.uint8)
+        return h.ctypes.data, h
+
     def to_host(self, block, off, x, ptr, nbytes, stream):
         self.log.append(("d2h", ptr, nbytes))
         ctypes.memmove(block.host.ctypes.data + off, ptr, nbytes)

@@ -172,6 +172,38 @@ std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr
   return work;
 }
 
+// A collective's kind by its core name ("all_reduce", "all_gather", ...).
+CollKind kind_named(const std::string& name) {
+  for (int k = 0; k < static_cast<int>(CollKind::kCount); ++k)
+    if (name == coll_name(static_cast<CollKind>(k))) return static_cast<CollKind>(k);
+  throw InvalidArgument("no collective is called " + name);
+}
+
+// A collective of device arrays through the peers' message ports (algorithms/port_flat.h).
+std::shared_ptr<Work> submit_direct(Communicator& c, const std::string& kind, std::vector<uintptr_t> ins,
+                                    std::vector<uintptr_t> outs, size_t count, int dtype, int op, double factor,
+                                    int root, bool cuda, int device, uintptr_t scratch, size_t scratch_bytes,
+                                    bool blocking, std::vector<size_t> in_counts, std::vector<size_t> out_counts) {
+  CollArgs a;
+  a.input_counts = std::move(in_counts);
+  a.output_counts = std::move(out_counts);
+  for (auto p : ins) a.inputs.push_back(as_ptr(p));
+  for (auto p : outs) a.outputs.push_back(as_mut_ptr(p));
+  a.count = count;
+  a.dtype = to_dtype(dtype);
+  a.op = op < 0 ? RedOp::kNone : to_op(op);
+  a.factor = factor;
+  a.root = root;
+  PortPlace place;
+  place.memory = cuda ? MemoryKind::kCuda : MemoryKind::kHost;
+  place.device = device;
+  place.scratch = as_mut_ptr(scratch);
+  place.scratch_bytes = scratch_bytes;
+  auto work = submit_port_collective(c, kind_named(kind), std::move(a), place, blocking);
+  if (blocking && work->succeeded()) return nullptr;
+  return work;
+}
+
 // The DType of a numpy array plexus can use as it is (a built-in numpy type in native byte
 // order), or nullopt: bfloat16 (ml_dtypes), user dtypes and the rest take the checked Python path.
 std::optional<DType> plain_numpy_dtype(const py::dtype& dt) {
@@ -539,6 +571,18 @@ PYBIND11_MODULE(_C, m) {
            },
            py::arg("buffer"), py::arg("count"), py::arg("dtype"), py::arg("peer"), py::arg("tag"), py::arg("cuda"),
            py::call_guard<py::gil_scoped_release>())
+      .def("collective_direct", &submit_direct, py::arg("kind"), py::arg("inputs"), py::arg("outputs"),
+           py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("factor"), py::arg("root"), py::arg("cuda"),
+           py::arg("device"), py::arg("scratch"), py::arg("scratch_bytes"), py::arg("blocking"),
+           py::arg("input_counts") = std::vector<size_t>{}, py::arg("output_counts") = std::vector<size_t>{},
+           py::call_guard<py::gil_scoped_release>(),
+           "A collective of device arrays between hosts straight through the peers' message ports (UCX); "
+           "`scratch`: direct_scratch_bytes() of working memory beside the arrays.")
+      .def("direct_scratch_bytes",
+           [](const Communicator& c, const std::string& kind, size_t count, int dtype, int root) {
+             return port_flat_scratch_bytes(kind_named(kind), count, to_dtype(dtype), c.size(), c.rank(), root);
+           },
+           py::arg("kind"), py::arg("count"), py::arg("dtype"), py::arg("root"))
       .def("barrier",
            [](Communicator& c, bool blocking) {
              return submit(c, CollKind::kBarrier, {}, {}, 0, static_cast<int>(DType::kUInt8), -1, 1.0, -1,

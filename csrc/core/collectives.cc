@@ -24,10 +24,9 @@ bool rooted(CollKind k) {
          k == CollKind::kScatter;
 }
 
-}  // namespace
-
-std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollArgs args,
-                                        bool blocking) {
+// The call's signature, once its arguments are checked (and normalised: root, op and count where
+// the kind does not use them).
+Signature checked_call(Communicator& comm, CollKind kind, CollArgs& args) {
   const int n = comm.size();
   // Built only for an error: this runs on every call.
   auto what_text = [&] { return std::string(coll_name(kind)) + " on " + comm.name_of(comm.rank()); };
@@ -69,10 +68,34 @@ std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollA
   sig.op = args.op;
   sig.root = args.root;
   sig.count = args.count;
+  return sig;
+}
+
+}  // namespace
+
+std::shared_ptr<Work> submit_collective(Communicator& comm, CollKind kind, CollArgs args,
+                                        bool blocking) {
+  const Signature sig = checked_call(comm, kind, args);
   const Algorithm& algo = choose_algorithm(kind, args.count * dtype_size(args.dtype), comm.shape(),
                                           comm.cost_model(), comm.internal());
   AlgorithmFn run = algo.run;
   return comm.submit(sig, [run, args = std::move(args)](OpContext& ctx) { run(ctx, args); }, algo.name, blocking);
+}
+
+std::shared_ptr<Work> submit_port_collective(Communicator& comm, CollKind kind, CollArgs args, const PortPlace& place,
+                                             bool blocking) {
+  const Signature sig = checked_call(comm, kind, args);
+  const std::string what = std::string(coll_name(kind)) + " on " + comm.name_of(comm.rank());
+  if (kind == CollKind::kBarrier) throw InvalidArgument(what + ": a barrier has no arrays to send through ports");
+  for (int p = 0; p < comm.size(); ++p)
+    if (p != comm.rank() && !comm.direct().reaches(p, place.memory))
+      throw InvalidArgument(what + ": the message port to " + comm.name_of(p) + " does not move this memory");
+  const size_t need = port_flat_scratch_bytes(kind, args.count, args.dtype, comm.size(), comm.rank(), args.root);
+  if (place.scratch_bytes < need || (need && !place.scratch))
+    throw InvalidArgument(what + ": needs " + std::to_string(need) + " bytes of working memory, got " +
+                          std::to_string(place.scratch_bytes));
+  return comm.submit(sig, [args = std::move(args), place](OpContext& ctx) { port_flat(ctx, args, place); },
+                     "port_flat", blocking);
 }
 
 }  // namespace plexus

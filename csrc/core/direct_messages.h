@@ -5,6 +5,8 @@
 // send names both) and its payload (the caller's memory). They match in order per (peer, tag), as
 // the point-to-point engine's do; both ends of a message must take this path (the Python layer
 // decides alike on both: device arrays, a pair whose ports move device memory, a small tag).
+// Collectives of device arrays between hosts (algorithms/port_flat) send their blocks as messages
+// of their own channel, whose headers carry the collective's signature and position instead.
 #pragma once
 
 #include <map>
@@ -36,19 +38,33 @@ class DirectMessages {
   // transport took all of it).
   std::shared_ptr<Work> send(int peer, const void* buf, size_t bytes, DType dtype, int tag, MemoryKind memory);
   std::shared_ptr<Work> recv(int peer, void* buf, size_t bytes, DType dtype, int tag, MemoryKind memory);
+  // A block of collective op #`seq` (`sig`), on the collectives' channel: a receive fails when
+  // the sender was in another call (naming both) or sent another size.
+  std::shared_ptr<Work> collective_send(int peer, const void* buf, size_t bytes, const Signature& sig, uint64_t seq,
+                                        MemoryKind memory);
+  std::shared_ptr<Work> collective_recv(int peer, void* buf, size_t bytes, const Signature& sig, uint64_t seq,
+                                        MemoryKind memory);
   // Fails every message in flight and refuses new ones.
   void abort(const std::string& why);
 
  private:
   struct Message;
-  std::shared_ptr<Work> post(bool is_send, int peer, void* buf, size_t bytes, DType dtype, int tag, MemoryKind memory);
-  std::shared_ptr<Message> start(bool is_send, int peer, size_t bytes, DType dtype, int tag, MemoryKind memory,
-                                 uint64_t* port_tag);
+  // What a message is for: a user's send/recv (tag), or a block of a collective (sig, seq).
+  struct Purpose {
+    int tag = 0;  // kCollectiveTag for collectives
+    const Signature* sig = nullptr;
+    uint64_t seq = 0;
+  };
+  static constexpr int kCollectiveTag = -1;
+  std::shared_ptr<Work> post(bool is_send, int peer, void* buf, size_t bytes, DType dtype, const Purpose& purpose,
+                             MemoryKind memory);
+  std::shared_ptr<Message> start(bool is_send, int peer, size_t bytes, DType dtype, const Purpose& purpose,
+                                 MemoryKind memory, uint64_t* port_tag);
 
   Communicator& comm_;
   TransportSet& transports_;
   std::mutex mu_;
-  std::map<std::tuple<bool, int, int>, uint64_t> sent_;  // messages so far by (is_send, peer, tag)
+  std::map<std::tuple<bool, int, int>, uint64_t> sent_;  // messages so far by (is_send, peer, tag or channel)
   std::string failure_;
 };
 

@@ -5,6 +5,7 @@
 #include "base/error.h"
 #include "core/collectives.h"
 #include "core/communicator.h"
+#include "core/direct_messages.h"
 
 namespace plexus {
 
@@ -26,6 +27,30 @@ void OpContext::all_reduce_across_hosts(void* buf, size_t count, DType dtype, Re
   across.dtype = dtype;
   across.op = op;
   submit_collective(*cross, CollKind::kAllReduce, std::move(across), /*blocking=*/true)->wait(-1);
+}
+
+bool OpContext::port_reaches(int peer, MemoryKind memory) const { return comm_.direct().reaches(peer, memory); }
+
+void OpContext::port_exchange(const std::vector<PortBlock>& recvs, const std::vector<PortBlock>& sends,
+                              MemoryKind memory) const {
+  DirectMessages& direct = comm_.direct();
+  std::vector<std::shared_ptr<Work>> works;
+  works.reserve(recvs.size() + sends.size());
+  std::exception_ptr first;
+  try {
+    for (const PortBlock& b : recvs) works.push_back(direct.collective_recv(b.peer, b.buf, b.bytes, sig, seq, memory));
+    for (const PortBlock& b : sends) works.push_back(direct.collective_send(b.peer, b.buf, b.bytes, sig, seq, memory));
+  } catch (...) {
+    first = std::current_exception();  // what was posted is still waited for: it uses the caller's memory
+  }
+  for (auto& w : works) {
+    try {
+      w->wait(-1);  // every message has the group's deadline, and abort fails it
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+  }
+  if (first) std::rethrow_exception(first);
 }
 
 }  // namespace plexus

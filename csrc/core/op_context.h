@@ -7,15 +7,24 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "base/deadline.h"
 #include "base/signature.h"
 #include "base/types.h"
+#include "transport/message_port.h"
 
 namespace plexus {
 
 class Communicator;
 class HostMemory;  // transport/host_memory.h
+
+// One block a collective sends to or receives from a peer through its message port.
+struct PortBlock {
+  int peer;
+  void* buf;
+  size_t bytes;
+};
 
 class OpContext {
  public:
@@ -39,6 +48,14 @@ class OpContext {
   // All-reduces `count` elements in place across hosts, among the ranks with this rank's
   // position on their host (the middle of the hierarchical all-reduce).
   void all_reduce_across_hosts(void* buf, size_t count, DType dtype, RedOp op) const;
+  // For collectives of device arrays between hosts (algorithms/port_flat): whether the message
+  // port to `peer` moves `memory`, and one round of blocks through the ports: every receive and
+  // send posted at once (each block a message carrying this op's signature and position, so a
+  // peer in another call is named), then waited for. Rethrows the first failure once none is in
+  // flight.
+  bool port_reaches(int peer, MemoryKind memory) const;
+  void port_exchange(const std::vector<PortBlock>& recvs, const std::vector<PortBlock>& sends,
+                     MemoryKind memory) const;
 
   // For core (the exchange engine): the communicator itself.
   Communicator& communicator() const { return comm_; }

@@ -29,6 +29,13 @@ constexpr int kMaxReduceDsts = 8;
 void reduce_to(RedOp op, DType dtype, void* const* dsts, int ndsts, const void* const* srcs, int nsrcs, size_t n,
                double post_scale, void* stream);
 
+// For work that is not on a caller's stream (collectives of device arrays between hosts,
+// algorithms/port_flat.cc): reduce_to() or a device-to-device copy on `device`, on a stream of
+// plexus's own per device (it waits for no other stream), and waited for before returning.
+void reduce_now(int device, RedOp op, DType dtype, void* dst, const void* const* srcs, int nsrcs, size_t n,
+                double post_scale);
+void copy_now(int device, void* dst, const void* src, size_t bytes);
+
 // Whether a CUDA driver and at least one device are usable. Never throws, never crashes
 // without a driver; `why` (optional) gets the runtime's reason when not.
 bool runtime_available(std::string* why = nullptr);

@@ -4,8 +4,9 @@ call whose buffers are in device memory; the numpy API and the torch backend bot
 
 Modules: arrays (what a device array is), libraries (cupy's and torch's streams, copies and pinned
 memory), pinned (a pool of host staging blocks), native (kernels of the C++ core between the
-ranks of one host, and their send/recv), mapped (its large all_reduces in place), ipc (CUDA IPC
-with a host round per call), pipeline (all_reduce through host memory in overlapping chunks),
+ranks of one host, and their send/recv), mapped (its large all_reduces in place), direct
+(messages and collectives between hosts straight through UCX), ipc (CUDA IPC with a host round
+per call), pipeline (all_reduce through host memory in overlapping chunks),
 staging (any call through host memory), work (the core work of a call enqueued on a stream).
 """
 
@@ -54,6 +55,11 @@ def run(group: Any, call: Any, blocking: bool, run_host: Callable[[Any, Any, boo
         if not isinstance(done, ipc.Declined):
             PATHS[NATIVE] += 1
             return done
+    if call.kind in direct.KINDS:
+        done = direct.collective(group, call, blocking)
+        if not isinstance(done, ipc.Declined):
+            PATHS[UCX] += 1
+            return done
     if first == CUDA_IPC:
         done = ipc.run(group, call, blocking)
         if not isinstance(done, ipc.Declined):
@@ -93,5 +99,6 @@ def describe_paths() -> str:
         head = "native kernels off (PLEXUS_DEVICE_NATIVE=0); "
     ipc_part = f"CUDA IPC with a host round per call for {', '.join(by_ipc)}; " if by_ipc else ""
     return (f"{head}{ipc_part}across hosts send/recv straight through UCX where both ranks' UCX moves CUDA "
-            f"memory (tags below {direct.TAG_LIMIT}), collectives staged through pinned host memory "
-            f"({', '.join(chunked)} in chunks that overlap the network); the others staged")
+            f"memory (tags below {direct.TAG_LIMIT}), collectives too where every pair's does (reducing on the "
+            f"GPU), else staged through pinned host memory ({', '.join(chunked)} in chunks that overlap the "
+            f"network); the others staged")

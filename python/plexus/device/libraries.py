@@ -1,6 +1,6 @@
 """What the device paths need from each GPU array library: the array's device, the caller's
-current stream, pinned host memory, copies between a device array and host bytes on that
-stream, and events.
+current stream, pinned host memory, working device memory, copies between a device array and host
+bytes on that stream, and events.
 
 CupyOps serves cupy arrays (and any other object with __cuda_array_interface__, through cupy);
 TorchOps serves torch CUDA tensors. Host bytes are a pinned.Block (`host`: numpy uint8 view,
@@ -60,6 +60,12 @@ class CupyOps:
             host = np.empty(nbytes, np.uint8)
             return host, host
 
+    def device_empty(self, device: int, nbytes: int) -> Tuple[int, Any]:
+        """Working memory on `device`: (address, the object that owns it)."""
+        with self.cp.cuda.Device(device):
+            a = self.cp.empty(nbytes, self.cp.uint8)
+        return int(a.data.ptr), a
+
     def to_host(self, block: Any, off: int, x: Any, ptr: int, nbytes: int, stream: Any) -> None:
         rt = self.cp.cuda.runtime
         rt.memcpyAsync(block.host.ctypes.data + off, ptr, nbytes, rt.memcpyDeviceToHost, stream.ptr)
@@ -104,6 +110,10 @@ class TorchOps:
         except Exception:  # noqa: BLE001
             t = self.torch.empty(nbytes, dtype=self.torch.uint8)
         return t.numpy(), t
+
+    def device_empty(self, device: int, nbytes: int) -> Tuple[int, Any]:
+        t = self.torch.empty(nbytes, dtype=self.torch.uint8, device=f"cuda:{device}")
+        return int(t.data_ptr()), t
 
     def _host(self, block: Any, off: int, nbytes: int) -> Any:
         return block.keep[off:off + nbytes]  # blocks of torch arrays are torch-allocated

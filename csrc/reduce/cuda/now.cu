@@ -1,0 +1,65 @@
+// reduce_now / copy_now (cuda_reduce.h): device work done at once, off the callers' streams.
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <string>
+
+#include "base/error.h"
+#include "reduce/cuda_reduce.h"
+
+namespace plexus {
+namespace cuda {
+namespace {
+
+constexpr int kMaxDevices = 64;
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw Error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// Runs `body(stream)` on `device` with plexus's own non-blocking stream of that device (created
+// once, kept for the process: the legacy default stream would wait for the callers' work), then
+// waits for the stream. The calling thread's current device is put back.
+template <typename Body>
+void on_own_stream(int device, const char* what, Body body) {
+  static std::mutex mu;
+  static cudaStream_t streams[kMaxDevices] = {};
+  if (device < 0 || device >= kMaxDevices) throw InvalidArgument(std::string(what) + ": no device " + std::to_string(device));
+  std::string why;
+  if (!runtime_available(&why)) throw Error(std::string(what) + ": CUDA runtime not available: " + why);
+  int previous = 0;
+  check(cudaGetDevice(&previous), what);
+  struct Restore {
+    int device;
+    ~Restore() { cudaSetDevice(device); }
+  } restore{previous};
+  check(cudaSetDevice(device), what);
+  cudaStream_t stream;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!streams[device]) check(cudaStreamCreateWithFlags(&streams[device], cudaStreamNonBlocking), what);
+    stream = streams[device];
+  }
+  body(stream);
+  check(cudaStreamSynchronize(stream), what);
+}
+
+}  // namespace
+
+void reduce_now(int device, RedOp op, DType dtype, void* dst, const void* const* srcs, int nsrcs, size_t n,
+                double post_scale) {
+  on_own_stream(device, "cuda::reduce_now", [&](cudaStream_t s) {
+    void* dsts[1] = {dst};
+    reduce_to(op, dtype, dsts, 1, srcs, nsrcs, n, post_scale, s);
+  });
+}
+
+void copy_now(int device, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0 || dst == src) return;
+  on_own_stream(device, "cuda::copy_now", [&](cudaStream_t s) {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s), "cuda::copy_now: cudaMemcpyAsync");
+  });
+}
+
+}  // namespace cuda
+}  // namespace plexus
