@@ -2,10 +2,12 @@
 csrc/algorithms/port_flat, the message ports of csrc/transport/ucx) without a GPU: the tests' fake
 device memory is host memory, which UCX is told it is, so every part but UCX's CUDA copies and the
 CUDA reduction kernels runs here between real processes. Every pair is on UCX
-(PLEXUS_TRANSPORTS=ucx), as between hosts with one rank each. Skipped without the libucx wheel."""
+(PLEXUS_TRANSPORTS=ucx) and every rank counts as a host of its own (PLEXUS_HOST_ID), as between
+hosts with one rank each. Skipped without the libucx wheel."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -38,10 +40,16 @@ def test_collectives_go_straight_through_ucx(world, tls, tmp_path):
     assert all(copies == [] and scratch for _, copies, scratch in res), res
 
 
-def run(world, fn, tmp_path, tls="tcp", **env):
+def hosts(world, **env):
+    """Each rank a host of its own (`env` for every rank too)."""
+    return [dict(env, PLEXUS_HOST_ID=f"host{r}") for r in range(world)]
+
+
+def run(world, fn, tmp_path, tls="tcp", rank_env=None, **env):
     from launch import run_ranks
 
-    return run_ranks(world, fn, str(tmp_path), env=ucx_env(tls, **env), timeout=TIMEOUT)
+    return run_ranks(world, fn, str(tmp_path), env=ucx_env(tls, **env), rank_env=rank_env or hosts(world),
+                     timeout=TIMEOUT)
 
 
 def _lists(rank, world, folder):
@@ -109,9 +117,10 @@ def _mismatch(rank, world, folder):
 
 def test_a_peer_in_another_call_is_named(tmp_path):
     res = run(2, _mismatch, tmp_path, PLEXUS_TIMEOUT="5")
-    assert ("collective mismatch: rank 1 called broadcast(count=4, dtype=float32, root=0) as op #2 but rank 0 "
-            "called all_reduce(count=4, dtype=float32, op=sum) as op #2") in res[1], res  # op #1: the group's setup
-    assert "all_reduce(count=4, dtype=float32, op=sum) #2: recv of 8 bytes from rank 1" in res[0], res
+    # ops before it: the group's setup, and the ranks agreeing that every pair reaches device memory
+    assert re.search(r"collective mismatch: rank 1 called broadcast\(count=4, dtype=float32, root=0\) as op #(\d+) "
+                     r"but rank 0 called all_reduce\(count=4, dtype=float32, op=sum\) as op #\1", res[1]), res
+    assert re.search(r"all_reduce\(count=4, dtype=float32, op=sum\) #\d+: recv of 8 bytes from rank 1", res[0]), res
 
 
 def _peer_dies(rank, world, folder):
@@ -132,24 +141,35 @@ def _peer_dies(rank, world, folder):
 def test_a_dead_peer_fails_the_collective_well_before_the_deadline(tmp_path):
     from launch import collect, start_ranks
 
-    procs, results = start_ranks(2, _peer_dies, str(tmp_path), env=ucx_env("tcp", PLEXUS_TIMEOUT="60"))
+    procs, results = start_ranks(2, _peer_dies, str(tmp_path), env=ucx_env("tcp", PLEXUS_TIMEOUT="60"),
+                                 rank_env=hosts(2))
     message, seconds = collect(procs, results, TIMEOUT, allow_failures=(1,))[0]
-    assert "all_reduce(count=5, dtype=float32, op=sum) #3: recv of 12 bytes from rank 1" in message and seconds < 50, message
+    assert re.search(r"all_reduce\(count=5, dtype=float32, op=sum\) #\d+: recv of 12 bytes from rank 1", message), message
+    assert seconds < 50, seconds
 
 
-def _declined_when_a_rank_opts_out(rank, world, folder):
+def _other_paths(rank, world, folder):
     fake, _ = _fake(folder, rank)
     x = fake.array(np.full(7, rank + 1, np.float32))
     plexus.all_reduce(x)
     return x.host.tolist(), sorted(device.PATHS)
 
 
-def test_one_rank_without_the_port_sends_every_rank_another_way(tmp_path):
-    """Both ends agree: here (one host) the next way is CUDA IPC; between hosts, staging."""
-    from launch import run_ranks
+def test_one_rank_without_the_port_stages_every_rank(tmp_path):
+    res = run(2, _other_paths, tmp_path, rank_env=hosts(2)[:1] + [dict(hosts(2)[1], PLEXUS_UCX_DEVICE="0")])
+    assert res == [([3.0] * 7, ["staged: the group spans several hosts"])] * 2, res
 
-    res = run_ranks(2, _declined_when_a_rank_opts_out, str(tmp_path), env=ucx_env("tcp"),
-                    rank_env=[{}, {"PLEXUS_UCX_DEVICE": "0"}], timeout=TIMEOUT)
+
+def test_a_group_with_a_pair_off_ucx_stages_every_rank(tmp_path):
+    """Ranks 0 and 1 share a host (shared memory between them, no message port), rank 2 is on
+    another: every rank stages, none waits for the others through UCX."""
+    env = [{"PLEXUS_HOST_ID": "a"}, {"PLEXUS_HOST_ID": "a"}, {"PLEXUS_HOST_ID": "b"}]
+    res = run(3, _other_paths, tmp_path, rank_env=env, PLEXUS_TRANSPORTS="shm,ucx", PLEXUS_TIMEOUT="30")
+    assert res == [([6.0] * 7, ["staged: the group spans several hosts"])] * 3, res
+
+
+def test_groups_on_one_host_keep_cuda_ipc(tmp_path):
+    res = run(2, _other_paths, tmp_path, rank_env=[{}, {}])
     assert res == [([3.0] * 7, ["cuda_ipc"])] * 2, res
 
 

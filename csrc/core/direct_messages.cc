@@ -110,7 +110,7 @@ std::shared_ptr<DirectMessages::Message> DirectMessages::start(bool is_send, int
                                                                const Purpose& purpose, MemoryKind memory,
                                                                uint64_t* port_tag) {
   comm_.check_not_forked();
-  const bool collective = purpose.tag == kCollectiveTag;
+  const bool collective = purpose.sig != nullptr;
   const char* what = is_send ? "send" : "recv";
   if (!reaches(peer, memory))
     throw InvalidArgument(std::string(what) + " on " + comm_.name_of(comm_.rank()) + ": no message port reaches " +

@@ -49,9 +49,10 @@ class DirectMessages {
 
  private:
   struct Message;
-  // What a message is for: a user's send/recv (tag), or a block of a collective (sig, seq).
+  // What a message is for: a user's send/recv (tag), or a block of a collective (sig, seq; its
+  // tag is kCollectiveTag, which numbers the collectives' messages apart from every user tag).
   struct Purpose {
-    int tag = 0;  // kCollectiveTag for collectives
+    int tag = 0;
     const Signature* sig = nullptr;
     uint64_t seq = 0;
   };

@@ -31,26 +31,58 @@ void OpContext::all_reduce_across_hosts(void* buf, size_t count, DType dtype, Re
 
 bool OpContext::port_reaches(int peer, MemoryKind memory) const { return comm_.direct().reaches(peer, memory); }
 
+namespace {
+bool timed_out(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const Timeout&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+std::string text_of(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+    return "unknown error";
+  }
+}
+}  // namespace
+
 void OpContext::port_exchange(const std::vector<PortBlock>& recvs, const std::vector<PortBlock>& sends,
                               MemoryKind memory) const {
   DirectMessages& direct = comm_.direct();
   std::vector<std::shared_ptr<Work>> works;
   works.reserve(recvs.size() + sends.size());
-  std::exception_ptr first;
+  // The first failure that is not a timeout wins (a mismatch or a dead peer says more); it cancels
+  // what is still in flight, which would only wait out its deadline: the group is unusable now.
+  std::exception_ptr failure, timeout;
+  auto failed = [&](std::exception_ptr e) {
+    if (timed_out(e)) {
+      if (!timeout) timeout = e;
+    } else if (!failure) {
+      failure = e;
+      direct.abort(describe() + " failed: " + text_of(e));
+    }
+  };
   try {
     for (const PortBlock& b : recvs) works.push_back(direct.collective_recv(b.peer, b.buf, b.bytes, sig, seq, memory));
     for (const PortBlock& b : sends) works.push_back(direct.collective_send(b.peer, b.buf, b.bytes, sig, seq, memory));
   } catch (...) {
-    first = std::current_exception();  // what was posted is still waited for: it uses the caller's memory
+    failed(std::current_exception());  // what was posted is still waited for: it uses the caller's memory
   }
   for (auto& w : works) {
     try {
       w->wait(-1);  // every message has the group's deadline, and abort fails it
     } catch (...) {
-      if (!first) first = std::current_exception();
+      failed(std::current_exception());
     }
   }
-  if (first) std::rethrow_exception(first);
+  if (failure) std::rethrow_exception(failure);
+  if (timeout) std::rethrow_exception(timeout);
 }
 
 }  // namespace plexus

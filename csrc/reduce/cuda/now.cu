@@ -6,6 +6,7 @@
 
 #include "base/error.h"
 #include "reduce/cuda_reduce.h"
+#include "transport/cuda_ipc/cuda_ipc.h"
 
 namespace plexus {
 namespace cuda {
@@ -17,29 +18,25 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw Error(std::string(what) + ": " + cudaGetErrorString(e));
 }
 
-// Runs `body(stream)` on `device` with plexus's own non-blocking stream of that device (created
-// once, kept for the process: the legacy default stream would wait for the callers' work), then
-// waits for the stream. The calling thread's current device is put back.
-template <typename Body>
-void on_own_stream(int device, const char* what, Body body) {
+// plexus's own non-blocking stream of `device` (created once, kept for the process: the legacy
+// default stream would wait for the callers' work). The caller has made `device` current.
+cudaStream_t own_stream(int device, const char* what) {
   static std::mutex mu;
   static cudaStream_t streams[kMaxDevices] = {};
+  std::lock_guard<std::mutex> lock(mu);
+  if (!streams[device]) check(cudaStreamCreateWithFlags(&streams[device], cudaStreamNonBlocking), what);
+  return streams[device];
+}
+
+// Runs `body(stream)` on `device` with its own stream, then waits for the stream. The calling
+// thread's device (its driver context) is put back, and none is made current where there was none.
+template <typename Body>
+void on_own_stream(int device, const char* what, Body body) {
   if (device < 0 || device >= kMaxDevices) throw InvalidArgument(std::string(what) + ": no device " + std::to_string(device));
   std::string why;
   if (!runtime_available(&why)) throw Error(std::string(what) + ": CUDA runtime not available: " + why);
-  int previous = 0;
-  check(cudaGetDevice(&previous), what);
-  struct Restore {
-    int device;
-    ~Restore() { cudaSetDevice(device); }
-  } restore{previous};
-  check(cudaSetDevice(device), what);
-  cudaStream_t stream;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    if (!streams[device]) check(cudaStreamCreateWithFlags(&streams[device], cudaStreamNonBlocking), what);
-    stream = streams[device];
-  }
+  cuda_ipc::DeviceGuard on(device);
+  cudaStream_t stream = own_stream(device, what);
   body(stream);
   check(cudaStreamSynchronize(stream), what);
 }

@@ -12,8 +12,7 @@ destroyed: UCX cannot take a send back."""
 
 from __future__ import annotations
 
-import threading
-from typing import Any, List, Tuple
+from typing import Any
 
 from .. import _C
 from . import ipc
@@ -25,10 +24,6 @@ KINDS = {"all_reduce": "all_reduce", "all_gather": "all_gather", "all_gather_int
          "reduce_scatter": "reduce_scatter", "reduce_scatter_tensor": "reduce_scatter", "broadcast": "broadcast",
          "reduce": "reduce", "gather": "gather", "scatter": "scatter", "all_to_all": "all_to_all",
          "all_to_all_single": "all_to_all"}
-# Working memory of collectives in flight, with their core work: kept until the work completes
-# (UCX writes into it meanwhile).
-_IN_USE: List[Tuple[Any, Any]] = []
-_IN_USE_LOCK = threading.Lock()
 
 
 def _ready(call: Any, buf: Any, what: str) -> int:
@@ -77,9 +72,11 @@ def collective(g: Any, call: Any, blocking: bool) -> Any:
     if core is None:
         return ipc.Declined(f"{call.kind} is not sent through the ports")
     comm, n, r = g.comm, g.size(), g.rank()
-    cuda = ipc._driver.memory == "cuda"
-    if n < 2 or not all(comm.direct_reaches(p, cuda) for p in range(n) if p != r):
+    if n < 2 or len(set(comm.host_ids)) < 2:  # one host: native kernels or CUDA IPC serve it better
+        return ipc.Declined("the group is on one host")
+    if not _every_pair_reaches(g):
         return ipc.Declined("some pair's transport does not move device memory")
+    cuda = ipc._driver.memory == "cuda"
     bufs = call.reads + call.writes
     device = _ready(call, bufs[0], "a device collective")
     ins, outs = list(call.in_ptrs), list(call.out_ptrs)
@@ -97,8 +94,18 @@ def collective(g: Any, call: Any, blocking: bool) -> Any:
         if work is not None:
             work.wait()
         return None
-    with _IN_USE_LOCK:
-        _IN_USE[:] = [(w, k) for w, k in _IN_USE if not w.is_completed()]
-        if keep is not None:
-            _IN_USE.append((work, keep))
+    if keep is not None:
+        g.track([work], keep)  # UCX writes into it until the work completes
     return work
+
+
+def _every_pair_reaches(g: Any) -> bool:
+    """Whether every pair of the group, not only this rank's, sends device memory through its
+    message port: asked of every rank once per group (a host all-gather at its first device
+    collective between hosts), so that all ranks take the same path."""
+    known = g.__dict__.get("_direct_collectives")
+    if known is None:
+        cuda = ipc._driver.memory == "cuda"
+        mine = all(g.comm.direct_reaches(p, cuda) for p in range(g.size()) if p != g.rank())
+        known = g.__dict__["_direct_collectives"] = all(row == b"\x01" for row in ipc.host_all_gather(g, bytes([mine])))
+    return known
