@@ -96,7 +96,8 @@ def test_mixed_transports_carry_collectives_and_point_to_point():
 
 
 @pytest.mark.parametrize("cuda,env,says", [
-    (True, {}, "send/recv straight through UCX, which moves CUDA memory here"),
+    (True, {}, "send/recv straight through UCX, which moves CUDA memory here (where the other rank's does too); "
+               "collectives too in groups whose every pair goes so"),
     (True, {"PLEXUS_UCX_DEVICE": "0"}, "staged through pinned host memory (PLEXUS_UCX_DEVICE=0)"),
     (False, {}, "staged through pinned host memory (UCX here cannot move CUDA memory itself)"),
 ])

@@ -107,6 +107,9 @@ def test_async_calls_complete_in_order(tmp_path):
 def _mismatch(rank, world, folder):
     fake, _ = _fake(folder, rank)
     x = fake.array(np.ones(4, np.float32))
+    comm = plexus.distributed._world("test").comm  # noqa: SLF001
+    with pytest.raises(ValueError, match="take tags from 0 to 65535, not -1"):  # not the collectives' channel
+        comm.send_direct(x.host.ctypes.data, 4, plexus._C.DTYPES.index("float32"), 1 - rank, -1, False)
     with pytest.raises(plexus.PlexusError) as e:
         if rank == 0:
             plexus.all_reduce(x)

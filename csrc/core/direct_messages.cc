@@ -6,6 +6,7 @@
 
 #include "base/error.h"
 #include "core/communicator.h"
+#include "core/p2p.h"
 #include "transport/frame.h"
 #include "transport/transport_set.h"
 
@@ -93,10 +94,7 @@ struct DirectMessages::Message {
                                            std::to_string(bytes) + " were expected"));
     }
     if (h.payload_bytes == bytes && static_cast<DType>(h.dtype) == dtype) return nullptr;
-    return std::make_exception_ptr(InvalidArgument(
-        "recv of " + std::to_string(bytes) + " bytes of " + dtype_name(dtype) + " with tag " + std::to_string(tag) +
-        ": " + peer_name + " sent " + std::to_string(h.payload_bytes) + " bytes of " +
-        dtype_name(static_cast<DType>(h.dtype))));
+    return recv_mismatch(bytes, dtype, tag, peer_name, h.payload_bytes, static_cast<DType>(h.dtype));
   }
 };
 
@@ -168,13 +166,14 @@ std::shared_ptr<Work> DirectMessages::recv(int peer, void* buf, size_t bytes, DT
 }
 
 std::shared_ptr<Work> DirectMessages::collective_send(int peer, const void* buf, size_t bytes, const Signature& sig,
-                                                      uint64_t seq, MemoryKind memory) {
-  return post(true, peer, const_cast<void*>(buf), bytes, DType::kUInt8, Purpose{kCollectiveTag, &sig, seq}, memory);
+                                                      uint64_t seq, const Deadline& deadline, MemoryKind memory) {
+  return post(true, peer, const_cast<void*>(buf), bytes, DType::kUInt8, Purpose{kCollectiveTag, &sig, seq, &deadline},
+              memory);
 }
 
 std::shared_ptr<Work> DirectMessages::collective_recv(int peer, void* buf, size_t bytes, const Signature& sig,
-                                                      uint64_t seq, MemoryKind memory) {
-  return post(false, peer, buf, bytes, DType::kUInt8, Purpose{kCollectiveTag, &sig, seq}, memory);
+                                                      uint64_t seq, const Deadline& deadline, MemoryKind memory) {
+  return post(false, peer, buf, bytes, DType::kUInt8, Purpose{kCollectiveTag, &sig, seq, &deadline}, memory);
 }
 
 std::shared_ptr<Work> DirectMessages::post(bool is_send, int peer, void* buf, size_t bytes, DType dtype,
@@ -182,7 +181,7 @@ std::shared_ptr<Work> DirectMessages::post(bool is_send, int peer, void* buf, si
   uint64_t t;
   auto m = start(is_send, peer, bytes, dtype, purpose, memory, &t);
   MessagePort& port = *transports_.port_to(peer);
-  const Deadline deadline = Deadline::after_seconds(comm_.timeout_s());
+  const Deadline deadline = purpose.deadline ? *purpose.deadline : Deadline::after_seconds(comm_.timeout_s());
   auto part = [&](uint64_t part_tag, void* at, size_t n, MemoryKind kind, bool is_header) {
     // The message keeps itself (and its header's memory) alive through its parts' callbacks.
     auto done = [m, is_header](std::exception_ptr e, size_t) { m->finish_part(is_header, std::move(e)); };

@@ -16,6 +16,7 @@
 #include <tuple>
 #include <vector>
 
+#include "base/deadline.h"
 #include "base/types.h"
 #include "core/work.h"
 #include "transport/message_port.h"
@@ -38,12 +39,13 @@ class DirectMessages {
   // transport took all of it).
   std::shared_ptr<Work> send(int peer, const void* buf, size_t bytes, DType dtype, int tag, MemoryKind memory);
   std::shared_ptr<Work> recv(int peer, void* buf, size_t bytes, DType dtype, int tag, MemoryKind memory);
-  // A block of collective op #`seq` (`sig`), on the collectives' channel: a receive fails when
-  // the sender was in another call (naming both) or sent another size.
+  // A block of collective op #`seq` (`sig`), on the collectives' channel, failed past the op's
+  // `deadline`: a receive fails when the sender was in another call (naming both) or sent
+  // another size.
   std::shared_ptr<Work> collective_send(int peer, const void* buf, size_t bytes, const Signature& sig, uint64_t seq,
-                                        MemoryKind memory);
+                                        const Deadline& deadline, MemoryKind memory);
   std::shared_ptr<Work> collective_recv(int peer, void* buf, size_t bytes, const Signature& sig, uint64_t seq,
-                                        MemoryKind memory);
+                                        const Deadline& deadline, MemoryKind memory);
   // Fails every message in flight and refuses new ones.
   void abort(const std::string& why);
 
@@ -55,6 +57,7 @@ class DirectMessages {
     int tag = 0;
     const Signature* sig = nullptr;
     uint64_t seq = 0;
+    const Deadline* deadline = nullptr;  // else the group's timeout from now
   };
   static constexpr int kCollectiveTag = -1;
   std::shared_ptr<Work> post(bool is_send, int peer, void* buf, size_t bytes, DType dtype, const Purpose& purpose,

@@ -69,8 +69,10 @@ void OpContext::port_exchange(const std::vector<PortBlock>& recvs, const std::ve
     }
   };
   try {
-    for (const PortBlock& b : recvs) works.push_back(direct.collective_recv(b.peer, b.buf, b.bytes, sig, seq, memory));
-    for (const PortBlock& b : sends) works.push_back(direct.collective_send(b.peer, b.buf, b.bytes, sig, seq, memory));
+    for (const PortBlock& b : recvs)
+      works.push_back(direct.collective_recv(b.peer, b.buf, b.bytes, sig, seq, deadline, memory));
+    for (const PortBlock& b : sends)
+      works.push_back(direct.collective_send(b.peer, b.buf, b.bytes, sig, seq, deadline, memory));
   } catch (...) {
     failed(std::current_exception());  // what was posted is still waited for: it uses the caller's memory
   }

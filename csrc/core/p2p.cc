@@ -19,6 +19,14 @@
 
 namespace plexus {
 
+std::exception_ptr recv_mismatch(size_t bytes, DType dtype, int tag, const std::string& sender, size_t sent_bytes,
+                                 DType sent_dtype) {
+  return std::make_exception_ptr(InvalidArgument("recv of " + std::to_string(bytes) + " bytes of " +
+                                                 dtype_name(dtype) + " with tag " + std::to_string(tag) + ": " +
+                                                 sender + " sent " + std::to_string(sent_bytes) + " bytes of " +
+                                                 dtype_name(sent_dtype)));
+}
+
 namespace {
 constexpr size_t kHeader = sizeof(FrameHeader);
 constexpr size_t kSpillStep = 1 << 20;  // an unexpected message's buffer grows by this much at most
@@ -98,10 +106,7 @@ bool P2PEngine::match_unexpected(const std::shared_ptr<Request>& r) {
   for (auto it = unexpected_.begin(); it != unexpected_.end(); ++it) {
     if (it->tag != r->tag || (r->peer != kAnySource && r->peer != it->peer)) continue;
     if (it->data.size() != r->bytes || it->dtype != r->dtype) {
-      r->work->set_failed(std::make_exception_ptr(InvalidArgument(
-          "recv of " + std::to_string(r->bytes) + " bytes of " + dtype_name(r->dtype) + " with tag " +
-          std::to_string(r->tag) + ": " + comm_.name_of(it->peer) + " sent " + std::to_string(it->data.size()) +
-          " bytes of " + dtype_name(it->dtype))));
+      r->work->set_failed(recv_mismatch(r->bytes, r->dtype, r->tag, comm_.name_of(it->peer), it->data.size(), it->dtype));
     } else {
       copy_bytes(r->buf, it->data.data(), r->bytes);
       r->work->set_source(it->peer);
@@ -195,10 +200,8 @@ void P2PEngine::start_frame(int p) {
     if (r.tag != tag || (r.peer != kAnySource && r.peer != p)) continue;
     if (r.bytes != h.payload_bytes || r.dtype != static_cast<DType>(h.dtype)) {
       // The pair disagrees; fail this receive and keep the message aside.
-      r.work->set_failed(std::make_exception_ptr(InvalidArgument(
-          "recv of " + std::to_string(r.bytes) + " bytes of " + dtype_name(r.dtype) + " with tag " +
-          std::to_string(tag) + ": " + comm_.name_of(p) + " sent " + std::to_string(h.payload_bytes) +
-          " bytes of " + dtype_name(static_cast<DType>(h.dtype)))));
+      r.work->set_failed(
+          recv_mismatch(r.bytes, r.dtype, tag, comm_.name_of(p), h.payload_bytes, static_cast<DType>(h.dtype)));
       posted_.erase(it);
       break;
     }

@@ -25,6 +25,10 @@
 
 namespace plexus {
 
+// What a receive fails with when it met a send of another size or dtype: both calls, named.
+std::exception_ptr recv_mismatch(size_t bytes, DType dtype, int tag, const std::string& sender, size_t sent_bytes,
+                                 DType sent_dtype);
+
 class Communicator;
 class TransportSet;
 

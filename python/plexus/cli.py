@@ -77,7 +77,8 @@ def _pair_transports() -> List[str]:
     cuda = "staged through pinned host memory"
     if usable and ucx["cuda_memory"] and os.environ.get("PLEXUS_UCX_DEVICE", "1") != "0":
         cuda = ("send/recv straight through UCX, which moves CUDA memory here (where the other rank's does too); "
-                "collectives " + cuda)
+                "collectives too in groups whose every pair goes so (one rank per host), reducing on the GPU; "
+                "other groups' collectives " + cuda)
     elif usable:
         cuda += (" (PLEXUS_UCX_DEVICE=0)" if ucx["cuda_memory"] else " (UCX here cannot move CUDA memory itself)")
     return [f"ucx: {ucx_line}",

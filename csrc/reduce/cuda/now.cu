@@ -32,7 +32,8 @@ cudaStream_t own_stream(int device, const char* what) {
 // thread's device (its driver context) is put back, and none is made current where there was none.
 template <typename Body>
 void on_own_stream(int device, const char* what, Body body) {
-  if (device < 0 || device >= kMaxDevices) throw InvalidArgument(std::string(what) + ": no device " + std::to_string(device));
+  if (device < 0 || device >= kMaxDevices)
+    throw InvalidArgument(std::string(what) + ": no device " + std::to_string(device));
   std::string why;
   if (!runtime_available(&why)) throw Error(std::string(what) + ": CUDA runtime not available: " + why);
   cuda_ipc::DeviceGuard on(device);
