@@ -8,7 +8,10 @@
 #include "base/error.h"
 #include "reduce/cpu_reduce.h"
 #ifdef PLEXUS_WITH_CUDA
+#include <optional>
+
 #include "reduce/cuda_reduce.h"
+#include "transport/cuda_ipc/cuda_ipc.h"
 #endif
 
 namespace plexus {
@@ -60,6 +63,12 @@ size_t port_flat_scratch_bytes(CollKind kind, size_t count, DType dtype, int siz
 }
 
 void port_flat(OpContext& ctx, const CollArgs& a, const PortPlace& at) {
+#ifdef PLEXUS_WITH_CUDA
+  // The arrays' device current on this thread while UCX is handed their memory: UCX before 1.19
+  // copies CUDA memory in the context of the thread that posts it (this one may have none).
+  std::optional<cuda_ipc::DeviceGuard> on_device;
+  if (at.memory == MemoryKind::kCuda) on_device.emplace(at.device);
+#endif
   const int n = ctx.size(), r = ctx.rank(), root = a.root;
   const size_t es = dtype_size(a.dtype), c = a.count;
   char* scratch = static_cast<char*>(at.scratch);

@@ -149,12 +149,10 @@ RedOp to_op(int o) {
   return static_cast<RedOp>(o);
 }
 
-// Returns the op's Work, or nullptr (None) when a blocking op already finished successfully:
-// the common case costs no Work object on the Python side.
-std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr_t> ins,
-                             std::vector<uintptr_t> outs, size_t count, int dtype, int op,
-                             double factor, int root, bool blocking,
-                             std::vector<size_t> in_counts = {}, std::vector<size_t> out_counts = {}) {
+// A call's arguments as the core takes them (addresses as ints from Python).
+CollArgs collective_args(const std::vector<uintptr_t>& ins, const std::vector<uintptr_t>& outs, size_t count,
+                         int dtype, int op, double factor, int root, std::vector<size_t> in_counts,
+                         std::vector<size_t> out_counts) {
   CollArgs a;
   a.input_counts = std::move(in_counts);
   a.output_counts = std::move(out_counts);
@@ -167,7 +165,19 @@ std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr
   a.op = op < 0 ? RedOp::kNone : to_op(op);
   a.factor = factor;
   a.root = root;
-  auto work = submit_collective(c, kind, std::move(a), blocking);
+  return a;
+}
+
+// Returns the op's Work, or nullptr (None) when a blocking op already finished successfully:
+// the common case costs no Work object on the Python side.
+std::shared_ptr<Work> submit(Communicator& c, CollKind kind, std::vector<uintptr_t> ins,
+                             std::vector<uintptr_t> outs, size_t count, int dtype, int op,
+                             double factor, int root, bool blocking,
+                             std::vector<size_t> in_counts = {}, std::vector<size_t> out_counts = {}) {
+  auto work = submit_collective(c, kind,
+                                collective_args(ins, outs, count, dtype, op, factor, root, std::move(in_counts),
+                                                std::move(out_counts)),
+                                blocking);
   if (blocking && work->succeeded()) return nullptr;
   return work;
 }
@@ -184,16 +194,7 @@ std::shared_ptr<Work> submit_direct(Communicator& c, const std::string& kind, st
                                     std::vector<uintptr_t> outs, size_t count, int dtype, int op, double factor,
                                     int root, bool cuda, int device, uintptr_t scratch, size_t scratch_bytes,
                                     bool blocking, std::vector<size_t> in_counts, std::vector<size_t> out_counts) {
-  CollArgs a;
-  a.input_counts = std::move(in_counts);
-  a.output_counts = std::move(out_counts);
-  for (auto p : ins) a.inputs.push_back(as_ptr(p));
-  for (auto p : outs) a.outputs.push_back(as_mut_ptr(p));
-  a.count = count;
-  a.dtype = to_dtype(dtype);
-  a.op = op < 0 ? RedOp::kNone : to_op(op);
-  a.factor = factor;
-  a.root = root;
+  CollArgs a = collective_args(ins, outs, count, dtype, op, factor, root, std::move(in_counts), std::move(out_counts));
   PortPlace place;
   place.memory = cuda ? MemoryKind::kCuda : MemoryKind::kHost;
   place.device = device;
