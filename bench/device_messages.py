@@ -34,6 +34,7 @@ def _rank(rank, world, folder, sizes, iters, rounds, emulated, ucx, all_reduce=F
     import numpy as np
 
     import plexus
+    from plexus import device
 
     if emulated:
         from fake_cuda import FakeCuda
@@ -56,6 +57,7 @@ def _rank(rank, world, folder, sizes, iters, rounds, emulated, ucx, all_reduce=F
     plexus.all_reduce(alloc(4))  # sets the native path up (or finds it declined)
     to, frm = (rank + 1) % world, (rank - 1) % world
     out = {}
+    device.PATHS.clear()
     for _ in range(rounds):
         for n in sizes:
             x, y = alloc(n), alloc(n)
@@ -77,6 +79,7 @@ def _rank(rank, world, folder, sizes, iters, rounds, emulated, ucx, all_reduce=F
                     fn()
                 sync()
                 out.setdefault((name, n), []).append((time.perf_counter() - t0) / iters * 1e6)
+    out["paths"] = sorted(device.PATHS)
     return out
 
 
@@ -108,8 +111,10 @@ def main() -> None:
     sizes = [4 << (2 * k) for k in range(20) if 4 << (2 * k) <= args.max]
     paths = {"native": {}, "staged": {"PLEXUS_DEVICE_NATIVE": "0"}}
     if args.ucx:
-        # As between hosts: no native kernels or CUDA IPC between the two ranks of this one.
-        base = {"PLEXUS_TRANSPORTS": "ucx", "UCX_TLS": args.ucx, "PLEXUS_CUDA_IPC": "0", "PLEXUS_DEVICE_NATIVE": "0"}
+        # As between hosts: each rank a pretend host of its own (tests/launch.py), so no native
+        # kernels or CUDA IPC between them.
+        base = {"PLEXUS_TRANSPORTS": "ucx", "UCX_TLS": args.ucx, "PLEXUS_HOST_ID_BY_RANK": "h0,h1",
+                "PLEXUS_CUDA_IPC": "0", "PLEXUS_DEVICE_NATIVE": "0"}
         paths = {"ucx": base, "staged": dict(base, PLEXUS_UCX_DEVICE="0")}
     elif args.emulated:
         paths.pop("staged")  # staging needs cupy
@@ -131,6 +136,8 @@ def main() -> None:
             if "staged" in rows and path != "staged":
                 ratio = f"{statistics.median([s / t for s, t in zip(rows['staged'], times)]):8.2f}x"
             print(f"{n:11d} {path:>8} {med:10.1f} ({min(times):.1f}-{max(times):.1f}) {n / med / 1e3:7.2f} {ratio:>9}")
+    for path, got in res.items():  # how the calls went (plexus.device.PATHS), so a wrong setup shows
+        print(f"# {path}: {got[0]['paths']}")
 
 
 if __name__ == "__main__":
