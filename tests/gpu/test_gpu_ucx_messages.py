@@ -12,8 +12,9 @@ import pytest
 import plexus
 from launch import run_ranks
 
-ENV = {"PLEXUS_TRANSPORTS": "ucx", "UCX_TLS": "tcp,cuda_copy,self", "PLEXUS_DEVICE_NATIVE": "0",
-       "PLEXUS_CUDA_IPC": "0"}
+# Each rank a pretend host of its own (tests/launch.py): no native kernels or CUDA IPC between them.
+ENV = {"PLEXUS_TRANSPORTS": "ucx", "UCX_TLS": "tcp,cuda_copy,self", "PLEXUS_HOST_ID_BY_RANK": "h0,h1",
+       "PLEXUS_DEVICE_NATIVE": "0", "PLEXUS_CUDA_IPC": "0"}
 
 
 def _ucx_cuda_problem() -> str:
