@@ -235,5 +235,6 @@ def test_the_messages_benchmark_runs_on_the_emulated_device():
     out = subprocess.run([sys.executable, script, "--emulated", "--max", "4K", "--iters", "2", "--rounds", "1"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    rows = [line.split() for line in out.stdout.splitlines()[1:]]
+    rows = [line.split() for line in out.stdout.splitlines()[1:] if not line.startswith("#")]
+    assert "# native: ['native']" in out.stdout, out.stdout
     assert [int(r[0]) for r in rows] == [4, 16, 64, 256, 1024, 4096] and {r[1] for r in rows} == {"native"}, out.stdout

@@ -68,6 +68,7 @@ void port_flat(OpContext& ctx, const CollArgs& a, const PortPlace& at) {
   // copies CUDA memory in the context of the thread that posts it (this one may have none).
   std::optional<cuda_ipc::DeviceGuard> on_device;
   if (at.memory == MemoryKind::kCuda) on_device.emplace(at.device);
+  if (at.memory == MemoryKind::kCuda && at.ready_event) cuda::wait_event(at.device, at.ready_event);
 #endif
   const int n = ctx.size(), r = ctx.rank(), root = a.root;
   const size_t es = dtype_size(a.dtype), c = a.count;

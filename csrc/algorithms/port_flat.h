@@ -18,6 +18,9 @@ struct PortPlace {
   int device = 0;           // the CUDA device of the arrays (kCuda)
   void* scratch = nullptr;  // port_flat_scratch_bytes() in the arrays' memory: the blocks to reduce
   size_t scratch_bytes = 0;
+  // kCuda: a cudaEvent_t recorded on the caller's stream at the call, waited for before UCX is
+  // handed the arrays (so the caller's thread need not wait for its stream); null: ready now.
+  void* ready_event = nullptr;
 };
 
 // The working memory a call needs on `rank` (0 for those that only move data).

@@ -193,13 +193,15 @@ CollKind kind_named(const std::string& name) {
 std::shared_ptr<Work> submit_direct(Communicator& c, const std::string& kind, std::vector<uintptr_t> ins,
                                     std::vector<uintptr_t> outs, size_t count, int dtype, int op, double factor,
                                     int root, bool cuda, int device, uintptr_t scratch, size_t scratch_bytes,
-                                    bool blocking, std::vector<size_t> in_counts, std::vector<size_t> out_counts) {
+                                    uintptr_t ready_event, bool blocking, std::vector<size_t> in_counts,
+                                    std::vector<size_t> out_counts) {
   CollArgs a = collective_args(ins, outs, count, dtype, op, factor, root, std::move(in_counts), std::move(out_counts));
   PortPlace place;
   place.memory = cuda ? MemoryKind::kCuda : MemoryKind::kHost;
   place.device = device;
   place.scratch = as_mut_ptr(scratch);
   place.scratch_bytes = scratch_bytes;
+  place.ready_event = as_mut_ptr(ready_event);
   auto work = submit_port_collective(c, kind_named(kind), std::move(a), place, blocking);
   if (blocking && work->succeeded()) return nullptr;
   return work;
@@ -574,11 +576,12 @@ PYBIND11_MODULE(_C, m) {
            py::call_guard<py::gil_scoped_release>())
       .def("collective_direct", &submit_direct, py::arg("kind"), py::arg("inputs"), py::arg("outputs"),
            py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("factor"), py::arg("root"), py::arg("cuda"),
-           py::arg("device"), py::arg("scratch"), py::arg("scratch_bytes"), py::arg("blocking"),
+           py::arg("device"), py::arg("scratch"), py::arg("scratch_bytes"), py::arg("ready_event"), py::arg("blocking"),
            py::arg("input_counts") = std::vector<size_t>{}, py::arg("output_counts") = std::vector<size_t>{},
            py::call_guard<py::gil_scoped_release>(),
            "A collective of device arrays between hosts straight through the peers' message ports (UCX); "
-           "`scratch`: direct_scratch_bytes() of working memory beside the arrays.")
+           "`scratch`: direct_scratch_bytes() of working memory beside the arrays; `ready_event`: a CUDA event "
+           "on the caller's stream that the op waits for (0: the arrays are ready).")
       .def("direct_scratch_bytes",
            [](const Communicator& c, const std::string& kind, size_t count, int dtype, int root) {
              return port_flat_scratch_bytes(kind_named(kind), count, to_dtype(dtype), c.size(), c.rank(), root);

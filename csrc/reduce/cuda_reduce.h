@@ -35,6 +35,8 @@ void reduce_to(RedOp op, DType dtype, void* const* dsts, int ndsts, const void* 
 void reduce_now(int device, RedOp op, DType dtype, void* dst, const void* const* srcs, int nsrcs, size_t n,
                 double post_scale);
 void copy_now(int device, void* dst, const void* src, size_t bytes);
+// Blocks until `event` (a cudaEvent_t recorded on a caller's stream of `device`) has happened.
+void wait_event(int device, void* event);
 
 // Whether a CUDA driver and at least one device are usable. Never throws, never crashes
 // without a driver; `why` (optional) gets the runtime's reason when not.

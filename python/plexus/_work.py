@@ -17,7 +17,8 @@ class Work:
     - wait(timeout=None): host arrays: blocks (without holding the GIL) until the op is done and
       raises its error if it failed; with a timeout in seconds it raises TimeoutError when the op
       is still running by then (the op itself goes on). Device arrays: makes the caller's current
-      stream wait for the op, and returns without waiting for the GPU;
+      stream wait for the op, and returns without waiting for the GPU (between hosts through UCX,
+      which does not run in stream order: blocks until the outputs are written);
     - is_completed(): True once the op is done, GPU work included (it asks the GPU, never blocks);
     - synchronize(): blocks the host until the op is done, GPU work included.
     """

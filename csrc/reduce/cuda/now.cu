@@ -1,4 +1,5 @@
-// reduce_now / copy_now (cuda_reduce.h): device work done at once, off the callers' streams.
+// reduce_now / copy_now / wait_event (cuda_reduce.h): device work done at once, off the callers'
+// streams.
 #include <cuda_runtime.h>
 
 #include <mutex>
@@ -57,6 +58,11 @@ void copy_now(int device, void* dst, const void* src, size_t bytes) {
   on_own_stream(device, "cuda::copy_now", [&](cudaStream_t s) {
     check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s), "cuda::copy_now: cudaMemcpyAsync");
   });
+}
+
+void wait_event(int device, void* event) {
+  cuda_ipc::DeviceGuard on(device);
+  check(cudaEventSynchronize(static_cast<cudaEvent_t>(event)), "cuda::wait_event: cudaEventSynchronize");
 }
 
 }  // namespace cuda

@@ -20,7 +20,8 @@ from . import direct, ipc, native, pipeline, staging
 
 # The table of device collectives: per collective, how it runs on device arrays when every rank of
 # the group can map its peers' memory (one host), and how it runs when one cannot. Collectives not
-# listed are staged through host memory. `plexus info` prints it.
+# listed are staged through host memory. Before either, groups across hosts whose every pair's UCX
+# moves device memory go straight through UCX (direct.KINDS). `plexus info` prints it.
 NATIVE, CUDA_IPC, PIPELINE, STAGED, UCX = "native", "cuda_ipc", "pipeline", "staged", "ucx"
 COLLECTIVES: Dict[str, Tuple[str, str]] = {
     "all_reduce": (CUDA_IPC, PIPELINE),

@@ -12,12 +12,14 @@ destroyed: UCX cannot take a send back."""
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, Tuple
 
 from .. import _C
 from . import ipc
 from .libraries import ops_for
 
+_AGREE_LOCK = threading.Lock()
 TAG_LIMIT = _C.DIRECT_TAG_LIMIT  # tags from 0 below it (csrc/core/direct_messages.h)
 # The collectives that can go this way, by the name the core knows them by.
 KINDS = {"all_reduce": "all_reduce", "all_gather": "all_gather", "all_gather_into_tensor": "all_gather",
@@ -26,16 +28,20 @@ KINDS = {"all_reduce": "all_reduce", "all_gather": "all_gather", "all_gather_int
          "all_to_all_single": "all_to_all"}
 
 
-def _ready(call: Any, buf: Any, what: str) -> int:
-    """The device of `buf`, once the caller's stream is done (UCX reads or writes the memory at
-    once, not in stream order). Refused under CUDA graph capture."""
+def _placed(call: Any, buf: Any, what: str) -> Tuple[int, int]:
+    """The device and caller's stream of `buf`; refused under CUDA graph capture (UCX moves the
+    memory from the host's side, not in stream order)."""
     device, stream = ipc._driver.placement(buf)
     if ipc._driver.capturing(device, stream):
         raise RuntimeError(f"{call.where}: {what} to or from another host cannot be captured in a CUDA graph "
                            "(it goes through UCX, on the host): run it outside the capture")
+    return device, stream
+
+
+def _synchronize(buf: Any, device: int) -> None:
+    """Waits for the caller's stream: UCX reads or writes the memory at once."""
     ops = ops_for(buf.device)
     ops.synchronize(ops.current_stream(device))
-    return device
 
 
 def message(g: Any, call: Any, blocking: bool) -> Any:
@@ -53,7 +59,8 @@ def message(g: Any, call: Any, blocking: bool) -> Any:
         return ipc.Declined(f"tags from {TAG_LIMIT} on are staged")
     if not comm.direct_reaches(call.peer, cuda):
         return ipc.Declined("the pair's transport does not move device memory")
-    _ready(call, call.reads[0] if call.kind == "send" else call.writes[0], "a device message")
+    buf = call.reads[0] if call.kind == "send" else call.writes[0]
+    _synchronize(buf, _placed(call, buf, "a device message")[0])
     if call.kind == "send":
         work = comm.send_direct(call.in_ptrs[0], call.count, call.code, call.peer, call.tag, cuda)
     else:
@@ -67,7 +74,8 @@ def message(g: Any, call: Any, blocking: bool) -> Any:
 def collective(g: Any, call: Any, blocking: bool) -> Any:
     """A collective of device arrays (checked by the collective layer) through every pair's message
     port: its core work, None when `blocking` (done), or ipc.Declined where it cannot go this way
-    (on every rank alike: what the ports reach is agreed through the store)."""
+    (on every rank alike: the group agrees once, see _every_pair_reaches). The work's wait() blocks
+    the host until the outputs are written (UCX and the reductions do not run in stream order)."""
     core = KINDS.get(call.kind)
     if core is None:
         return ipc.Declined(f"{call.kind} is not sent through the ports")
@@ -78,7 +86,13 @@ def collective(g: Any, call: Any, blocking: bool) -> Any:
         return ipc.Declined("some pair's transport does not move device memory")
     cuda = ipc._driver.memory == "cuda"
     bufs = call.reads + call.writes
-    device = _ready(call, bufs[0], "a device collective")
+    device, stream = _placed(call, bufs[0], "a device collective")
+    ready, event = None, 0
+    if cuda:  # the op waits for the caller's stream, on its own thread: this one goes on queueing work
+        ready = ipc._DriverEvent(device, stream)
+        event = ready.event
+    else:  # the tests' fake device memory: its library's stream
+        _synchronize(bufs[0], device)
     ins, outs = list(call.in_ptrs), list(call.out_ptrs)
     if core == "broadcast":
         ins = outs = outs[:1]
@@ -89,23 +103,24 @@ def collective(g: Any, call: Any, blocking: bool) -> Any:
     nbytes = comm.direct_scratch_bytes(core, call.count, call.code, call.root)
     scratch, keep = ops_for(bufs[0].device).device_empty(device, nbytes) if nbytes else (0, None)
     work = comm.collective_direct(core, ins, outs, call.count, call.code, call.op, call.factor, call.root, cuda,
-                                  device, scratch, nbytes, blocking, call.in_counts or [], call.out_counts or [])
+                                  device, scratch, nbytes, event, blocking, call.in_counts or [],
+                                  call.out_counts or [])
     if blocking:
         if work is not None:
             work.wait()
         return None
-    if keep is not None:
-        g.track([work], keep)  # UCX writes into it until the work completes
+    g.track([work], (keep, ready))  # UCX writes into the working memory until the work completes
     return work
 
 
 def _every_pair_reaches(g: Any) -> bool:
     """Whether every pair of the group, not only this rank's, sends device memory through its
-    message port: asked of every rank once per group (a host all-gather at its first device
-    collective between hosts), so that all ranks take the same path."""
-    known = g.__dict__.get("_direct_collectives")
-    if known is None:
-        cuda = ipc._driver.memory == "cuda"
-        mine = all(g.comm.direct_reaches(p, cuda) for p in range(g.size()) if p != g.rank())
-        known = g.__dict__["_direct_collectives"] = all(row == b"\x01" for row in ipc.host_all_gather(g, bytes([mine])))
-    return known
+    message port: asked of every rank once per group and memory kind (a host all-gather on the
+    group at its first device collective between hosts), so that all ranks take the same path."""
+    cuda = ipc._driver.memory == "cuda"
+    with _AGREE_LOCK:  # one all-gather, whichever thread comes first
+        known = g.__dict__.setdefault("_direct_collectives", {})
+        if cuda not in known:
+            mine = all(g.comm.direct_reaches(p, cuda) for p in range(g.size()) if p != g.rank())
+            known[cuda] = all(row == b"\x01" for row in ipc.host_all_gather(g, bytes([mine])))
+        return known[cuda]

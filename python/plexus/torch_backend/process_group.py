@@ -10,7 +10,8 @@ Each method is a thin adapter over the collective layer (plexus._collectives), t
 API uses: it unpacks torch's arguments (one tensor per process, options), and the layer checks
 the tensors on the calling rank before anything is sent (TypeError / ValueError) and runs the
 call where they live: CPU tensors zero-copy in the core (synchronous calls, opts.asyncOp False,
-on the calling thread), CUDA tensors through plexus.device (CUDA IPC on one host, else through
+on the calling thread), CUDA tensors through plexus.device (native kernels or CUDA IPC on one
+host; between hosts straight through UCX where every pair's UCX moves CUDA memory, else through
 pinned host memory). Errors found while running (size mismatch between ranks, a dead peer, a
 timeout) surface from Work.wait() as plexus.PlexusError, a RuntimeError.
 """
@@ -122,7 +123,8 @@ class PlexusProcessGroup(dist.ProcessGroup):
     def _run(self, where: str, calls: List[coll.Call], blocking: bool, result: Any, keep: Any,
              p2p: bool = False) -> Work:
         """Runs checked calls (every check passed before the first is submitted) as one Work.
-        Calls on CUDA tensors never block the host: their work is on the stream, as NCCL's."""
+        Calls on CUDA tensors do not wait for the GPU: their work is on the stream, as NCCL's, or
+        (between hosts through UCX) on the group's progress thread, which waits for the stream."""
         cores: List[Any] = []
         try:
             for c in calls:
