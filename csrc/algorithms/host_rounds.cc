@@ -62,9 +62,7 @@ void HostRounds::check_stamp(int local) {
   const OpStamp& st = host_.stamp(local, parity_);
   const uint64_t seq = st.seq.load(std::memory_order_relaxed);
   if (seq != ctx_.seq || st.sig != ctx_.sig || st.round.load(std::memory_order_relaxed) != round_)
-    throw Error("collective mismatch: " + host_.name_of(me_) + " called " + ctx_.sig.describe() +
-                " as op #" + std::to_string(ctx_.seq) + " but " + host_.name_of(local) + " called " +
-                st.sig.describe() + " as op #" + std::to_string(seq));
+    throw Error(collective_mismatch(host_.name_of(me_), ctx_.sig, ctx_.seq, host_.name_of(local), st.sig, seq));
 }
 
 void HostRounds::wait_input(int local) {

@@ -3,6 +3,7 @@
 // (a RuntimeError), Timeout -> plexus.PlexusTimeout.
 #pragma once
 
+#include <exception>
 #include <stdexcept>
 #include <string>
 
@@ -38,5 +39,8 @@ struct TypeMismatch : std::invalid_argument {
 
 // errno as text, for messages about system calls.
 std::string errno_text(int err);
+
+// The message of a captured exception ("unknown error" for one that is not a std::exception).
+std::string message_of(const std::exception_ptr& ep);
 
 }  // namespace plexus

@@ -53,4 +53,14 @@ std::string errno_text(int err) {
   return std::string(strerror_r(err, buf, sizeof(buf)));
 }
 
+std::string message_of(const std::exception_ptr& ep) {
+  try {
+    std::rethrow_exception(ep);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown error";
+  }
+}
+
 }  // namespace plexus

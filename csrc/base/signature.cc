@@ -14,4 +14,10 @@ std::string Signature::describe() const {
   return s + ")";
 }
 
+std::string collective_mismatch(const std::string& me, const Signature& mine, uint64_t my_seq, const std::string& them,
+                                const Signature& theirs, uint64_t their_seq) {
+  return "collective mismatch: " + me + " called " + mine.describe() + " as op #" + std::to_string(my_seq) + " but " +
+         them + " called " + theirs.describe() + " as op #" + std::to_string(their_seq);
+}
+
 }  // namespace plexus

@@ -24,4 +24,9 @@ struct Signature {
   std::string describe() const;
 };
 
+// What ranks that disagree about a call are told: "collective mismatch: rank 1 called A as op #3
+// but rank 0 called B as op #3".
+std::string collective_mismatch(const std::string& me, const Signature& mine, uint64_t my_seq, const std::string& them,
+                                const Signature& theirs, uint64_t their_seq);
+
 }  // namespace plexus

@@ -47,16 +47,6 @@ bool is_timeout_or_peer_error(std::exception_ptr ep) {
   }
 }
 
-std::string message_of(std::exception_ptr ep) {
-  try {
-    std::rethrow_exception(ep);
-  } catch (const std::exception& e) {
-    return e.what();
-  } catch (...) {
-    return "unknown error";
-  }
-}
-
 }  // namespace
 
 Communicator::Communicator(std::shared_ptr<Store> store, int rank, int size, double timeout_s,

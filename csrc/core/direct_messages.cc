@@ -85,9 +85,7 @@ struct DirectMessages::Message {
     if (collective) {
       const Signature theirs = h.signature();
       if (h.seq != op_seq || theirs != sig)
-        return std::make_exception_ptr(Error("collective mismatch: " + self_name + " called " + sig.describe() +
-                                             " as op #" + std::to_string(op_seq) + " but " + peer_name + " called " +
-                                             theirs.describe() + " as op #" + std::to_string(h.seq)));
+        return std::make_exception_ptr(Error(collective_mismatch(self_name, sig, op_seq, peer_name, theirs, h.seq)));
       if (h.payload_bytes == bytes) return nullptr;
       return std::make_exception_ptr(Error(sig.describe() + " #" + std::to_string(op_seq) + ": " + peer_name +
                                            " sent " + std::to_string(h.payload_bytes) + " bytes where " +

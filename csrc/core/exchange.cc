@@ -119,9 +119,7 @@ void Exchange::check_header(Stream& s, const RecvItem& item) {
   if (h.comm_id != comm_.id()) throw PeerError(p, them + " sent a frame of another communicator");
   Signature theirs = h.signature();
   if (h.seq != ctx_.seq || theirs != ctx_.sig)
-    throw Error("collective mismatch: " + comm_.name_of(ctx_.rank()) + " called " +
-                ctx_.sig.describe() + " as op #" + std::to_string(ctx_.seq) + " but " + them +
-                " called " + theirs.describe() + " as op #" + std::to_string(h.seq));
+    throw Error(collective_mismatch(comm_.name_of(ctx_.rank()), ctx_.sig, ctx_.seq, them, theirs, h.seq));
   if (h.payload_bytes != item.bytes)
     throw Error(them + " sent " + std::to_string(h.payload_bytes) + " bytes where " +
                 std::to_string(item.bytes) + " were expected");

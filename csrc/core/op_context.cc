@@ -29,8 +29,6 @@ void OpContext::all_reduce_across_hosts(void* buf, size_t count, DType dtype, Re
   submit_collective(*cross, CollKind::kAllReduce, std::move(across), /*blocking=*/true)->wait(-1);
 }
 
-bool OpContext::port_reaches(int peer, MemoryKind memory) const { return comm_.direct().reaches(peer, memory); }
-
 namespace {
 bool timed_out(const std::exception_ptr& e) {
   try {
@@ -39,15 +37,6 @@ bool timed_out(const std::exception_ptr& e) {
     return true;
   } catch (...) {
     return false;
-  }
-}
-std::string text_of(const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    return x.what();
-  } catch (...) {
-    return "unknown error";
   }
 }
 }  // namespace
@@ -65,7 +54,7 @@ void OpContext::port_exchange(const std::vector<PortBlock>& recvs, const std::ve
       if (!timeout) timeout = e;
     } else if (!failure) {
       failure = e;
-      direct.abort(describe() + " failed: " + text_of(e));
+      direct.abort(describe() + " failed: " + message_of(e));
     }
   };
   try {

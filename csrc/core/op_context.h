@@ -48,12 +48,10 @@ class OpContext {
   // All-reduces `count` elements in place across hosts, among the ranks with this rank's
   // position on their host (the middle of the hierarchical all-reduce).
   void all_reduce_across_hosts(void* buf, size_t count, DType dtype, RedOp op) const;
-  // For collectives of device arrays between hosts (algorithms/port_flat): whether the message
-  // port to `peer` moves `memory`, and one round of blocks through the ports: every receive and
-  // send posted at once (each block a message carrying this op's signature and position, so a
-  // peer in another call is named), then waited for. Rethrows the first failure once none is in
-  // flight.
-  bool port_reaches(int peer, MemoryKind memory) const;
+  // For collectives of device arrays between hosts (algorithms/port_flat): one round of blocks
+  // through the peers' message ports: every receive and send posted at once (each block a message
+  // carrying this op's signature and position, so a peer in another call is named), then waited
+  // for. Rethrows the first failure once none is in flight.
   void port_exchange(const std::vector<PortBlock>& recvs, const std::vector<PortBlock>& sends,
                      MemoryKind memory) const;
 

@@ -75,10 +75,9 @@ def collective(g: Any, call: Any, blocking: bool) -> Any:
     """A collective of device arrays (checked by the collective layer) through every pair's message
     port: its core work, None when `blocking` (done), or ipc.Declined where it cannot go this way
     (on every rank alike: the group agrees once, see _every_pair_reaches). The work's wait() blocks
-    the host until the outputs are written (UCX and the reductions do not run in stream order)."""
-    core = KINDS.get(call.kind)
-    if core is None:
-        return ipc.Declined(f"{call.kind} is not sent through the ports")
+    the host until the outputs are written (UCX and the reductions do not run in stream order).
+    `call.kind` is one of KINDS."""
+    core = KINDS[call.kind]
     comm, n, r = g.comm, g.size(), g.rank()
     if n < 2 or len(set(comm.host_ids)) < 2:  # one host: native kernels or CUDA IPC serve it better
         return ipc.Declined("the group is on one host")
